@@ -1,0 +1,32 @@
+"""Attention backends: dense softmax and efficient approximations, one file each.
+
+Every module in this package is imported so that its ``@register_backend`` classes join the
+registry; ``get_backend(name, **options)`` builds one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .base import (
+    BACKENDS,
+    AttentionBackend,
+    AttentionCall,
+    available_backends,
+    get_backend,
+    register_backend,
+)
+
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name not in {"base"} and not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
+
+__all__ = [
+    "BACKENDS",
+    "AttentionBackend",
+    "AttentionCall",
+    "available_backends",
+    "get_backend",
+    "register_backend",
+]

@@ -1,0 +1,184 @@
+"""The attention-backend interface and its registry.
+
+A backend computes one attention call: given queries, keys and values of shape
+(batch, heads, seq, head_dim) and an additive mask, it returns the attention output and, when
+asked, its *implied attention matrix*: the (batch, heads, n, m) matrix that, multiplied by V,
+gives the output. Capture, effective attention and every explanation method work on that
+matrix, so an efficient backend is explained exactly like dense attention.
+
+Adding a backend means adding one file in this package that defines a subclass decorated with
+``@register_backend``; ``attnexplain.backends`` imports every module in the package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+__all__ = [
+    "AttentionCall",
+    "AttentionBackend",
+    "register_backend",
+    "get_backend",
+    "available_backends",
+    "BACKENDS",
+]
+
+BACKENDS: dict[str, type["AttentionBackend"]] = {}
+
+
+@dataclass
+class AttentionCall:
+    """One call of an attention function, normalised.
+
+    Attributes:
+        query: (B, H, n, d) queries.
+        key: (B, H, m, d) keys, already expanded to H heads for grouped-query attention.
+        value: (B, H, m, d_v) values, expanded like ``key``.
+        mask: additive float mask broadcastable to (B, H, n, m) (0 = attend, a very negative
+            number = masked), including causal structure and padding; or None (attend to all).
+        scaling: the factor applied to q.k (1/sqrt(d) for most models, 1.0 for T5).
+        causal: whether the call is causal self-attention (query i sees keys <= i).
+        key_padding_mask: (B, m) bool, True where the key is a real token; None if no padding.
+        dropout: attention dropout probability (applied only when ``training``).
+        training: whether the calling module is in training mode.
+        extras: model-specific keyword arguments that a backend must honour or refuse
+            (``softcap``, ``s_aux``, ``sliding_window``...).
+    """
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    mask: torch.Tensor | None = None
+    scaling: float = 1.0
+    causal: bool = False
+    key_padding_mask: torch.Tensor | None = None
+    dropout: float = 0.0
+    training: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(batch, heads, n, m)."""
+        b, h, n, _ = self.query.shape
+        return b, h, n, self.key.shape[-2]
+
+    def scores(self) -> torch.Tensor:
+        """Masked, scaled dot-product scores (B, H, n, m) in float32 or the input dtype if wider."""
+        q = self.query
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        s = torch.matmul(q.to(dtype), self.key.to(dtype).transpose(-1, -2)) * self.scaling
+        softcap = self.extras.get("softcap")
+        if softcap is not None:
+            s = torch.tanh(s / softcap) * softcap
+        if self.mask is not None:
+            s = s + self.mask.to(dtype)
+        return s
+
+    def full_mask_bool(self) -> torch.Tensor:
+        """(B, 1 or H, n, m) bool, True where query i may attend key j."""
+        b, h, n, m = self.shape
+        if self.mask is not None:
+            return self.mask > torch.finfo(self.mask.dtype).min / 2
+        allowed = torch.ones(1, 1, n, m, dtype=torch.bool, device=self.query.device)
+        if self.causal:
+            allowed = torch.tril(allowed, diagonal=m - n)
+        return allowed
+
+
+class AttentionBackend:
+    """Base class of attention backends.
+
+    Subclasses set ``name`` and implement :meth:`attention` (returns output and implied matrix).
+    :meth:`forward` (output only) defaults to the same computation; backends that can produce the
+    output without materialising the matrix (dense SDPA, Performer, linear) override it.
+
+    Options are constructor keyword arguments; :meth:`options` returns them, and
+    :meth:`memory_fraction` reports the share of the n x m dense scores the backend computes.
+    """
+
+    name: ClassVar[str] = ""
+    #: whether :meth:`attention` may return a sparse COO tensor for the implied matrix
+    sparse_implied: ClassVar[bool] = False
+    #: extras this backend honours; any other non-None extra raises a clear error
+    supported_extras: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, **options: Any) -> None:
+        if options:
+            raise TypeError(f"backend {self.name!r} takes no options, got {sorted(options)}")
+
+    # -- to implement ---------------------------------------------------------------------
+    def attention(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (output (B, H, n, d_v), implied attention matrix (B, H, n, m))."""
+        raise NotImplementedError
+
+    def forward(self, call: AttentionCall) -> torch.Tensor:
+        """Return the output (B, H, n, d_v); by default via :meth:`attention`."""
+        return self.attention(call)[0]
+
+    def memory_fraction(self, n: int, m: int, causal: bool = False) -> float:
+        """Share of the dense n x m score matrix this backend computes (1.0 for dense)."""
+        return 1.0
+
+    # -- shared ---------------------------------------------------------------------------
+    def options(self) -> dict[str, Any]:
+        """The options this backend was built with (JSON-serialisable)."""
+        if dataclasses.is_dataclass(self):
+            return dataclasses.asdict(self)
+        return {}
+
+    def config_id(self) -> str:
+        """A short stable identifier of name + options (used for registry names)."""
+        payload = json.dumps({"name": self.name, **self.options()}, sort_keys=True, default=str)
+        return hashlib.sha1(payload.encode()).hexdigest()[:8]
+
+    def check_extras(self, call: AttentionCall) -> None:
+        for key, val in call.extras.items():
+            if val is not None and key not in self.supported_extras:
+                raise NotImplementedError(
+                    f"attention backend {self.name!r} does not support the model argument {key!r}; "
+                    f"use the dense backend for this model"
+                )
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({opts})"
+
+
+def register_backend(cls: type[AttentionBackend]) -> type[AttentionBackend]:
+    """Class decorator: add a backend to the registry under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a non-empty `name`")
+    if cls.name in BACKENDS and BACKENDS[cls.name] is not cls:
+        raise ValueError(f"an attention backend named {cls.name!r} is already registered")
+    BACKENDS[cls.name] = cls
+    return cls
+
+
+def available_backends() -> list[str]:
+    """Names of all registered backends."""
+    return sorted(BACKENDS)
+
+
+def get_backend(name: str | AttentionBackend, **options: Any) -> AttentionBackend:
+    """Build the backend registered as ``name`` with ``options``.
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+    """
+    if isinstance(name, AttentionBackend):
+        if options:
+            raise TypeError("options cannot be given together with a backend instance")
+        return name
+    try:
+        cls = BACKENDS[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown attention backend {name!r}; available: {', '.join(available_backends())}"
+        ) from None
+    return cls(**options)

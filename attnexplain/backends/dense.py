@@ -1,0 +1,58 @@
+"""Dense softmax attention (Vaswani et al., 2017): A = softmax(Q K^T * s + M), O = A V.
+
+The output-only path uses PyTorch's fused ``scaled_dot_product_attention``, so a model running
+the dense backend keeps the fast kernel; the matrix is built only for the layers and heads that
+capture or an intervention asks for.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import AttentionBackend, AttentionCall, register_backend
+
+
+def dense_attention_probs(call: AttentionCall) -> torch.Tensor:
+    """softmax(Q K^T * scaling + mask) in float32 (B, H, n, m); fully masked rows become 0."""
+    scores = call.scores()
+    probs = torch.softmax(scores, dim=-1)
+    # rows whose keys are all masked (e.g. padded queries in some masks) produce NaN or uniform
+    # weights; make them exact zeros so downstream maths sees no NaN.
+    if call.mask is not None:
+        probs = torch.nan_to_num(probs, nan=0.0)
+    return probs
+
+
+@register_backend
+class DenseAttention(AttentionBackend):
+    """Exact softmax attention; the reference every other backend is compared with."""
+
+    name = "dense"
+    supported_extras = frozenset({"softcap", "sliding_window", "position_bias"})
+
+    def attention(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+        self.check_extras(call)
+        probs = dense_attention_probs(call)
+        weights = probs
+        if call.training and call.dropout > 0:
+            weights = F.dropout(probs, p=call.dropout, training=True)
+        out = torch.matmul(weights.to(call.value.dtype), call.value)
+        return out, probs
+
+    def forward(self, call: AttentionCall) -> torch.Tensor:
+        self.check_extras(call)
+        if call.extras.get("softcap") is not None:
+            return self.attention(call)[0]
+        mask = call.mask
+        if mask is not None and mask.dtype != call.query.dtype:
+            mask = mask.to(call.query.dtype)
+        return F.scaled_dot_product_attention(
+            call.query,
+            call.key,
+            call.value,
+            attn_mask=mask,
+            dropout_p=call.dropout if call.training else 0.0,
+            is_causal=bool(call.causal and mask is None and call.query.shape[-2] > 1),
+            scale=call.scaling,
+        )

@@ -1,0 +1,158 @@
+"""The one table of architecture knowledge: where attention modules and output projections live.
+
+Capture needs, for every attention call, (1) which layer and stack it belongs to and whether it
+is self- or cross-attention, and (2) the head's block W_O^h of the output projection, for the
+value transforms T = V_h W_O^h that effective attention and norm-based attention use.
+
+Output projections live in different places (see shared notes): Llama ``self_attn.o_proj``,
+GPT-2 ``attn.c_proj`` (a Conv1D with transposed weight), BERT in the sibling
+``attention.output.dense``. Each rule below names the attribute names that identify the module
+that calls the attention function and the path from that module to its output projection
+(``..`` goes to the parent).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["AdapterRule", "ADAPTER_RULES", "AttentionSite", "find_attention_sites", "UnsupportedArchitectureError"]
+
+
+class UnsupportedArchitectureError(ValueError):
+    """Raised when no attention module of a model can be identified."""
+
+
+@dataclass(frozen=True)
+class AdapterRule:
+    """How to recognise an attention module and find its output projection."""
+
+    name: str
+    #: attribute names the module calling the attention function has
+    marker_attrs: tuple[str, ...]
+    #: path from that module to the output projection; ".." = parent module
+    out_proj_path: str
+    #: "linear" (weight is (out, in)) or "conv1d" (weight is (in, out), GPT-2)
+    layout: str = "linear"
+
+
+# The table. Order matters: the first rule whose markers all exist on a module wins.
+ADAPTER_RULES: tuple[AdapterRule, ...] = (
+    AdapterRule("bert-style", ("query", "key", "value"), "../output.dense"),  # BERT, RoBERTa, ELECTRA, XLM-R
+    AdapterRule("llama-style", ("q_proj", "k_proj", "v_proj", "o_proj"), "o_proj"),  # Llama, Mistral, Qwen, ViT (5.x)
+    AdapterRule("bart-style", ("q_proj", "k_proj", "v_proj", "out_proj"), "out_proj"),  # BART, mBART, Whisper
+    AdapterRule("distilbert", ("q_lin", "k_lin", "v_lin", "out_lin"), "out_lin"),
+    AdapterRule("t5", ("q", "k", "v", "o"), "o"),
+    AdapterRule("gpt2", ("c_attn", "c_proj"), "c_proj", layout="conv1d"),
+)
+
+_CROSS_MARKERS = ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")
+
+
+@dataclass
+class AttentionSite:
+    """One attention module of a model.
+
+    Attributes:
+        key: stable identifier, e.g. ``"encoder.3.self"`` or ``"decoder.1.cross"``.
+        module_name: qualified name of the module in the model.
+        stack: ``"encoder"``, ``"decoder"`` or ``"main"`` (single-stack models).
+        layer: layer index within its stack.
+        kind: ``"self"`` or ``"cross"``.
+        rule: the adapter rule that matched (None for user-marked sites).
+        out_proj: the output projection module (None if unknown).
+    """
+
+    key: str
+    module_name: str
+    stack: str
+    layer: int
+    kind: str
+    rule: AdapterRule | None
+    out_proj: nn.Module | None
+    module: nn.Module | None = None
+
+    def output_projection_blocks(self, num_heads: int) -> torch.Tensor | None:
+        """W_O split per head: (H, d_h, d) such that head h contributes o_h @ W[h]."""
+        if self.out_proj is None:
+            return None
+        weight = self.out_proj.weight
+        if self.rule is not None and self.rule.layout == "conv1d":
+            w = weight  # (in = H*d_h, out = d)
+        else:
+            w = weight.t()  # Linear: (out, in) -> (in, out)
+        d_in, d_out = w.shape
+        if d_in % num_heads:
+            raise ValueError(f"output projection input size {d_in} is not divisible by {num_heads} heads")
+        return w.reshape(num_heads, d_in // num_heads, d_out)
+
+
+def _resolve(root: nn.Module, module_name: str, path: str) -> nn.Module | None:
+    parts = module_name.split(".") if module_name else []
+    for step in path.split("/"):
+        if step == "..":
+            parts = parts[:-1]
+        else:
+            parts = parts + step.split(".")
+    try:
+        return root.get_submodule(".".join(parts))
+    except AttributeError:
+        return None
+
+
+def _rule_for(module: nn.Module) -> AdapterRule | None:
+    for rule in ADAPTER_RULES:
+        if all(hasattr(module, a) for a in rule.marker_attrs):
+            return rule
+    return None
+
+
+def _stack_and_layer(module_name: str) -> tuple[str, int]:
+    match = re.search(r"(?:^|\.)(\d+)(?:\.|$)", module_name)
+    layer = int(match.group(1)) if match else 0
+    prefix = module_name[: match.start()] if match else module_name
+    if "decoder" in prefix:
+        stack = "decoder"
+    elif "encoder" in prefix:
+        stack = "encoder"  # renamed "main" later when the model has no decoder (BERT's stack is "encoder")
+    else:
+        stack = "main"
+    return stack, layer
+
+
+def find_attention_sites(model: nn.Module) -> dict[int, AttentionSite]:
+    """Map ``id(module)`` -> :class:`AttentionSite` for every attention module of ``model``.
+
+    Raises:
+        UnsupportedArchitectureError: when no module matches the adapter table.
+    """
+    found: list[tuple[nn.Module, AttentionSite]] = []
+    for name, module in model.named_modules():
+        rule = _rule_for(module)
+        if rule is None:
+            continue
+        stack, layer = _stack_and_layer(name)
+        kind = "cross" if any(mk in name for mk in _CROSS_MARKERS) else "self"
+        out_proj = _resolve(model, name, rule.out_proj_path)
+        site = AttentionSite(
+            key="", module_name=name, stack=stack, layer=layer, kind=kind, rule=rule, out_proj=out_proj, module=module
+        )
+        found.append((module, site))
+    if not found:
+        raise UnsupportedArchitectureError(
+            f"no attention module of {type(model).__name__} matches the adapter table "
+            f"({', '.join(r.name for r in ADAPTER_RULES)}). Mark the attention modules yourself with "
+            "attnexplain.capture.mark_attention_site(module, ...) or add a rule to "
+            "attnexplain.capture.adapters.ADAPTER_RULES."
+        )
+    has_decoder = any(s.stack == "decoder" for _, s in found)
+    sites: dict[int, AttentionSite] = {}
+    for module, site in found:
+        if site.stack == "encoder" and not has_decoder:
+            site.stack = "main"
+        site.key = f"{site.stack}.{site.layer}.{site.kind}"
+        sites[id(module)] = site
+    return sites

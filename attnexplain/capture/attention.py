@@ -1,0 +1,347 @@
+"""Attention functions registered in transformers' ``AttentionInterface``, and the session they read.
+
+One function is registered per configured backend (``attnexplain_dense``,
+``attnexplain_smyrf``...), each with a matching ``AttentionMaskInterface`` entry (``eager_mask``:
+an additive float mask, so padding is never silently dropped). When no capture or intervention
+is active, the function only computes the backend's output (dense: PyTorch's fused SDPA kernel),
+so the model runs as fast as with ``sdpa``. Inside :func:`session`, the function also computes
+the attention matrix for the sites asked for, applies interventions (ablations) to it, and hands
+it to the recorder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..backends import AttentionBackend, AttentionCall, get_backend
+from .adapters import AttentionSite, find_attention_sites
+
+__all__ = [
+    "CaptureSpec",
+    "Intervention",
+    "Session",
+    "session",
+    "active_session",
+    "register_backend_function",
+    "use_backend",
+    "backend_of",
+    "build_call",
+]
+
+_PREFIX = "attnexplain_"
+_REGISTERED: dict[str, AttentionBackend] = {}
+_ACTIVE: contextvars.ContextVar["Session | None"] = contextvars.ContextVar("attnexplain_session", default=None)
+
+#: an intervention receives the attention matrix (B, H, n, m), the call and the site and returns
+#: the matrix to use instead (same shape); it may return a new tensor or modify a copy.
+Intervention = Callable[[torch.Tensor, AttentionCall, AttentionSite], torch.Tensor]
+
+
+@dataclass
+class CaptureSpec:
+    """What to record.
+
+    Attributes:
+        layers: layer indices to record (None = all).
+        heads: head indices to record (None = all).
+        stacks: stacks to record ("main", "encoder", "decoder"; None = all).
+        kinds: "self" and/or "cross" (None = both).
+        dtype: dtype the attention matrices are stored in (float16 halves memory).
+        store_values: also keep the value vectors (needed for effective / norm-based attention).
+        keep_sparse: keep sparse implied matrices (SMYRF, LSH) sparse instead of densifying.
+    """
+
+    layers: set[int] | None = None
+    heads: list[int] | None = None
+    stacks: set[str] | None = None
+    kinds: set[str] | None = None
+    dtype: torch.dtype = torch.float32
+    store_values: bool = True
+    keep_sparse: bool = False
+
+    def wants(self, site: AttentionSite) -> bool:
+        return (
+            (self.layers is None or site.layer in self.layers)
+            and (self.stacks is None or site.stack in self.stacks)
+            and (self.kinds is None or site.kind in self.kinds)
+        )
+
+
+@dataclass
+class Record:
+    """What one attention call at one site left behind."""
+
+    site: AttentionSite
+    probs: torch.Tensor  # (B, H_sel, n, m), dense or sparse COO
+    values: torch.Tensor | None  # (B, H, m, d_v)
+    heads: list[int] | None
+    num_heads: int
+
+
+@dataclass
+class Session:
+    """State read by the registered attention functions while a model runs."""
+
+    model: nn.Module
+    spec: CaptureSpec | None = None
+    interventions: dict[str, Intervention] = field(default_factory=dict)
+    records: list[Record] = field(default_factory=list)
+    sites: dict[int, AttentionSite] = field(default_factory=dict)
+    calls: int = 0
+
+    def site_of(self, module: nn.Module) -> AttentionSite | None:
+        site = self.sites.get(id(module))
+        if site is None:
+            marked = getattr(module, "_attnexplain_site", None)
+            if marked is not None:
+                return marked
+        return site
+
+
+def active_session() -> Session | None:
+    """The session the attention functions currently report to (None outside :func:`session`)."""
+    return _ACTIVE.get()
+
+
+def _model_sites(model: nn.Module) -> dict[int, AttentionSite]:
+    cached = getattr(model, "_attnexplain_sites", None)
+    if cached is None:
+        cached = find_attention_sites(model)
+        model._attnexplain_sites = cached
+    return cached
+
+
+@contextlib.contextmanager
+def session(
+    model: nn.Module,
+    spec: CaptureSpec | None = None,
+    interventions: dict[str, Intervention] | None = None,
+) -> Iterator[Session]:
+    """Run ``model`` inside this block to record attention and/or apply interventions.
+
+    ``interventions`` maps site keys (``"main.3.self"``) to functions A -> A'.
+    """
+    try:
+        sites = _model_sites(model)
+    except ValueError:
+        sites = {}
+    unknown = set(interventions or {}) - {s.key for s in sites.values()}
+    marked = {s.key for s in _marked_sites(model)}
+    unknown -= marked
+    if unknown:
+        raise KeyError(
+            f"unknown attention site(s) {sorted(unknown)}; this model has "
+            f"{sorted({s.key for s in sites.values()} | marked)}"
+        )
+    state = Session(model=model, spec=spec, interventions=dict(interventions or {}), sites=sites)
+    token = _ACTIVE.set(state)
+    try:
+        yield state
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _marked_sites(model: nn.Module) -> list[AttentionSite]:
+    return [m._attnexplain_site for m in model.modules() if getattr(m, "_attnexplain_site", None) is not None]
+
+
+def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    if n_rep == 1:
+        return x
+    b, h, s, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def build_call(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> AttentionCall:
+    """Normalise the arguments transformers passes to an attention function."""
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    n_rep = query.shape[1] // key.shape[1]
+    key = _repeat_kv(key, n_rep)
+    value = _repeat_kv(value, n_rep)
+    mask = attention_mask
+    if mask is not None and mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(query.dtype).min
+        )
+    if mask is not None:
+        mask = mask[..., : key.shape[-2]]
+    position_bias = kwargs.get("position_bias")
+    if position_bias is not None:  # T5: relative position bias added to the scores
+        position_bias = position_bias[..., -query.shape[-2] :, : key.shape[-2]]
+        mask = position_bias if mask is None else mask + position_bias
+    causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
+    n, m = query.shape[-2], key.shape[-2]
+    key_padding = None
+    if attention_mask is not None and attention_mask.dim() == 4:
+        base = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
+        base = base[..., :m]
+        kp = base.any(dim=-2).any(dim=1)  # (B, m)
+        if not bool(kp.all()):
+            key_padding = kp
+    extras = {k: kwargs.get(k) for k in ("softcap", "sliding_window", "s_aux") if kwargs.get(k) is not None}
+    return AttentionCall(
+        query=query,
+        key=key,
+        value=value,
+        mask=mask,
+        scaling=float(scaling),
+        causal=causal and n > 1,
+        key_padding_mask=key_padding,
+        dropout=float(dropout),
+        training=bool(getattr(module, "training", False)),
+        extras=extras,
+    )
+
+
+def _select_heads(call: AttentionCall, heads: list[int]) -> AttentionCall:
+    idx = torch.as_tensor(heads, device=call.query.device)
+    mask = call.mask
+    if mask is not None and mask.shape[1] > 1:
+        mask = mask.index_select(1, idx)
+    return AttentionCall(
+        query=call.query.index_select(1, idx),
+        key=call.key.index_select(1, idx),
+        value=call.value.index_select(1, idx),
+        mask=mask,
+        scaling=call.scaling,
+        causal=call.causal,
+        key_padding_mask=call.key_padding_mask,
+        dropout=call.dropout,
+        training=call.training,
+        extras=call.extras,
+    )
+
+
+def _densify(a: torch.Tensor) -> torch.Tensor:
+    return a.to_dense() if a.is_sparse else a
+
+
+def run_attention(backend: AttentionBackend, module: nn.Module, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The body of every registered function: output (B, H, n, d_v) and the matrix if computed."""
+    state = _ACTIVE.get()
+    site = state.site_of(module) if state is not None else None
+    if site is None:
+        return backend.forward(call), None
+    state.calls += 1
+    spec = state.spec
+    record = spec is not None and spec.wants(site)
+    intervention = state.interventions.get(site.key)
+    if not record and intervention is None:
+        return backend.forward(call), None
+    num_heads = call.query.shape[1]
+    heads = spec.heads if (spec is not None and spec.heads is not None) else None
+    if intervention is None and heads is not None and len(heads) < num_heads:
+        # only the chosen heads' matrices are built; the output keeps the fast path
+        out = backend.forward(call)
+        probs = backend.attention(_select_heads(call, heads))[1]
+    else:
+        out, probs = backend.attention(call)
+        if intervention is not None:
+            probs = intervention(_densify(probs), call, site)
+            if probs.shape != (*call.query.shape[:3], call.key.shape[-2]):
+                raise ValueError(f"intervention at {site.key} returned shape {tuple(probs.shape)}")
+            out = torch.matmul(probs.to(call.value.dtype), call.value)
+        if heads is not None and len(heads) < num_heads:
+            probs = _densify(probs)[:, heads]
+    if record:
+        stored = probs if (spec.keep_sparse and probs.is_sparse) else _densify(probs)
+        stored = stored.detach().to(spec.dtype)
+        values = call.value.detach().to(spec.dtype) if spec.store_values else None
+        state.records.append(Record(site=site, probs=stored, values=values, heads=heads, num_heads=num_heads))
+    return out, probs
+
+
+def _make_function(backend: AttentionBackend) -> Callable:
+    def attnexplain_attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        call = build_call(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        out, probs = run_attention(backend, module, call)
+        return out.transpose(1, 2).contiguous(), (probs if probs is None or not probs.is_sparse else probs.to_dense())
+
+    attnexplain_attention.backend = backend  # type: ignore[attr-defined]
+    return attnexplain_attention
+
+
+def register_backend_function(backend: AttentionBackend | str, **options: Any) -> str:
+    """Register ``backend`` in transformers' attention registry; return its implementation name.
+
+    Default-configured backends get ``attnexplain_<name>``; configured ones
+    ``attnexplain_<name>_<config id>``.
+    """
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import eager_mask
+
+    backend = get_backend(backend, **options)
+    default = type(backend)()
+    reg_name = _PREFIX + backend.name
+    if backend.options() != default.options():
+        reg_name += "_" + backend.config_id()
+    if reg_name not in _REGISTERED:
+        AttentionInterface.register(reg_name, _make_function(backend))
+        AttentionMaskInterface.register(reg_name, eager_mask)
+        _REGISTERED[reg_name] = backend
+    return reg_name
+
+
+def use_backend(model: nn.Module, backend: AttentionBackend | str = "dense", **options: Any) -> str:
+    """Switch ``model`` to an attnexplain attention backend without reloading it.
+
+    Returns the registered implementation name (what ``model.config._attn_implementation`` holds).
+    """
+    name = register_backend_function(backend, **options)
+    try:
+        model.set_attn_implementation(name)
+    except (ValueError, AttributeError) as exc:
+        from .adapters import UnsupportedArchitectureError
+
+        raise UnsupportedArchitectureError(
+            f"{type(model).__name__} does not accept custom attention functions ({exc}). "
+            "Mark its attention modules with attnexplain.capture.mark_attention_site instead."
+        ) from exc
+    return name
+
+
+def backend_of(model: nn.Module) -> AttentionBackend | None:
+    """The attnexplain backend a model currently runs (None if it runs something else)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return _REGISTERED.get(impl) if impl else None
+
+
+# the default-configured backends are registered on import, so that
+# ``model.set_attn_implementation("attnexplain_smyrf")`` works directly
+def _register_defaults() -> None:
+    from ..backends import BACKENDS
+
+    for name in BACKENDS:
+        try:
+            register_backend_function(name)
+        except TypeError:  # a backend without default options
+            pass
+
+
+_register_defaults()

