@@ -1,0 +1,48 @@
+"""Pure tensor functions for attention interpretability (no model knowledge).
+
+Every function takes torch tensors, is batched over arbitrary leading dims (examples, layers,
+heads) and works on CPU and GPU. Formulas and papers are in each docstring and in
+``shared/notes/methods.md``.
+
+* effective attention (Brunner et al., ICLR 2020): :func:`effective_attention`,
+  :func:`effective_attention_from_values`, :func:`null_attention`, :func:`effective_rank`,
+  :func:`value_transforms`, :func:`column_space_basis`
+* attention as a distribution keeping the output (after Naim & Asher, ECAI 2024; the project's
+  own formulation): :func:`attention_distribution`
+* norm-based attention (Kobayashi et al., EMNLP 2020): :func:`norm_based_attention`
+* rollout and flow (Abnar & Zuidema, ACL 2020): :func:`attention_rollout`,
+  :func:`attention_flow`, :func:`augmented_attention`
+* readouts: :func:`token_importance`, :func:`aggregate`
+"""
+
+from .distribution import DistributionResult, attention_distribution
+from .effective import (
+    column_space_basis,
+    effective_attention,
+    effective_attention_from_values,
+    effective_rank,
+    null_attention,
+    value_transforms,
+)
+from .flow import attention_flow
+from .norms import NormAttention, norm_based_attention
+from .readouts import aggregate, token_importance
+from .rollout import attention_rollout, augmented_attention
+
+__all__ = [
+    "value_transforms",
+    "effective_attention",
+    "effective_attention_from_values",
+    "null_attention",
+    "effective_rank",
+    "column_space_basis",
+    "DistributionResult",
+    "attention_distribution",
+    "NormAttention",
+    "norm_based_attention",
+    "augmented_attention",
+    "attention_rollout",
+    "attention_flow",
+    "token_importance",
+    "aggregate",
+]

@@ -1,0 +1,472 @@
+"""Effective attention (Brunner et al., ICLR 2020, "On Identifiability in Transformers").
+
+A head adds ``A T`` to the residual stream, with ``T = V_h W_O^h`` (m x d, rank <= d_h). Any
+vector ``x`` with ``x^T T = 0`` (the left null space LN(T), dimension >= m - rank(T)) can be
+added to a row of ``A`` without changing the head's output, so ``A`` is not identifiable once
+``m > d_h``. Effective attention removes that part::
+
+    A_eff = A - Proj_LN(T)(A) = A U_r U_r^T,      T = U S V^T (thin SVD),
+    r = #{ s_i > rtol * s_max },                  rtol = max(m, d) * eps(dtype T was computed in)
+
+Everything here is a pure function on tensors, batched over arbitrary leading dimensions
+(examples, layers, heads), device-agnostic (CPU or GPU), and never builds the m x m projector:
+``A_eff = (A @ U_r) @ U_r^T`` costs O(n m r).
+
+Precision: the SVD always runs in float64, but the rank tolerance follows the dtype ``T`` was
+*computed* in. A float32 ``T`` has null-direction singular values ~1e-7 * s_max; a float64
+tolerance would count them as rank, the null space would vanish and ``A_eff == A`` silently.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "value_transforms",
+    "effective_attention",
+    "effective_attention_from_values",
+    "null_attention",
+    "effective_rank",
+    "column_space_basis",
+]
+
+_FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers (shared by the other functional modules)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_tensor(x, name: str, min_ndim: int, layout: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_TYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16/bfloat16/float32/float64), got {x.dtype}; "
+            f"convert it with {name}.float()"
+        )
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have shape {layout} (at least {min_ndim} dims), got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_finite(x: torch.Tensor, name: str, hint: str = "") -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"{name} contains {bad} non-finite value(s) (NaN or inf). {hint}".rstrip()
+            + (" " if hint else "")
+            + "Remove them, or pass key_mask so that padded positions are ignored."
+        )
+
+
+def _check_key_mask(key_mask, m: int, name: str = "key_mask") -> torch.Tensor | None:
+    """Validate a key mask (..., m) bool, True = real key."""
+    if key_mask is None:
+        return None
+    if not isinstance(key_mask, torch.Tensor):
+        raise TypeError(f"{name} must be a bool torch.Tensor (..., m) with True = real key, got {type(key_mask).__name__}")
+    if key_mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} must be a bool tensor (True = real key), got {key_mask.dtype}; "
+            f"for a Hugging Face attention_mask pass attention_mask.bool()"
+        )
+    if key_mask.ndim < 1 or key_mask.shape[-1] != m:
+        raise ValueError(f"{name} must have shape (..., m) with m = {m} keys, got shape {tuple(key_mask.shape)}")
+    return key_mask
+
+
+def _broadcast(shapes: dict[str, tuple[int, ...]], what: str) -> tuple[int, ...]:
+    try:
+        return tuple(torch.broadcast_shapes(*shapes.values()))
+    except RuntimeError:
+        desc = ", ".join(f"{k} {tuple(v)}" for k, v in shapes.items())
+        raise ValueError(
+            f"leading (batch) dimensions do not broadcast: {desc}. They are aligned from the right "
+            f"({what}); e.g. for attention (B, H, n, m) pass a key mask of shape (B, 1, m), "
+            f"i.e. key_mask[:, None, :]"
+        ) from None
+
+
+def _eps(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).eps)
+
+
+def _default_rtol(m: int, d: int, dtype: torch.dtype, rtol: float | None) -> float:
+    if rtol is not None:
+        rtol = float(rtol)
+        if not (0.0 <= rtol < 1.0) or math.isnan(rtol):
+            raise ValueError(f"rtol must be in [0, 1), got {rtol}")
+        return rtol
+    tol = max(m, d) * _eps(dtype)
+    if tol >= 1.0:
+        raise ValueError(
+            f"the default rank tolerance max(m, d) * eps({dtype}) = {tol:.3g} is >= 1 and would discard "
+            f"every direction of T; compute T in float32, or pass rtol explicitly (e.g. rtol=1e-2)"
+        )
+    return tol
+
+
+def _mask_rows(x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero the rows (dim -2) of x at masked keys (also clears NaN/inf there)."""
+    if key_mask is None:
+        return x
+    return torch.where(key_mask[..., :, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _mask_cols(x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero the columns (dim -1) of x at masked keys (also clears NaN/inf there)."""
+    if key_mask is None:
+        return x
+    return torch.where(key_mask[..., None, :], x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _check_attention(A, name: str = "A") -> torch.Tensor:
+    return _check_tensor(A, name, 2, "(..., n, m)")
+
+
+def _check_stochastic(A: torch.Tensor, key_mask: torch.Tensor | None, atol: float) -> None:
+    sums = A.sum(-1, dtype=torch.float64) if A.dtype != torch.float64 else A.sum(-1)
+    if key_mask is not None:
+        # a query row whose keys are all masked has nothing to be stochastic over
+        any_real = key_mask.any(-1, keepdim=True)
+        sums = torch.where(any_real, sums, torch.ones((), dtype=sums.dtype, device=sums.device))
+    dev = (sums - 1).abs()
+    if bool((dev > atol).any()):
+        worst = float(dev.max())
+        raise ValueError(
+            f"check_stochastic: rows of A (over unmasked keys) must sum to 1 within {atol:g}, but a row is "
+            f"off by {worst:.3g}. Pass attention probabilities (after softmax), the right key_mask, or "
+            f"check_stochastic=False to project arbitrary rows"
+        )
+
+
+def _stochastic_atol(check, dtype: torch.dtype) -> float | None:
+    if check is False or check is None:
+        return None
+    if check is True:
+        return 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+    return float(check)
+
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half inputs are projected in float32)."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _out_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    out = dtypes[0]
+    for d in dtypes[1:]:
+        out = torch.promote_types(out, d)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# value transforms
+# --------------------------------------------------------------------------------------------
+
+
+def value_transforms(values: torch.Tensor, out_proj_blocks: torch.Tensor) -> torch.Tensor:
+    """Per-head value transforms ``T^h = V_h W_O^h`` (Kobayashi et al. EMNLP 2020: f^h(x_j)).
+
+    Formula: ``T^h_j = f^h(x_j) = (x_j W_V^h + b_V^h) W_O^h``, the vector head ``h`` adds to the
+    residual stream per unit of attention to key ``j`` (Kobayashi et al., EMNLP 2020, "Attention
+    is Not Only a Weight"; Brunner et al., ICLR 2020).
+
+    Args:
+        values: ``(..., H, m, d_v)`` per-head value vectors (bias included).
+        out_proj_blocks: ``(H, d_v, d)`` the output projection split per head (for a
+            ``nn.Linear`` output projection: ``weight.T.reshape(H, d_v, d)``).
+
+    Returns:
+        ``(..., H, m, d)``.
+    """
+    _check_tensor(values, "values", 3, "(..., H, m, d_v)")
+    _check_tensor(out_proj_blocks, "out_proj_blocks", 3, "(H, d_v, d)")
+    if out_proj_blocks.ndim != 3:
+        raise ValueError(f"out_proj_blocks must have shape (H, d_v, d), got {tuple(out_proj_blocks.shape)}")
+    H, d_v, _ = out_proj_blocks.shape
+    if values.shape[-3] != H or values.shape[-1] != d_v:
+        raise ValueError(
+            f"values {tuple(values.shape)} must be (..., H={H}, m, d_v={d_v}) to match out_proj_blocks "
+            f"{tuple(out_proj_blocks.shape)}; split the output projection as weight.T.reshape(H, d_v, d)"
+        )
+    dtype = _out_dtype(values.dtype, out_proj_blocks.dtype)
+    return values.to(dtype) @ out_proj_blocks.to(device=values.device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# bases of the column space
+# --------------------------------------------------------------------------------------------
+
+
+def _truncate(U: torch.Tensor, S: torch.Tensor, rtol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the left singular vectors with s_i > rtol * s_max; zero the dropped columns.
+
+    U: (..., m, k) float64, S: (..., k) descending. Returns U_r (..., m, r_max), rank (...).
+    A matrix with s_max = 0 has rank 0.
+    """
+    smax = S[..., :1]
+    keep = (S > rtol * smax) & (S > 0)
+    rank = keep.sum(-1)
+    r_max = int(rank.max()) if rank.numel() else 0
+    U = U[..., :r_max] * keep[..., None, :r_max].to(U.dtype)
+    return U, rank
+
+
+def _append_ones(U: torch.Tensor, rank: torch.Tensor, key_mask: torch.Tensor | None, rtol: float):
+    """Append the component of the (masked) all-ones vector orthogonal to span(U) to the basis."""
+    ones = torch.ones(U.shape[:-1], dtype=U.dtype, device=U.device)
+    if key_mask is not None:
+        ones = torch.broadcast_to(ones, torch.broadcast_shapes(ones.shape, key_mask.shape)).clone()
+        ones = ones * key_mask.to(U.dtype)
+        U = torch.broadcast_to(U, ones.shape + U.shape[-1:])
+        rank = torch.broadcast_to(rank, ones.shape[:-1])
+    u = ones
+    for _ in range(2):  # classical Gram-Schmidt, twice is enough
+        u = u - (U @ (U.transpose(-1, -2) @ u[..., None]))[..., 0]
+    onorm = torch.linalg.vector_norm(ones, dim=-1, keepdim=True)
+    unorm = torch.linalg.vector_norm(u, dim=-1, keepdim=True)
+    keep = (unorm > max(rtol, 64 * _eps(torch.float64)) * onorm) & (onorm > 0)
+    u = torch.where(keep, u / unorm.clamp_min(torch.finfo(U.dtype).tiny), torch.zeros((), dtype=U.dtype, device=U.device))
+    U = torch.cat([U, u[..., None]], dim=-1)
+    return U, rank + keep[..., 0].long()
+
+
+def column_space_basis(
+    T: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+    rtol: float | None = None,
+    with_ones: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal basis ``U_r`` of the column space of ``T`` (float64), and its rank.
+
+    Formula: ``T = U S V^T`` (thin SVD, float64), ``U_r = U[:, s_i > rtol * s_max]`` with
+    ``rtol = max(m, d) * eps(T.dtype)`` by default (Brunner et al., ICLR 2020). The basis is
+    padded with zero columns to the largest rank in the batch, so ``U_r`` is ``(..., m, r_max)``
+    and ``U_r U_r^T`` is the exact projector for every batch element.
+
+    Args:
+        T: ``(..., m, d)``.
+        key_mask: ``(..., m)`` bool, True = real key; rows of masked keys are zeroed (excluded)
+            and the basis is zero there.
+        rtol: relative singular-value tolerance (default from ``T``'s dtype, see above).
+        with_ones: also span the (masked) all-ones vector, i.e. the column space of ``[T, 1]``.
+
+    Returns:
+        ``(U_r, rank)``: ``(..., m, r_max)`` float64 and ``(...)`` long.
+    """
+    _check_tensor(T, "T", 2, "(..., m, d)")
+    m, d = T.shape[-2:]
+    key_mask = _check_key_mask(key_mask, m)
+    tol = _default_rtol(m, d, T.dtype, rtol)
+    T64 = T.to(torch.float64)
+    if key_mask is not None:
+        _broadcast({"T": T.shape[:-2], "key_mask": key_mask.shape[:-1]}, "T (..., m, d), key_mask (..., m)")
+        T64 = _mask_rows(T64, key_mask)
+    _check_finite(T64, "T")
+    U, S, _ = torch.linalg.svd(T64, full_matrices=False)
+    U, rank = _truncate(U, S, tol)
+    return _finish_basis(U, rank, key_mask, tol, with_ones)
+
+
+def _finish_basis(U, rank, key_mask, tol, with_ones):
+    if key_mask is not None:
+        U = _mask_rows(U, key_mask)
+    if with_ones:
+        U, rank = _append_ones(U, rank, key_mask, tol)
+    return U, rank
+
+
+def _basis_from_values(V, W, key_mask, rtol, with_ones):
+    """Exact thin SVD of T = V W via V = Q R, R W = U_s S V^T  =>  U = Q U_s."""
+    m, d_v = V.shape[-2:]
+    d = W.shape[-1]
+    tol = _default_rtol(m, d, _out_dtype(V.dtype, W.dtype), rtol)
+    V64 = V.to(torch.float64)
+    if key_mask is not None:
+        V64 = _mask_rows(V64, key_mask)
+    _check_finite(V64, "V")
+    W64 = W.to(device=V.device, dtype=torch.float64)
+    _check_finite(W64, "W_O_blocks")
+    Q, R = torch.linalg.qr(V64, mode="reduced")  # (..., H, m, k1), (..., H, k1, d_v)
+    Us, S, _ = torch.linalg.svd(R @ W64, full_matrices=False)  # (..., H, k1, k2)
+    U, rank = _truncate(Us, S, tol)  # truncate in the small space, then lift
+    U = Q @ U
+    return _finish_basis(U, rank, key_mask, tol, with_ones)
+
+
+# --------------------------------------------------------------------------------------------
+# effective attention
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare_A(A, key_mask, check_stochastic):
+    if key_mask is not None:
+        A = _mask_cols(A, key_mask)
+    _check_finite(A, "A")
+    atol = _stochastic_atol(check_stochastic, A.dtype)
+    if atol is not None:
+        _check_stochastic(A, key_mask, atol)
+    return A
+
+
+def _project(A: torch.Tensor, U: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    cdt = _compute_dtype(A.dtype, out_dtype)
+    Uc = U.to(cdt)
+    Ac = A.to(cdt)
+    A_eff = (Ac @ Uc) @ Uc.transpose(-1, -2)
+    return A_eff.to(out_dtype)
+
+
+def effective_attention(
+    A: torch.Tensor,
+    T: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+    rtol: float | None = None,
+    preserve_row_sums: bool = False,
+    check_stochastic: bool | float = False,
+) -> torch.Tensor:
+    """Effective attention ``A_eff = A U_r U_r^T`` (Brunner et al., ICLR 2020).
+
+    Formula: with ``T = U S V^T`` the thin SVD of the value transforms (float64) and ``U_r`` the
+    left singular vectors with ``s_i > rtol * s_max``::
+
+        A_eff = A - Proj_LN(T)(A) = (A @ U_r) @ U_r^T           (never forms the m x m projector)
+
+    so ``A_eff T == A T`` (the head's output is unchanged) and ``A_eff == A`` whenever
+    ``rank(T) == m`` (e.g. ``m <= d_h``). Rows of ``A_eff`` need not sum to 1 and can be negative.
+
+    Paper: G. Brunner, Y. Liu, D. Pascual, O. Richter, M. Ciaramita, R. Wattenhofer,
+    "On Identifiability in Transformers", ICLR 2020.
+
+    Args:
+        A: ``(..., n, m)`` attention (n queries, m keys; cross-attention n != m is fine).
+        T: ``(..., m, d)`` value transforms ``V_h W_O^h`` (see :func:`value_transforms`); leading
+            dims broadcast with ``A``'s (right-aligned).
+        key_mask: ``(..., m)`` bool, True = real key. Masked keys' rows of ``T`` are excluded
+            (zeroed, NaN there is ignored) and the masked columns of ``A_eff`` are exactly 0;
+            ``A_eff T == A T`` then holds over the real keys. For ``A`` of shape ``(B, H, n, m)``
+            pass ``mask[:, None, :]``.
+        rtol: rank tolerance relative to the largest singular value. Default
+            ``max(m, d) * eps(T.dtype)``: the precision ``T`` was *computed* in (float32 -> 1.19e-7),
+            not float64, or float32 null directions count as rank and ``A_eff == A`` silently.
+        preserve_row_sums: project onto the column space of ``[T, 1]`` instead (the all-ones
+            vector over real keys is added to the basis): keeps ``A T`` and the row sums of ``A``.
+        check_stochastic: if True (or a float tolerance), raise when a row of ``A`` over the
+            unmasked keys does not sum to 1 within 1e-4 (1e-2 for 16-bit ``A``). By default any
+            rows are accepted and simply projected (the map is linear: row sums of ``A_eff`` are
+            those of the projected rows).
+
+    Returns:
+        ``(..., n, m)`` in ``promote_types(A.dtype, T.dtype)``. A zero (rank-0) ``T`` gives
+        ``A_eff = 0`` (everything is in the null space; with ``preserve_row_sums`` only the
+        row-sum direction is kept).
+
+    Raises:
+        ValueError: non-finite values, shape mismatches, or leading dims that do not broadcast.
+    """
+    _check_attention(A)
+    _check_tensor(T, "T", 2, "(..., m, d)")
+    n, m = A.shape[-2:]
+    if T.shape[-2] != m:
+        raise ValueError(
+            f"A {tuple(A.shape)} has m = {m} keys (last dim) but T {tuple(T.shape)} has {T.shape[-2]} rows "
+            f"(dim -2): T must be (..., m, d) with one row per key (is T transposed, or missing the head dim?)"
+        )
+    key_mask = _check_key_mask(key_mask, m)
+    shapes = {"A": A.shape[:-2], "T": T.shape[:-2]}
+    if key_mask is not None:
+        shapes["key_mask"] = key_mask.shape[:-1]
+    _broadcast(shapes, "A (..., n, m), T (..., m, d), key_mask (..., m)")
+    A = _prepare_A(A, key_mask, check_stochastic)
+    U, _ = column_space_basis(T, key_mask=key_mask, rtol=rtol, with_ones=preserve_row_sums)
+    out = _project(A, U, _out_dtype(A.dtype, T.dtype))
+    return _mask_cols(out, key_mask)
+
+
+def effective_attention_from_values(
+    A: torch.Tensor,
+    V: torch.Tensor,
+    W_O_blocks: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+    rtol: float | None = None,
+    preserve_row_sums: bool = False,
+    check_stochastic: bool | float = False,
+) -> torch.Tensor:
+    """Effective attention from per-head values and output-projection blocks (fast, exact).
+
+    Same result as ``effective_attention(A, value_transforms(V, W_O_blocks))`` (Brunner et al.,
+    ICLR 2020), computed without the SVD of the m x d matrix ``T = V W_O``::
+
+        V = Q R (reduced QR, Q: m x d_v),   R W_O = U_s S V^T (d_v x d),   T = (Q U_s) S V^T
+
+    so ``U = Q U_s`` are exactly the left singular vectors of ``T`` and
+    ``A_eff = (A @ U_r) @ U_r^T``. Costs O(m d_v^2 + d_v^2 d) per head for the basis instead of
+    O(m d min(m, d)). The rank tolerance defaults to ``max(m, d) * eps(dtype of V, W_O)``.
+
+    Args:
+        A: ``(..., H, n, m)``.
+        V: ``(..., H, m, d_v)`` value vectors per head (bias included).
+        W_O_blocks: ``(H, d_v, d)`` the output projection split per head.
+        key_mask: ``(..., m)`` bool, True = real key, **without** the head dim (``(B, m)`` for
+            ``A`` of shape ``(B, H, n, m)``); otherwise as :func:`effective_attention`.
+        rtol, preserve_row_sums, check_stochastic: as :func:`effective_attention`.
+
+    Returns:
+        ``(..., H, n, m)`` in ``promote_types(A.dtype, V.dtype, W_O_blocks.dtype)``.
+    """
+    _check_tensor(A, "A", 3, "(..., H, n, m)")
+    _check_tensor(V, "V", 3, "(..., H, m, d_v)")
+    _check_tensor(W_O_blocks, "W_O_blocks", 3, "(H, d_v, d)")
+    if W_O_blocks.ndim != 3:
+        raise ValueError(f"W_O_blocks must have shape (H, d_v, d), got {tuple(W_O_blocks.shape)}")
+    H, d_v, _ = W_O_blocks.shape
+    n, m = A.shape[-2:]
+    if V.shape[-3] != H or V.shape[-1] != d_v:
+        raise ValueError(f"V {tuple(V.shape)} must be (..., H={H}, m, d_v={d_v}) to match W_O_blocks {tuple(W_O_blocks.shape)}")
+    if V.shape[-2] != m:
+        raise ValueError(f"A {tuple(A.shape)} has m = {m} keys (last dim) but V {tuple(V.shape)} has {V.shape[-2]} rows (dim -2)")
+    if A.shape[-3] != H:
+        raise ValueError(f"A {tuple(A.shape)} must be (..., H={H}, n, m)")
+    key_mask = _check_key_mask(key_mask, m)
+    shapes = {"A": A.shape[:-3], "V": V.shape[:-3]}
+    if key_mask is not None:
+        shapes["key_mask"] = key_mask.shape[:-1]
+        key_mask = key_mask[..., None, :]  # add the head dim
+    _broadcast(shapes, "A (..., H, n, m), V (..., H, m, d_v), key_mask (..., m) without the head dim")
+    A = _prepare_A(A, key_mask, check_stochastic)
+    U, _ = _basis_from_values(V, W_O_blocks, key_mask, rtol, preserve_row_sums)
+    out = _project(A, U, _out_dtype(A.dtype, V.dtype, W_O_blocks.dtype))
+    return _mask_cols(out, key_mask)
+
+
+def null_attention(A: torch.Tensor, T: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The unidentifiable part ``A - A_eff = A (I - U_r U_r^T) = Proj_LN(T)(A)`` (Brunner et al., ICLR 2020).
+
+    Its rows lie in the left null space of ``T``: ``(A - A_eff) T == 0``. Takes the keyword
+    arguments of :func:`effective_attention`; masked key columns are 0.
+    """
+    A_eff = effective_attention(A, T, **kwargs)
+    key_mask = kwargs.get("key_mask")
+    A_c = _mask_cols(A, key_mask).to(A_eff.dtype)
+    return A_c - A_eff
+
+
+def effective_rank(
+    T: torch.Tensor, rtol: float | None = None, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Numerical rank ``r = #{s_i > rtol * s_max}`` of ``T`` (..., m, d) -> LongTensor (...).
+
+    The dimension of the space effective attention keeps (Brunner et al., ICLR 2020); the left
+    null space has dimension ``m_real - r``. Default ``rtol = max(m, d) * eps(T.dtype)``; masked
+    keys' rows are excluded. A zero ``T`` has rank 0.
+    """
+    _, rank = column_space_basis(T, key_mask=key_mask, rtol=rtol)
+    return rank
