@@ -1,0 +1,29 @@
+"""Run folders: batch analysis results on disk (docs/run-format.md), and the engines behind
+``attnexplain analyze``, ``report``, ``compare`` and ``merge``.
+
+Readers use :func:`open_run` / :func:`list_runs` / :func:`resolve_run` and :class:`Run`.
+"""
+
+from .store import (
+    COMPAT_KEYS,
+    FORMAT_VERSION,
+    TABLES,
+    Run,
+    RunFormatError,
+    RunLockedError,
+    RunMismatchError,
+    RunPathError,
+    RunWriter,
+    attention_filename,
+    list_runs,
+    manifest_difference,
+    open_run,
+    resolve_run,
+    table_schema,
+)
+
+__all__ = [
+    "COMPAT_KEYS", "FORMAT_VERSION", "TABLES", "Run", "RunFormatError", "RunLockedError", "RunMismatchError",
+    "RunPathError", "RunWriter", "attention_filename", "list_runs", "manifest_difference", "open_run",
+    "resolve_run", "table_schema",
+]
