@@ -47,8 +47,10 @@ def _lsh_keys(seed: int):
         gen = torch.Generator(device=q.device)
         for r in range(rounds):
             gen.manual_seed(_round_seed(seed, r))
-            # (C, H, d): the first C_b rows do not depend on C, so an example hashes alike in any batch
-            rot = torch.randn(c, h, d, generator=gen, device=q.device, dtype=torch.float32).to(q.dtype)
+            # (C, H, d), drawn row by row: the first C_b rows do not depend on C (torch.randn of one
+            # larger tensor would not give a prefix), so an example hashes alike in any batch
+            rot = torch.stack([torch.randn(h, d, generator=gen, device=q.device, dtype=torch.float32)
+                               for _ in range(c)]).to(q.dtype)
             out = []
             for x in (qn, kn):
                 proj = torch.einsum("bhnd,chd->bhnc", x, rot)
