@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .effective import _check_finite, _check_key_mask, _check_tensor, _compute_dtype
+from .effective import _broadcast, _check_finite, _check_key_mask, _check_tensor, _compute_dtype
 
 __all__ = ["augmented_attention", "attention_rollout"]
 
@@ -26,7 +26,7 @@ def _stack_layers(attentions) -> torch.Tensor:
     if isinstance(attentions, torch.Tensor):
         _check_tensor(attentions, "attentions", 4, "(L, ..., H, n, n)")
         stacked = attentions
-    elif isinstance(attentions, Sequence) and len(attentions) > 0:
+    elif isinstance(attentions, Sequence) and not isinstance(attentions, (str, bytes)) and len(attentions) > 0:
         shapes = {tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__ for a in attentions}
         if len(shapes) != 1:
             raise ValueError(f"all layers' attentions must have the same shape (..., H, n, n), got {sorted(map(str, shapes))}")
@@ -78,6 +78,10 @@ def augmented_attention(
     cdt = _compute_dtype(A.dtype)
     A = A.to(cdt)
     if key_mask is not None:
+        _broadcast(
+            {"attentions (without L, H, n, n)": A.shape[1:-3], "key_mask (without n)": key_mask.shape[:-1]},
+            "key_mask is (..., n) for attentions (L, ..., H, n, n), e.g. (B, n) for (L, B, H, n, n)",
+        )
         km = key_mask[..., None, None, :]  # add H and query dims; L broadcasts from the left
         A = torch.where(km, A, torch.zeros((), dtype=cdt, device=A.device))
     _check_finite(A, "attentions")
