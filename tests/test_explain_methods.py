@@ -265,6 +265,9 @@ def test_rollout_and_flow_read_the_readout_row_of_the_last_layer():
     cap = capture(lm, enc)
     ro = get_method("rollout").attribute(lm, enc, target=torch.zeros(2), capture=cap)
     fl = get_method("flow").attribute(lm, enc, target=torch.zeros(2), capture=cap)
+    ro_first = get_method("rollout", layers=0).attribute(lm, enc, target=torch.zeros(2), capture=cap)
+    ro_all = get_method("rollout", layers="all").attribute(lm, enc, target=torch.zeros(2), capture=cap)
+    fl_all = get_method("flow", layers="all").attribute(lm, enc, target=torch.zeros(2), capture=cap)
     for i in range(2):
         idx = enc["attention_mask"][i].bool()
         A = cap.stacked()[:, i][:, :, idx][:, :, :, idx].double().mean(1)  # (L, k, k)
@@ -275,6 +278,9 @@ def test_rollout_and_flow_read_the_readout_row_of_the_last_layer():
         for l in range(1, A.shape[0]):
             roll = aug[l] @ roll
         np.testing.assert_allclose(ro[i], roll[0].numpy(), atol=1e-6)
+        np.testing.assert_allclose(ro_first[i], aug[0][0].numpy(), atol=1e-6)  # top layer 0: one step
+        np.testing.assert_allclose(ro_all[i], (ro[i] + ro_first[i]) / 2, atol=1e-6)
+        assert fl_all[i].shape == fl[i].shape and np.isfinite(fl_all[i]).all()
         assert ro[i].sum() == pytest.approx(1.0, abs=1e-5)
         # flow to a token never exceeds the readout's total capacity, and the readout token
         # itself receives the most (identity residual in every layer)
