@@ -51,7 +51,12 @@ def explain_batch(
         else:
             with torch.no_grad():
                 logits = lm.model(**batch).logits
-        target = (logits if logits.dim() == 2 else logits[:, -1]).argmax(-1)
+        if logits.dim() == 3:  # per-position logits: read the last real token of each example
+            mask = batch.get("attention_mask")
+            last = (mask.long().cumsum(-1).argmax(-1) if mask is not None
+                    else torch.full((logits.shape[0],), logits.shape[1] - 1))
+            logits = logits[torch.arange(logits.shape[0]), last]
+        target = logits.argmax(-1)
     target = torch.as_tensor(target).reshape(-1)
     scores = {m.name: m.attribute(lm, batch, target=target, capture=cap) for m in built}
     return scores, target, cap
