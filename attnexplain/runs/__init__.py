@@ -17,6 +17,7 @@ from .store import (
     attention_filename,
     list_runs,
     manifest_difference,
+    merge_runs,
     open_run,
     resolve_run,
     table_schema,
@@ -24,6 +25,6 @@ from .store import (
 
 __all__ = [
     "COMPAT_KEYS", "FORMAT_VERSION", "TABLES", "Run", "RunFormatError", "RunLockedError", "RunMismatchError",
-    "RunPathError", "RunWriter", "attention_filename", "list_runs", "manifest_difference", "open_run",
+    "RunPathError", "RunWriter", "attention_filename", "list_runs", "manifest_difference", "merge_runs", "open_run",
     "resolve_run", "table_schema",
 ]
