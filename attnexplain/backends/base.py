@@ -72,12 +72,13 @@ class AttentionCall:
         """Masked, scaled dot-product scores (B, H, n, m) in float32 or the input dtype if wider."""
         q = self.query
         dtype = torch.promote_types(q.dtype, torch.float32)
-        s = torch.matmul(q.to(dtype), self.key.to(dtype).transpose(-1, -2)) * self.scaling
+        s = torch.matmul(q.to(dtype), self.key.to(dtype).transpose(-1, -2))
+        s.mul_(self.scaling)  # in place: s is a fresh tensor (same op order as eager attention)
         softcap = self.extras.get("softcap")
         if softcap is not None:
             s = torch.tanh(s / softcap) * softcap
         if self.mask is not None:
-            s = s + self.mask.to(dtype)
+            s = s.add_(self.mask.to(dtype)) if s.shape == torch.broadcast_shapes(s.shape, self.mask.shape) else s + self.mask.to(dtype)
         return s
 
     def full_mask_bool(self) -> torch.Tensor:

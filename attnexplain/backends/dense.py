@@ -15,12 +15,11 @@ from .base import AttentionBackend, AttentionCall, register_backend
 
 def dense_attention_probs(call: AttentionCall) -> torch.Tensor:
     """softmax(Q K^T * scaling + mask) in float32 (B, H, n, m); fully masked rows become 0."""
-    scores = call.scores()
-    probs = torch.softmax(scores, dim=-1)
-    # rows whose keys are all masked (e.g. padded queries in some masks) produce NaN or uniform
-    # weights; make them exact zeros so downstream maths sees no NaN.
-    if call.mask is not None:
-        probs = torch.nan_to_num(probs, nan=0.0)
+    probs = torch.softmax(call.scores(), dim=-1)
+    # transformers' masks use the dtype's minimum (finite), so rows never become NaN; a mask with
+    # -inf can fully mask a row (NaN after softmax): make those rows exact zeros.
+    if call.mask is not None and torch.isinf(call.mask).any():
+        probs = torch.nan_to_num_(probs, nan=0.0)
     return probs
 
 
