@@ -216,6 +216,18 @@ def test_determinism_under_a_seed(name):
     assert not torch.equal(a1, a3)
 
 
+@pytest.mark.parametrize("name", EFFICIENT)
+def test_a_call_restricted_to_some_heads_gives_those_heads_matrices(name):
+    """Capture of selected heads runs the backend on a head subset: it must match the full call."""
+    call = make_call(n=30, lengths=[30, 22])
+    sub = copy.copy(call)
+    sub.query, sub.key, sub.value = (t[:, [2, 0]] for t in (call.query, call.key, call.value))
+    backend = get_backend(name, **SMALL[name])
+    full = dense_of(backend.attention(call)[1])
+    part = dense_of(backend.attention(sub)[1])
+    torch.testing.assert_close(part, full[:, [2, 0]], atol=1e-6, rtol=0)
+
+
 def test_smyrf_implied_matrix_is_sparse_row_stochastic_and_counts_repeats():
     call = make_call(n=40)
     backend = get_backend("smyrf", n_hashes=4, q_cluster_size=10, k_cluster_size=10)

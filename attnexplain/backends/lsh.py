@@ -47,13 +47,14 @@ def _lsh_keys(seed: int):
         gen = torch.Generator(device=q.device)
         for r in range(rounds):
             gen.manual_seed(_round_seed(seed, r))
-            # (C, H, d), drawn row by row: the first C_b rows do not depend on C (torch.randn of one
-            # larger tensor would not give a prefix), so an example hashes alike in any batch
-            rot = torch.stack([torch.randn(h, d, generator=gen, device=q.device, dtype=torch.float32)
+            # (C, d), drawn row by row: the first C_b rows do not depend on C (torch.randn of one
+            # larger tensor would not give a prefix), so an example hashes alike in any batch; shared
+            # by the heads, so a call restricted to some heads hashes them as the full call does
+            rot = torch.stack([torch.randn(d, generator=gen, device=q.device, dtype=torch.float32)
                                for _ in range(c)]).to(q.dtype)
             out = []
             for x in (qn, kn):
-                proj = torch.einsum("bhnd,chd->bhnc", x, rot)
+                proj = x @ rot.T  # (B, H, n, C)
                 proj = torch.cat([proj, -proj], dim=-1).masked_fill(~col_ok, float("-inf"))
                 out.append(proj.argmax(dim=-1).to(q.dtype))
             yield out[0], out[1]

@@ -147,9 +147,6 @@ def clustered_attention(
     rounds = 1 if single else n_rounds
     lookback = lookback and not single
 
-    qpad = torch.cat([q, q.new_zeros(b, h, 1, d)], dim=2)
-    kpad = torch.cat([k, k.new_zeros(b, h, 1, d)], dim=2)
-    vpad = torch.cat([v, v.new_zeros(b, h, 1, dv)], dim=2)
     mask = None
     if call.mask is not None:
         mask = call.mask.expand(b, h, n, m)
@@ -179,9 +176,11 @@ def clustered_attention(
         korder = torch.argsort(kkeys, dim=-1, stable=True)
         qidx, qvalid = _slots(qorder, n_b, cb, qb, c, n)
         kidx, kvalid = _slots(korder, m_b, cb, kb, c, m)
-        qblk = _gather_rows(qpad, qidx).view(b, h, c, qb, d)
-        kblk = _gather_rows(kpad, kidx).view(b, h, c, kb, d)
-        vblk = _gather_rows(vpad, kidx).view(b, h, c, kb, dv)
+        # dummy slots (index n / m) read the last row; they are masked (keys) or dropped (queries)
+        qblk = _gather_rows(q, qidx.clamp(max=n - 1)).view(b, h, c, qb, d)
+        kclamp = kidx.clamp(max=m - 1)
+        kblk = _gather_rows(k, kclamp).view(b, h, c, kb, d)
+        vblk = _gather_rows(v, kclamp).view(b, h, c, kb, dv)
         kpos = kidx.view(b, h, c, kb)
         kval = kvalid.view(b, 1, c, kb)
         if lookback:
@@ -204,9 +203,13 @@ def clustered_attention(
                 scores = scores.masked_fill(kp > qpos + causal_off, neg_inf)
         if not bool(kval.all()):
             scores = scores.masked_fill(~kval.unsqueeze(3), neg_inf)
-        lse = torch.logsumexp(scores, dim=-1)  # (B, H, C, QB)
-        lse_safe = lse.masked_fill(torch.isneginf(lse), 0.0)
-        p = scores.sub_(lse_safe.unsqueeze(-1)).exp_()
+        # softmax in place (one score-sized buffer per round): p = exp(s - max) / Z, lse = max + log Z
+        mx = scores.amax(dim=-1, keepdim=True)
+        mx = mx.masked_fill(torch.isneginf(mx), 0.0)  # rows with no allowed key: p = 0, lse = -inf
+        p = scores.sub_(mx).exp_()
+        z = p.sum(dim=-1, keepdim=True)
+        p.div_(torch.where(z > 0, z, torch.ones_like(z)))
+        lse = (mx + torch.log(z)).squeeze(-1)  # (B, H, C, QB)
         pw = F.dropout(p, p=call.dropout, training=True) if (call.training and call.dropout > 0) else p
         o = (pw @ vblk).view(b, h, c * qb, dv)
         o_full = q.new_zeros(b, h, n + 1, dv).scatter_(2, qidx.unsqueeze(-1).expand(b, h, c * qb, dv), o)[:, :, :n]
@@ -216,7 +219,8 @@ def clustered_attention(
         else:
             new = torch.logaddexp(acc_lse, lse_full)
             new_safe = new.masked_fill(torch.isneginf(new), 0.0)
-            acc_o = acc_o * torch.exp(acc_lse - new_safe).unsqueeze(-1) + o_full * torch.exp(lse_full - new_safe).unsqueeze(-1)
+            acc_o.mul_(torch.exp(acc_lse - new_safe).unsqueeze(-1))
+            acc_o.add_(o_full.mul_(torch.exp(lse_full - new_safe).unsqueeze(-1)))
             acc_lse = new
         if want_matrix:
             saved.append((qidx, qvalid, kpos, kval, p, lse))
@@ -251,7 +255,9 @@ def _smyrf_keys(seed: int) -> SortKeys:
         b, h, n, d = q.shape
         gen = torch.Generator(device=q.device)
         gen.manual_seed(seed)
-        w = torch.randn(rounds, h, d + 2, generator=gen, device=q.device, dtype=torch.float32).to(q.dtype)
+        # one vector per round, shared by all heads and examples: a call restricted to some heads
+        # (capture of selected heads) clusters those heads exactly as the full call does
+        w = torch.randn(rounds, d + 2, generator=gen, device=q.device, dtype=torch.float32).to(q.dtype)
         qn2 = (q * q).sum(-1)
         kn2 = (k * k).sum(-1)
         mq2 = qn2.masked_fill(~q_real[:, None], 0.0).amax(-1, keepdim=True)
@@ -259,9 +265,9 @@ def _smyrf_keys(seed: int) -> SortKeys:
         extra_q = (mq2 + mk2 - qn2).clamp(min=0).sqrt()  # last coordinate of F(q)
         extra_k = (mq2 + mk2 - kn2).clamp(min=0).sqrt()  # second-to-last coordinate of G(k)
         for r in range(rounds):
-            wr = w[r]  # (H, d + 2)
-            pq = torch.einsum("bhnd,hd->bhn", q, wr[:, :d]) + extra_q * wr[:, d + 1][None, :, None]
-            pk = torch.einsum("bhmd,hd->bhm", k, wr[:, :d]) + extra_k * wr[:, d][None, :, None]
+            wr = w[r]  # (d + 2,)
+            pq = q @ wr[:d] + extra_q * wr[d + 1]
+            pk = k @ wr[:d] + extra_k * wr[d]
             yield pq, pk
 
     return keys
