@@ -1,0 +1,274 @@
+"""One argument dataclass per CLI command (inseq-style): the typer commands in
+:mod:`attnexplain.cli.main` only fill these and call the public API, so every command can also be
+run from Python with the same defaults, e.g. ``AnalyzeArgs(dataset="rotten-tomatoes", out="runs/x").run()``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..models import DEFAULT_MODEL
+
+__all__ = [
+    "PrepareArgs",
+    "ExplainArgs",
+    "AnalyzeArgs",
+    "ReportArgs",
+    "CompareArgs",
+    "MergeArgs",
+    "DashboardArgs",
+    "parse_key_values",
+    "parse_list",
+]
+
+
+def parse_list(values: list[str] | str | None) -> list[str] | None:
+    """``["a,b", "c"]`` / ``"a,b"`` -> ``["a", "b", "c"]``; None or empty -> None."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [values]
+    out = [v.strip() for item in values for v in str(item).split(",") if v.strip()]
+    return out or None
+
+
+def _value(text: str) -> Any:
+    """``"8"`` -> 8, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"[1,2]"`` -> [1, 2], else the string."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, ValueError):
+        return text
+
+
+def parse_key_values(items: list[str] | str | None, *, what: str = "--backend-option", typed: bool = True) -> dict[str, Any]:
+    """``["n_hashes=4", "cluster_size=16"]`` (or one comma-separated string) -> dict.
+
+    Values are parsed as JSON where possible (numbers, booleans, lists) when ``typed``.
+    Raises ValueError naming ``what`` for an item without ``=``.
+    """
+    if not items:
+        return {}
+    if isinstance(items, str):
+        items = [items]
+    out: dict[str, Any] = {}
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" not in part:
+                raise ValueError(f"{what} expects key=value, got {part!r}")
+            key, val = part.split("=", 1)
+            key = key.strip()
+            if not key:
+                raise ValueError(f"{what} expects key=value, got {part!r}")
+            out[key] = _value(val.strip()) if typed else val.strip()
+    return out
+
+
+@dataclass
+class PrepareArgs:
+    """``attnexplain prepare``: make a classifier to explain (fine-tune MiniLM, or a tiny synthetic-task model)."""
+
+    model: str = DEFAULT_MODEL
+    epochs: int | None = None
+    limit: int | None = None
+    seed: int = 0
+    force: bool = False
+
+    def run(self) -> Path:
+        from ..models import cache_dir
+
+        target = cache_dir() / "models" / self.model
+        if (target / "config.json").is_file() and not self.force:
+            return target
+        if self.model.startswith("tiny-"):
+            from ..training import prepare_tiny
+
+            return prepare_tiny(self.model[len("tiny-"):], epochs=self.epochs, limit=self.limit, seed=self.seed)
+        from ..training import prepare_classifier
+
+        return prepare_classifier(self.model, epochs=self.epochs, limit=self.limit, seed=self.seed)
+
+
+@dataclass
+class ExplainArgs:
+    """``attnexplain explain "text"``: explain one input and summarise."""
+
+    text: str
+    model: str = DEFAULT_MODEL
+    methods: list[str] | None = None
+    top: int = 5
+    backend: str = "dense"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    target: int | None = None
+
+    def run(self) -> str:
+        """Explain the text; returns a printable summary."""
+        import numpy as np
+        import torch
+
+        from ..explain import explain_batch, get_method
+        from ..runs.analyze import AnalyzeError, load_model_for_run, resolve_methods
+
+        try:
+            lm = load_model_for_run(self.model, backend=self.backend, backend_options=self.backend_options)
+        except (KeyError, TypeError) as exc:
+            raise AnalyzeError(str(exc.args[0] if exc.args else exc)) from None
+        names = resolve_methods(self.methods)
+        enc = lm.tokenize([self.text])
+        with torch.no_grad():
+            logits = lm.model(**enc).logits
+        probs = torch.softmax(logits.float()[0] if logits.dim() == 2 else logits.float()[0, -1], -1)
+        pred = int(probs.argmax())
+        labels = lm.labels or [str(i) for i in range(len(probs))]
+        if self.target is not None and not 0 <= self.target < len(probs):
+            raise AnalyzeError(f"--target must be a class index in 0..{len(probs) - 1}, got {self.target}")
+        target = pred if self.target is None else int(self.target)
+        built = [get_method(m) for m in names]
+        scores, _, _ = explain_batch(lm, enc, built, target=torch.tensor([target]))
+        tokens = lm.tokens(enc["input_ids"], enc.get("attention_mask"))[0]
+        lines = [f"model: {lm.name} ({lm.backend})", f"text: {self.text}", f"tokens: {len(tokens)}",
+                 f"prediction: {labels[pred]}  (" + ", ".join(f"{labels[i]} {float(p):.3f}" for i, p in enumerate(probs)) + ")"]
+        if target != pred:
+            lines.append(f"explaining class: {labels[target]}")
+        lines.append("")
+        width = max(len(n) for n in names)
+        lines.append(f"{'method':<{width}}  top {self.top} tokens (score)")
+        for n in names:
+            sc = np.asarray(scores[n][0], dtype=np.float64)
+            order = np.argsort(-sc, kind="stable")[: self.top]
+            lines.append(f"{n:<{width}}  " + "  ".join(f"{tokens[j]} ({sc[j]:.3g})" for j in order))
+        lines.append("")
+        d_h = lm.head_dim
+        n = len(tokens)
+        note = (f"Effective vs raw attention: a head's value matrix has rank <= d_h = {d_h}; with {n} tokens "
+                + (f"(<= {d_h}) effective attention equals raw attention: nothing is hidden in the null space."
+                   if n <= d_h else
+                   f"(> {d_h}) up to {n - d_h} directions of each attention row do not change the output; effective "
+                   "attention removes them, so it can rank tokens differently."))
+        if "raw_attention" in scores and "effective_attention" in scores:
+            from ..metrics import kendall_tau
+
+            ra = np.asarray(scores["raw_attention"][0], dtype=np.float64)
+            ef = np.asarray(scores["effective_attention"][0], dtype=np.float64)
+            tau = kendall_tau(ra, ef)
+            note += (f" Here: mean |raw - effective| score difference {np.abs(ra - ef).mean():.3g}, "
+                     f"Kendall tau between their token rankings {tau:.2f}.")
+        lines.append(note)
+        return "\n".join(lines)
+
+
+@dataclass
+class AnalyzeArgs:
+    """``attnexplain analyze``: explain a whole data set into a run folder (see :func:`attnexplain.runs.analyze.analyze`)."""
+
+    dataset: str
+    out: Path
+    model: str = DEFAULT_MODEL
+    split: str = "test"
+    limit: int | None = None
+    methods: list[str] | None = None
+    batch_size: int = 32
+    store_attention: int = 50
+    removal: str = "delete"
+    head_ablation: bool = False
+    shard: str | None = None
+    backend: str = "dense"
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    force: bool = False
+    label_map: dict[str, str] | None = None
+    max_length: int | None = None
+    seed: int = 0
+    text_column: str | None = None
+    label_column: str | None = None
+    text_pair_column: str | None = None
+    threads: int | None = None
+    progress: bool = True
+
+    def run(self, **extra: Any):
+        from ..runs.analyze import analyze
+
+        kwargs = asdict(self)
+        out = kwargs.pop("out")
+        kwargs.update(extra)
+        return analyze(out, **kwargs)
+
+
+@dataclass
+class ReportArgs:
+    """``attnexplain report RUN``: summary.md and figures of a run."""
+
+    run: Path
+    out: Path | None = None
+    figures: bool = True
+    n_resamples: int = 2000
+
+    def run_report(self):
+        from ..runs.report import report
+
+        return report(self.run, out=self.out, figures=self.figures, n_resamples=self.n_resamples)
+
+
+@dataclass
+class CompareArgs:
+    """``attnexplain compare A B``: two runs side by side."""
+
+    run_a: Path
+    run_b: Path
+    out: Path | None = None
+    n_resamples: int = 2000
+
+    def run(self):
+        from ..runs.report import compare
+
+        return compare(self.run_a, self.run_b, out=self.out, n_resamples=self.n_resamples)
+
+
+@dataclass
+class MergeArgs:
+    """``attnexplain merge A B ... --out ALL``: merge shard runs."""
+
+    runs: list[Path]
+    out: Path
+    force: bool = False
+
+    def run(self):
+        from ..runs.store import merge_runs
+
+        return merge_runs(self.runs, self.out, force=self.force)
+
+
+@dataclass
+class DashboardArgs:
+    """``attnexplain dashboard [RUNS_DIR]``: start the Streamlit dashboard over a runs folder."""
+
+    runs_dir: Path = Path("runs")
+    host: str = "127.0.0.1"
+    port: int = 8501
+    app: Path | None = None
+
+    def app_path(self) -> Path:
+        if self.app is not None:
+            return Path(self.app)
+        import attnexplain
+
+        return Path(attnexplain.__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+
+    def command(self) -> list[str]:
+        import sys
+
+        return [
+            sys.executable, "-m", "streamlit", "run", str(self.app_path()),
+            "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--server.address", self.host, "--server.port", str(self.port),
+            "--", "--runs-dir", str(self.runs_dir),
+        ]

@@ -1,0 +1,340 @@
+"""The ``attnexplain`` command line (typer). Every command fills an argument dataclass from
+:mod:`attnexplain.cli.args` and calls the public API; nothing is computed here.
+
+User errors (missing files, wrong columns, labels that do not match the model, an ``--out`` folder
+holding a different run, ...) print ``error: <message>`` on stderr and exit with status 2, without
+a traceback (set ``ATTNEXPLAIN_DEBUG=1`` to see one). Interrupting ``analyze`` (Ctrl-C) exits with
+status 130; running the same command again resumes.
+"""
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .args import (
+    AnalyzeArgs,
+    CompareArgs,
+    DashboardArgs,
+    ExplainArgs,
+    MergeArgs,
+    PrepareArgs,
+    ReportArgs,
+    parse_key_values,
+    parse_list,
+)
+
+DEFAULT_MODEL = "minilm-rotten-tomatoes"  # same as attnexplain.models.DEFAULT_MODEL (kept import-free for --help)
+
+app = typer.Typer(
+    name="attnexplain",
+    help="Does this attention explain the prediction? Explain transformer classifiers with raw, effective and "
+         "norm-based attention, rollout and gradients; measure faithfulness; analyse whole data sets into run folders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class UserError(Exception):
+    """An error the user can fix; printed without a traceback."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = [UserError]
+    try:
+        from ..data import DatasetError
+
+        types.append(DatasetError)
+    except ImportError:  # pragma: no cover
+        pass
+    from ..models import InputError, ModelNotFoundError
+    from ..runs.analyze import AnalyzeError
+    from ..runs.store import RunFormatError, RunLockedError, RunMismatchError, RunPathError
+
+    types += [AnalyzeError, ModelNotFoundError, InputError, RunFormatError, RunMismatchError, RunLockedError, RunPathError]
+    try:
+        from ..capture import UnsupportedArchitectureError
+
+        types.append(UnsupportedArchitectureError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def command(fn):
+    """Run a command body, turning user errors into ``error: ...`` on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            typer.echo("interrupted; run the same command again to resume", err=True)
+            raise typer.Exit(130)
+        except Exception as exc:  # noqa: BLE001 - sorted below
+            if os.environ.get("ATTNEXPLAIN_DEBUG"):
+                raise
+            if isinstance(exc, _user_error_types()):
+                msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+                _fail(msg)
+            raise
+
+    return wrapper
+
+
+def _kv(items: Optional[List[str]], what: str, typed: bool = True) -> dict:
+    try:
+        return parse_key_values(items, what=what, typed=typed)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+# --------------------------------------------------------------------------------------------
+# prepare
+# --------------------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def prepare(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                              help="minilm-rotten-tomatoes | minilm-bbc-news (fine-tune the packaged MiniLM) or "
+                                   "tiny-<synthetic task> (e.g. tiny-synthetic-negation: a tiny BERT in seconds)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the recipe's)."),
+    limit: Optional[int] = typer.Option(None, help="Train on only the first N training examples (quick runs)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    force: bool = typer.Option(False, "--force", help="Train again even if the model is already prepared."),
+) -> None:
+    """Prepare a classifier to explain (cached under ~/.cache/attnexplain/models; skipped if present)."""
+    args = PrepareArgs(model=model, epochs=epochs, limit=limit, seed=seed, force=force)
+    if not (model.startswith("tiny-") or model in ("minilm-rotten-tomatoes", "minilm-bbc-news")):
+        raise UserError(f"cannot prepare {model!r}: choose minilm-rotten-tomatoes, minilm-bbc-news or tiny-<synthetic task>")
+    try:
+        path = args.run()
+    except ValueError as exc:  # unknown task / recipe
+        raise UserError(str(exc)) from None
+    typer.echo(f"{model}: ready at {path}")
+
+
+# --------------------------------------------------------------------------------------------
+# explain
+# --------------------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def explain(
+    text: str = typer.Argument(..., help="The text to explain."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name or folder (see `attnexplain prepare`)."),
+    methods: Optional[List[str]] = typer.Option(None, "--methods",
+                                                help="Methods (repeat or comma-separate; default: the analyze defaults; "
+                                                     "`attnexplain methods` lists them)."),
+    top: int = typer.Option(5, help="Tokens shown per method."),
+    backend: str = typer.Option("dense", help="Attention backend (`attnexplain backends`)."),
+    backend_option: Optional[List[str]] = typer.Option(None, "--backend-option", help="Backend option key=value (repeatable)."),
+    target: Optional[int] = typer.Option(None, help="Class to explain (default: the predicted one)."),
+) -> None:
+    """Explain one text: prediction, probabilities, top tokens per method, raw vs effective attention."""
+    args = ExplainArgs(text=text, model=model, methods=parse_list(methods), top=top, backend=backend,
+                       backend_options=_kv(backend_option, "--backend-option"), target=target)
+    typer.echo(args.run())
+
+
+# --------------------------------------------------------------------------------------------
+# analyze / merge
+# --------------------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def analyze(
+    dataset: str = typer.Option(..., "--dataset", "-d",
+                                help="Built-in name (`attnexplain datasets`) or a .csv/.tsv/.jsonl/.json/.parquet file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (e.g. runs/NAME); resumed if it holds the same run."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name or folder."),
+    split: str = typer.Option("test", help="train | validation | test | all."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N examples of the split."),
+    methods: Optional[List[str]] = typer.Option(
+        None, "--methods",
+        help="Explanation methods (repeat or comma-separate). Default: raw_attention, effective_attention, norm, "
+             "rollout, gradient_x_input, random (no integrated_gradients: slow). 'all' = every registered method "
+             "except flow and attention_distribution (name them to include them)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Examples per batch (and per shard file)."),
+    backend: str = typer.Option("dense", help="Attention backend: dense, smyrf, ... (`attnexplain backends`)."),
+    backend_option: Optional[List[str]] = typer.Option(None, "--backend-option",
+                                                       help="Backend option key=value (repeatable), e.g. n_hashes=2."),
+    store_attention: int = typer.Option(50, "--store-attention", help="Keep attention arrays of the first N examples."),
+    removal: str = typer.Option("delete", help="Faithfulness perturbation: delete | mask."),
+    head_ablation: bool = typer.Option(False, "--head-ablation", help="Also zero-ablate every head (L extra forwards per batch)."),
+    shard: Optional[str] = typer.Option(None, help="i/n: only the i-th (0-based) of n contiguous parts; merge them later."),
+    label_map: Optional[List[str]] = typer.Option(None, "--label-map",
+                                                  help="dataset_label=model_label (repeatable or comma-separated), "
+                                                       "when the data set's label names differ from the model's."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to N tokens (default: model maximum)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Text column of a user file."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="Label column of a user file."),
+    seed: int = typer.Option(0, help="Random seed (random baseline)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (1 is often fastest on a busy machine)."),
+    force: bool = typer.Option(False, "--force", help="Delete a different run in --out and start over."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    """Explain a whole data set into a run folder (resumable; bounded memory; see docs/run-format.md)."""
+    args = AnalyzeArgs(
+        dataset=dataset, out=out, model=model, split=split, limit=limit, methods=parse_list(methods),
+        batch_size=batch_size, store_attention=store_attention, removal=removal, head_ablation=head_ablation,
+        shard=shard, backend=backend, backend_options=_kv(backend_option, "--backend-option"), force=force,
+        label_map=_kv(label_map, "--label-map", typed=False) or None, max_length=max_length, seed=seed,
+        text_column=text_column, label_column=label_column, threads=threads, progress=not no_progress,
+    )
+    run = args.run(command=["attnexplain", *sys.argv[1:]])
+    typer.echo(f"{run.path}: {run.status}, {run.n_done} examples. Next: attnexplain report {run.path}")
+
+
+@app.command()
+@command
+def merge(
+    runs: List[Path] = typer.Argument(..., help="Complete shard runs (analyze --shard i/n) of the same request."),
+    out: Path = typer.Option(..., "--out", "-o", help="The merged run folder."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run in --out."),
+) -> None:
+    """Merge shard runs into one run folder (checks they are compatible and share no example)."""
+    try:
+        run = MergeArgs(runs=list(runs), out=out, force=force).run()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    typer.echo(f"{run.path}: merged {len(runs)} runs, {run.n_done} examples")
+
+
+# --------------------------------------------------------------------------------------------
+# report / compare
+# --------------------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def report(
+    run: Path = typer.Argument(..., help="Run folder (from analyze)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default RUN/report)."),
+    no_figures: bool = typer.Option(False, "--no-figures", help="Only summary.md."),
+    n_resamples: int = typer.Option(2000, "--n-resamples", help="Bootstrap resamples for the confidence intervals."),
+) -> None:
+    """Summarise a run: accuracy, AOPC per method with CIs, method agreement, heads; writes summary.md + figures."""
+    res = ReportArgs(run=run, out=out, figures=not no_figures, n_resamples=n_resamples).run_report()
+    typer.echo(res.text)
+    typer.echo(f"\nwrote {', '.join(str(f) for f in res.files)}", err=True)
+
+
+@app.command()
+@command
+def compare(
+    run_a: Path = typer.Argument(..., help="First run (e.g. dense)."),
+    run_b: Path = typer.Argument(..., help="Second run (e.g. smyrf)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default RUN_A/compare-<RUN_B name>)."),
+    n_resamples: int = typer.Option(2000, "--n-resamples", help="Bootstrap resamples."),
+) -> None:
+    """Compare two runs side by side: accuracy, prediction agreement, AOPC, token-rank agreement per method."""
+    res = CompareArgs(run_a=run_a, run_b=run_b, out=out, n_resamples=n_resamples).run()
+    typer.echo(res.text)
+    typer.echo(f"\nwrote {', '.join(str(f) for f in res.files)}", err=True)
+
+
+# attnexplain compare-backends: NOT WRITTEN YET (assigned to another engineer). It will run the
+# same data through several attention backends and compare them; add it here as
+# `@app.command("compare-backends")` calling its engine (e.g. attnexplain.runs.backends).
+
+
+# --------------------------------------------------------------------------------------------
+# dashboard
+# --------------------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def dashboard(
+    runs_dir: Path = typer.Argument(Path("runs"), help="Folder holding run folders."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8501, help="Port."),
+    print_command: bool = typer.Option(False, "--print-command", help="Only print the streamlit command."),
+) -> None:
+    """Start the Streamlit dashboard over RUNS_DIR (headless; open the printed URL)."""
+    args = DashboardArgs(runs_dir=runs_dir, host=host, port=port)
+    cmd = args.command()
+    if print_command:
+        typer.echo(" ".join(cmd))
+        return
+    if not args.app_path().is_file():
+        raise UserError(f"the dashboard app is missing ({args.app_path()}); is this a source checkout of attnexplain?")
+    env = dict(os.environ, ATTNEXPLAIN_RUNS_DIR=str(Path(runs_dir).resolve()))
+    typer.echo(f"dashboard: http://{host}:{port}  (runs from {runs_dir}; Ctrl-C stops it)", err=True)
+    sys.stdout.flush()
+    os.execve(sys.executable, cmd, env)
+
+
+# --------------------------------------------------------------------------------------------
+# listings
+# --------------------------------------------------------------------------------------------
+
+
+def _listing(items: dict) -> str:
+    width = max((len(k) for k in items), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in items.items())
+
+
+@app.command()
+@command
+def datasets() -> None:
+    """List built-in and synthetic data sets (or give a file path to --dataset)."""
+    from ..data import list_datasets
+
+    typer.echo(_listing(list_datasets()))
+
+
+@app.command()
+@command
+def methods() -> None:
+    """List explanation methods (* = run by analyze by default)."""
+    from ..explain import METHODS
+    from ..runs.analyze import DEFAULT_METHODS
+
+    typer.echo(_listing({("* " if n in DEFAULT_METHODS else "  ") + n: METHODS[n].description for n in sorted(METHODS)}))
+
+
+@app.command()
+@command
+def backends() -> None:
+    """List attention backends (use with --backend and --backend-option key=value)."""
+    from ..backends import BACKENDS
+
+    rows = {}
+    for name in sorted(BACKENDS):
+        cls = BACKENDS[name]
+        doc = (cls.__doc__ or "").strip().splitlines()
+        try:
+            opts = cls().options()
+        except Exception:  # noqa: BLE001
+            opts = {}
+        desc = doc[0] if doc else ""
+        if opts:
+            desc += "  options: " + ", ".join(f"{k}={v}" for k, v in opts.items())
+        rows[name] = desc
+    typer.echo(_listing(rows))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
