@@ -293,15 +293,18 @@ def token_scores_wide(tokens_df: pd.DataFrame) -> pd.DataFrame:
 
 
 def render_prediction(*, probs: Any, labels: list[str] | None, pred: int | None, gold: int | None,
-                      key: str, text: str | None = None) -> None:
+                      key: str, text: str | None = None, gold_name: str | None = None,
+                      correct: bool | None = None) -> None:
     cols = st.columns([2, 3])
     with cols[0]:
         pred_name = (labels[pred] if labels and pred is not None and pred < len(labels) else str(pred))
         st.metric("prediction", pred_name)
-        if gold is not None:
-            gold_name = labels[gold] if labels and 0 <= gold < len(labels) else str(gold)
-            ok = gold == pred
-            st.markdown(f"gold label: **{gold_name}** — {':green[correct]' if ok else ':red[incorrect]'}")
+        if gold is not None or gold_name:
+            if not gold_name or pd.isna(gold_name):
+                gold_name = labels[gold] if labels and gold is not None and 0 <= gold < len(labels) else str(gold)
+            ok = bool(correct) if correct is not None and not pd.isna(correct) else gold == pred
+            st.markdown(f"gold label: **{escape_md(str(gold_name))}** — "
+                        f"{':green[correct]' if ok else ':red[incorrect]'}")
         if text is not None:
             with st.expander("text", expanded=False):
                 st.text(text)
@@ -329,6 +332,14 @@ def render_token_shading(tokens_df: pd.DataFrame, *, key: str, methods: list[str
     st.download_button("CSV of all token scores", data=lambda: wide.to_csv(index=False),
                        file_name=f"{views_safe(key)}-token-scores.csv", mime="text/csv", key=f"{key}-tokcsv",
                        on_click="ignore", icon=":material/table:")
+
+
+def escape_md(s: str) -> str:
+    """Text shown inside markdown (no HTML allowed there): markdown specials backslashed."""
+    out = s
+    for ch in "\\`*_{}[]<>()#+-.!|~$":
+        out = out.replace(ch, "\\" + ch)
+    return out
 
 
 def views_safe(s: str) -> str:

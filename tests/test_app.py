@@ -1,7 +1,9 @@
-"""Dashboard pages under Streamlit's AppTest (no browser): each page on a small run folder.
+"""Dashboard pages under Streamlit's AppTest (no browser): each page on small run folders.
 
-The run folders are written with the runs engineer's ``attnexplain.runs.RunWriter`` (the real
-format of docs/run-format.md), filled with synthetic but well-formed tables and arrays.
+Two runs are made by the real engine (``attnexplain.runs.analyze.analyze``) on a tiny random BERT
+and a tiny CSV, dense and with the Performer backend (same examples: the compare page). A third
+is written with ``attnexplain.runs.RunWriter`` with synthetic contents to cover what analyze does
+not store by default (distribution arrays, flow, a 300-token example that must be pooled).
 """
 
 from __future__ import annotations
@@ -118,11 +120,34 @@ def write_broken_run(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("runs")
-    write_run(root / "tiny-dense", n_examples=6, store=4)
-    write_run(root / "tiny-smyrf", n_examples=6, store=4, backend="smyrf", flip=0.5)
+TEXTS = [
+    ("a witty , moving film", "positive"), ("dull and overlong <b>bold</b> & <script>x</script>", "negative"),
+    ("the cast is great", "positive"), ("bad", "negative"), ("fine plot", "positive"), ("a mess", "negative"),
+]
+
+
+def analyze_run(out: Path, csv: Path, *, backend: str = "dense", store: int = 4) -> Path:
+    """A run folder written by the analyze engine (tiny random BERT, char tokenizer)."""
+    import torch
+
+    from attnexplain.runs.analyze import analyze
+    from attnexplain.testing import tiny_model
+
+    torch.manual_seed(0)
+    analyze(out, model=tiny_model("bert"), dataset=str(csv), methods=["raw_attention", "effective_attention", "random"],
+            batch_size=4, store_attention=store, head_ablation=True, backend=backend, progress=False,
+            log=lambda m: None, threads=1)
+    return out
+
+
+def make_runs(root: Path) -> Path:
+    """RUNS_DIR with tiny-dense and tiny-performer (analyze), synthetic (RunWriter), and two broken runs."""
+    csv = root.parent / f"{root.name}-tiny.csv"
+    pd.DataFrame(TEXTS, columns=["text", "label"]).to_csv(csv, index=False)
+    analyze_run(root / "tiny-dense", csv)
+    analyze_run(root / "tiny-performer", csv, backend="performer")
+    long_text = " ".join(WORDS[i % len(WORDS)] for i in range(298))
+    write_run(root / "synthetic", n_examples=3, store=3, texts=[long_text, "a witty film", "dull <b>x</b>"])
     write_broken_run(root / "old-run")
     # a complete run whose tables were deleted
     missing = write_run(root / "missing-files", n_examples=2)
@@ -130,6 +155,9 @@ def runs_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory) -> Path:
+    return make_runs(tmp_path_factory.mktemp("runs"))
 def _app(runs_dir: Path, monkeypatch, page: str | None = None, **query) -> AppTest:
     monkeypatch.setenv("ATTNEXPLAIN_RUNS_DIR", str(runs_dir))
     at = AppTest.from_file(APP, default_timeout=60)
@@ -168,17 +196,17 @@ def test_runs_page_lists_runs_and_reports_broken_ones(runs_dir, monkeypatch):
     _no_exception(at)
     assert at.title[0].value == "Runs"
     df = at.dataframe[0].value
-    assert set(df["run"]) == {"tiny-dense", "tiny-smyrf"}
+    assert set(df["run"]) == {"tiny-dense", "tiny-performer", "synthetic"}
     assert {"model", "dataset", "backend", "size (MB)", "accuracy"} <= set(df.columns)
     assert any(c.startswith("comprehensiveness AOPC: raw_attention") for c in df.columns)
     errors = "\n".join(e.value for e in at.error)
     assert "old-run" in errors and "format version" in errors
     assert "missing-files" in errors and "tokens.parquet" in errors
     # pick two runs -> a compare link appears
-    at.multiselect(key="runs_pick").set_value(["tiny-dense", "tiny-smyrf"]).run()
+    at.multiselect(key="runs_pick").set_value(["tiny-dense", "tiny-performer"]).run()
     _no_exception(at)
     links = [e.proto.label for e in at.get("page_link")]
-    assert any("Compare tiny-dense vs tiny-smyrf" in lbl for lbl in links), links
+    assert any("Compare tiny-dense vs tiny-performer" in lbl for lbl in links), links
 
 
 def test_no_runs_page_says_how_to_make_one(tmp_path, monkeypatch):
@@ -198,9 +226,10 @@ def test_explorer_shows_example_views(runs_dir, monkeypatch):
     _no_exception(at)
     assert at.selectbox(key="run_select").value == "tiny-dense"
     eid = at.selectbox(key="ex_pick").value
-    assert eid.startswith("ex-")
-    # probabilities, grid, one head, norm, rollout, flow
-    assert _plotly_count(at) >= 6
+    assert eid.endswith("-0")  # the first example (its arrays are stored)
+    # probabilities, grid, one head, norm, rollout (analyze stores no flow by default)
+    assert _plotly_count(at) >= 5
+    assert "Attention flow is not stored" in _text(at)
     html = [m.value for m in at.markdown if "ax-tokens" in m.value]
     assert html, "token shading missing"
     assert "<b>bold</b>" not in html[0]  # escaped
@@ -230,12 +259,32 @@ def test_explorer_filters(runs_dir, monkeypatch):
 
 
 def test_explorer_example_without_arrays(runs_dir, monkeypatch):
-    at = _app(runs_dir, monkeypatch, "explorer", run="tiny-dense", example="ex-5")
+    from attnexplain.runs import open_run
+
+    run = open_run(runs_dir / "tiny-dense")
+    missing = [e for e in run.examples()["example_id"] if e not in set(run.stored_examples())]
+    assert missing
+    at = _app(runs_dir, monkeypatch, "explorer", run="tiny-dense", example=missing[0])
     _no_exception(at)
     at.toggle(key="ex_only_arrays").set_value(False).run()
-    at.selectbox(key="ex_pick").set_value("ex-5").run()
+    at.selectbox(key="ex_pick").set_value(missing[0]).run()
     _no_exception(at)
     assert "were not stored" in _text(at)
+    assert any("ax-tokens" in m.value for m in at.markdown)  # token scores still shown
+
+
+def test_explorer_long_example_is_pooled_and_has_distribution(runs_dir, monkeypatch):
+    at = _app(runs_dir, monkeypatch, "explorer", run="synthetic", example="ex-0")
+    _no_exception(at)
+    assert at.selectbox(key="ex_pick").value == "ex-0"
+    text = _text(at)
+    assert "mean-pooled" in text  # 300 tokens > 256
+    at.segmented_control(key="ex-ex-0-gridvar").set_value("distribution").run()
+    _no_exception(at)
+    at.radio(key="ax_long_mode").set_value("topk").run()
+    _no_exception(at)
+    assert "top 8 keys" in _text(at)
+    assert "flow" in " ".join(str(p.proto.spec) for p in at.get("plotly_chart"))
 
 
 def test_path_outside_runs_dir_is_refused(runs_dir, monkeypatch, tmp_path):
@@ -247,7 +296,7 @@ def test_path_outside_runs_dir_is_refused(runs_dir, monkeypatch, tmp_path):
         errors = "\n".join(e.value for e in at.error)
         assert "Refused" in errors, (bad, errors)
         # the page stays usable with a readable run
-        assert at.selectbox(key="run_select").value in {"tiny-dense", "tiny-smyrf"}
+        assert at.selectbox(key="run_select").value in {"tiny-dense", "tiny-performer", "synthetic"}
 
 
 def test_broken_run_from_url_gives_message(runs_dir, monkeypatch):
@@ -270,8 +319,33 @@ def test_ablations_page(runs_dir, monkeypatch):
 
 
 def test_compare_page(runs_dir, monkeypatch):
-    at = _app(runs_dir, monkeypatch, "compare", run="tiny-dense", run2="tiny-smyrf")
+    at = _app(runs_dir, monkeypatch, "compare", run="tiny-dense", run2="tiny-performer")
     _no_exception(at)
     text = _text(at)
     assert "prediction agreement" in text.lower()
     assert _plotly_count(at) >= 1
+
+
+# ------------------------------------------------------------------------------------------
+# Live
+# ------------------------------------------------------------------------------------------
+
+
+def test_live_page_explains_text(runs_dir, monkeypatch):
+    monkeypatch.setenv("ATTNEXPLAIN_LIVE_MODELS", "tiny-bert")
+    at = _app(runs_dir, monkeypatch, "live")
+    _no_exception(at)
+    assert "press **Explain**" in _text(at)
+    at.text_area(key="live_text_input").input("a witty <i>film</i>")
+    at.selectbox(key="live_model").set_value("tiny-bert")
+    at.multiselect(key="live_methods").set_value(["raw_attention", "effective_attention", "rollout"])
+    at.button[0].click().run()
+    _no_exception(at)
+    assert "tiny random test model" in _text(at)
+    assert _plotly_count(at) >= 5
+    html = [m.value for m in at.markdown if "ax-tokens" in m.value]
+    assert html and "<i>" not in html[0]
+    # switch head: the distribution variant is solved for that head
+    at.selectbox(key="live-head").set_value(2).run()
+    _no_exception(at)
+    assert "distribution" in " ".join(str(p.proto.spec) for p in at.get("plotly_chart"))

@@ -55,10 +55,8 @@ def _rank_agreement(pa: str, sa: tuple, pb: str, sb: tuple, method: str) -> pd.D
     rows = []
     for eid, part in both.groupby("example_id", sort=False):
         if len(part) > 1:
-            tau = kendall_tau(part["score_a"].to_numpy(), part["score_b"].to_numpy())
-            tau = getattr(tau, "statistic", tau)
-            rows.append({"example_id": eid, "kendall_tau": float(tau[0] if isinstance(tau, tuple) else tau),
-                         "n_tokens": len(part)})
+            rows.append({"example_id": eid, "n_tokens": len(part),
+                         "kendall_tau": kendall_tau(part["score_a"].to_numpy(), part["score_b"].to_numpy())})
     return pd.DataFrame(rows, columns=["example_id", "kendall_tau", "n_tokens"])
 
 
@@ -111,9 +109,14 @@ if head == "mean over heads":
 else:
     ma = np.asarray(xa[variant][layer, head], dtype=np.float32)
     mb = np.asarray(xb[variant][layer, head], dtype=np.float32)
-mats = {f"A: {a.manifest.get('backend')}": ma, f"B: {b.manifest.get('backend')}": mb, "difference (B - A)": mb - ma}
+mats = {f"A: {a.name} ({a.manifest.get('backend')})": ma, f"B: {b.name} ({b.manifest.get('backend')})": mb,
+        "difference (B - A)": mb - ma}
 fig, note = views.side_by_side(mats, ta, mode=ui.long_input_mode(), title=f"{variant}, layer {layer}, head {head}")
 ui.show_figure(fig, key="cmp-maps", name=f"{a.name}-vs-{b.name}-{eid}-L{layer}", note=note,
                data=lambda: views.matrix_frame({"A": ma, "B": mb, "B_minus_A": mb - ma}, ta))
-row_tvd = 0.5 * np.abs(mb - ma).sum(-1)
-st.caption(f"Mean total variation between the rows of A and B: {row_tvd.mean():.4f} (max {row_tvd.max():.4f}).")
+if variant != "effective":  # rows of probabilities: their total variation distance
+    from attnexplain.metrics import tvd
+
+    row_tvd = np.asarray(tvd(ma, mb))
+    st.caption(f"Mean total variation distance between the rows of A and B: {row_tvd.mean():.4f} "
+               f"(max {row_tvd.max():.4f}).")

@@ -33,9 +33,7 @@ def _disagreement(path: str, sig: tuple, a: str, b: str) -> pd.Series:
     out = {}
     for eid, part in wide.groupby(level=0, sort=False):
         if a in part and b in part and len(part) > 1:
-            tau = kendall_tau(part[a].to_numpy(), part[b].to_numpy())
-            tau = getattr(tau, "statistic", tau)
-            out[eid] = float(tau[0] if isinstance(tau, tuple) else tau)
+            out[eid] = kendall_tau(part[a].to_numpy(), part[b].to_numpy())
     return pd.Series(out, name="tau", dtype=float)
 
 
@@ -122,7 +120,8 @@ probs = row.get("probs")
 if probs is None or (hasattr(probs, "__len__") and len(probs) == 0):
     probs = arrays.get("probs") if arrays else None
 ui.render_prediction(probs=probs, labels=labels, pred=_int(row.get("pred")), gold=_int(row.get("label")),
-                     key=f"ex-{eid}", text=str(row.get("text", "")))
+                     gold_name=row.get("label_name"), correct=row.get("correct"), key=f"ex-{eid}",
+                     text=str(row.get("text", "")))
 if bool(row.get("truncated", False)):
     st.caption(f"The text was truncated to {row.get('n_tokens')} tokens for the model.")
 
