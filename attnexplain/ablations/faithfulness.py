@@ -1,0 +1,501 @@
+"""Token-level faithfulness of explanations: ERASER comprehensiveness, sufficiency and AOPC.
+
+DeYoung et al., "ERASER: A Benchmark to Evaluate Rationalized NLP Models", ACL 2020. With
+``m(x)_c`` the model's probability of class ``c`` (default: the class it predicts on the full
+input) and ``r_k`` the ``k`` highest-ranked tokens of an explanation::
+
+    comprehensiveness(k) = m(x)_c - m(x \\ r_k)_c      necessity: higher = more faithful
+    sufficiency(k)       = m(x)_c - m(r_k)_c          lower = more faithful
+    AOPC                 = mean over the bins k in {1, 5, 10, 20, 50} %  (no k = 0 term)
+
+Conventions (recorded in :class:`FaithfulnessResult`):
+
+* **Tokens** are the tokenizer's tokens (sub-words), not words. Only the *real, non-special*
+  tokens of an example are ranked and removed; special tokens ([CLS], [SEP], <s>, </s>, [PAD],
+  [MASK], BOS/EOS; ``[UNK]`` counts as content) always stay where they are. ``n`` below is the
+  number of those content tokens.
+* **k per bin**: ``k = min(n, max(1, ceil(f * n)))`` for the fraction ``f`` (``rounding="ceil"``,
+  default; ``"round"`` uses round-half-up ``floor(f * n + 0.5)``). At least one token, at most
+  the whole text. Short texts therefore repeat a k across bins (a 3-token text has k = 1, 1, 1,
+  1, 2); each bin still counts once in the AOPC, as in ERASER.
+* **Removal** (``mode``):
+  - ``"delete"`` (default): the tokens are dropped and the sequence is re-packed (positions
+    shift left; ``token_type_ids`` of the kept tokens are kept). Removing every content token
+    leaves only the special tokens: a BERT model then sees ``[CLS] [SEP]``.
+  - ``"mask"``: each removed token is replaced by the tokenizer's ``[MASK]`` id, or by its pad id
+    when it has no mask token; ``attention_mask`` stays 1 at those positions (the model sees a
+    mask/pad embedding at the same position, sequence length unchanged).
+* **Rankings**: from scores with :func:`attnexplain.explain.rank_tokens` (descending; ties:
+  earlier position first). Scores or rankings may be given per real token (including special
+  tokens, as :func:`attnexplain.explain.explain_batch` returns them: special positions are
+  dropped before ranking) or per content token; any other length is a ``ValueError`` naming
+  the example and both accepted lengths.
+* **Batched**: every distinct perturbed input (2 metrics x bins x methods per example, plus the
+  full input; identical ones are evaluated once) goes through the model in as few forward
+  passes as ``max_batch`` (rows per forward) allows, sorted by length to limit padding. The
+  result is the same as one forward per variant up to float round-off of padded batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..metrics import ERASER_BINS, aopc as _aopc, bootstrap_ci
+
+__all__ = [
+    "REMOVAL_MODES",
+    "FaithfulnessResult",
+    "faithfulness",
+    "faithfulness_for_methods",
+    "random_rankings",
+    "bin_sizes",
+    "special_token_ids",
+    "content_positions",
+]
+
+REMOVAL_MODES = ("delete", "mask")
+METRICS = ("comprehensiveness", "sufficiency")
+
+
+# --------------------------------------------------------------------------------------------
+# result
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FaithfulnessResult:
+    """ERASER scores of one or more explanation methods on a set of examples.
+
+    Attributes:
+        table: long table, one row per (example, method, metric, bin): columns ``example``,
+            ``method``, ``metric`` ("comprehensiveness" / "sufficiency"), ``fraction`` (the bin),
+            ``k`` (tokens removed or kept), ``n_tokens`` (content tokens of the example),
+            ``target``, ``p_full`` (m(x)_c), ``p_perturbed`` (m(x \\ r_k)_c or m(r_k)_c), ``value``.
+        aopc: one row per (example, method, metric): ``aopc`` = mean of ``value`` over the bins.
+        mode / rounding / bins: the conventions used (see the module docstring).
+        n_forward: forward passes run; n_sequences: distinct inputs evaluated.
+    """
+
+    table: Any
+    aopc: Any
+    mode: str
+    rounding: str
+    bins: tuple[float, ...]
+    targets: np.ndarray
+    p_full: np.ndarray
+    n_forward: int = 0
+    n_sequences: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(self.aopc["method"]))
+
+    def summary(self, *, ci: bool = True, confidence_level: float = 0.95, n_resamples: int = 2000, seed: int = 0):
+        """Mean AOPC per (method, metric) over the examples, with a bootstrap CI (BCa, seeded)."""
+        import pandas as pd
+
+        rows = []
+        for (method, metric), grp in self.aopc.groupby(["method", "metric"], sort=False):
+            vals = grp["aopc"].to_numpy()
+            row = {"method": method, "metric": metric, "aopc": float(np.mean(vals)), "n": len(vals)}
+            if ci:
+                row["ci_low"], row["ci_high"] = bootstrap_ci(
+                    vals, confidence_level=confidence_level, n_resamples=n_resamples, seed=seed
+                )
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def pivot(self):
+        """AOPC means as a (method x metric) table."""
+        return self.aopc.pivot_table(index="method", columns="metric", values="aopc", aggfunc="mean", sort=False)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def bin_sizes(n: int, bins: Sequence[float] = ERASER_BINS, rounding: str = "ceil") -> list[int]:
+    """Tokens per bin for a text of ``n`` content tokens: ``min(n, max(1, ceil(f * n)))``.
+
+    ``rounding="round"`` uses ``floor(f * n + 0.5)`` (half up) instead of ``ceil``; both are
+    clamped to [1, n]. ``n`` must be >= 1.
+    """
+    if n < 1:
+        raise ValueError(f"a text needs at least one content token, got n = {n}")
+    out = []
+    for f in bins:
+        if not (0.0 < float(f) <= 1.0):
+            raise ValueError(f"bin fractions must be in (0, 1], got {f}")
+        if rounding == "ceil":
+            # tiny epsilon so that e.g. 0.1 * 30 = 3.0000000000000004 does not become 4
+            k = math.ceil(f * n - 1e-9)
+        elif rounding == "round":
+            k = math.floor(f * n + 0.5)
+        else:
+            raise ValueError(f"rounding must be 'ceil' or 'round', got {rounding!r}")
+        out.append(min(n, max(1, k)))
+    return out
+
+
+def special_token_ids(tokenizer: Any) -> set[int]:
+    """Ids never ranked or removed: the tokenizer's special tokens except ``[UNK]``.
+
+    Uses ``tokenizer.all_special_ids`` (HF) plus the ``cls/sep/bos/eos/pad/mask`` id attributes
+    (``cls_id`` / ``sep_id`` of :class:`attnexplain.testing.CharTokenizer`).
+    """
+    ids: set[int] = set()
+    if tokenizer is None:
+        return ids
+    for i in getattr(tokenizer, "all_special_ids", None) or []:
+        if isinstance(i, int):
+            ids.add(i)
+    for attr in ("cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id", "pad_token_id",
+                 "mask_token_id", "cls_id", "sep_id"):
+        v = getattr(tokenizer, attr, None)
+        if isinstance(v, int):
+            ids.add(v)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if isinstance(unk, int):
+        ids.discard(unk)
+    return ids
+
+
+def content_positions(ids: Sequence[int], specials: set[int]) -> list[int]:
+    """Indices (into ``ids``, the real tokens of one example) of the non-special tokens."""
+    return [j for j, t in enumerate(ids) if t not in specials]
+
+
+@dataclass
+class _Example:
+    ids: list[int]  # real tokens only (padding removed)
+    type_ids: list[int] | None
+    content: list[int]  # positions of content tokens in ids
+
+
+def _examples_from_batch(lm: Any, batch: Mapping[str, torch.Tensor]) -> list[_Example]:
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    tt = batch.get("token_type_ids")
+    specials = special_token_ids(lm.tokenizer)
+    ids_l = ids.tolist()
+    mask_l = mask.tolist() if mask is not None else [[1] * len(r) for r in ids_l]
+    tt_l = tt.tolist() if tt is not None else None
+    out = []
+    for i, (row, m) in enumerate(zip(ids_l, mask_l)):
+        keep = [j for j, v in enumerate(m) if v]
+        real = [row[j] for j in keep]
+        content = content_positions(real, specials)
+        if not content:
+            raise ValueError(f"example {i} has no content tokens (only special tokens: {real}); nothing to rank")
+        out.append(_Example(real, [tt_l[i][j] for j in keep] if tt_l is not None else None, content))
+    return out
+
+
+def _content_ranking(ex: _Example, i: int, method: str, scores: Any = None, ranking: Any = None) -> np.ndarray:
+    """Ranking of the content tokens (indices into ex.content), most important first."""
+    from ..explain import rank_tokens
+
+    n_real, n = len(ex.ids), len(ex.content)
+    vals = np.asarray(scores if ranking is None else ranking)
+    what = "scores" if ranking is None else "ranking entries"
+    if vals.ndim != 1 or vals.size not in (n_real, n):
+        raise ValueError(
+            f"example {i}, method {method!r}: got {vals.size if vals.ndim == 1 else tuple(vals.shape)} {what}, "
+            f"but the example has {n_real} real tokens ({n} without special tokens); give one per real token "
+            f"(as explain_batch returns them) or one per non-special token"
+        )
+    per_real = vals.size == n_real and n_real != n
+    if ranking is None:
+        content_scores = vals[ex.content] if per_real else vals
+        try:
+            return rank_tokens(content_scores)
+        except ValueError as exc:
+            raise ValueError(f"example {i}, method {method!r}: {exc}") from None
+    size = n_real if per_real else n
+    r = vals.astype(np.int64)
+    if sorted(r.tolist()) != list(range(size)):
+        raise ValueError(f"example {i}, method {method!r}: a ranking must be a permutation of 0..{size - 1}")
+    if not per_real:
+        return r
+    where = {p: c for c, p in enumerate(ex.content)}
+    return np.asarray([where[p] for p in r.tolist() if p in where], dtype=np.int64)
+
+
+def _build(ex: _Example, removed: frozenset[int], mode: str, replace_id: int | None) -> tuple[list[int], list[int] | None]:
+    """The input with the content tokens at content-indices ``removed`` deleted or masked."""
+    if not removed:
+        return ex.ids, ex.type_ids
+    gone = {ex.content[c] for c in removed}
+    if mode == "delete":
+        keep = [j for j in range(len(ex.ids)) if j not in gone]
+        return [ex.ids[j] for j in keep], ([ex.type_ids[j] for j in keep] if ex.type_ids is not None else None)
+    return [replace_id if j in gone else t for j, t in enumerate(ex.ids)], ex.type_ids
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pid = getattr(tokenizer, "pad_token_id", None)
+    return int(pid) if isinstance(pid, int) else 0
+
+
+def _replace_id(tokenizer: Any) -> int:
+    mid = getattr(tokenizer, "mask_token_id", None)
+    return int(mid) if isinstance(mid, int) else _pad_id(tokenizer)
+
+
+def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_batch: int) -> tuple[np.ndarray, int]:
+    """Class probabilities for each sequence (batched by length); returns (probs, forwards)."""
+    tokenizer = lm.tokenizer
+    pad = _pad_id(tokenizer)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    device = lm.device if hasattr(lm, "device") else torch.device("cpu")
+    order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]))
+    out: np.ndarray | None = None
+    forwards = 0
+    has_tt = any(s[1] is not None for s in seqs)
+    for start in range(0, len(order), max_batch):
+        idx = order[start : start + max_batch]
+        width = max(len(seqs[j][0]) for j in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        att = torch.zeros((len(idx), width), dtype=torch.long)
+        tt = torch.zeros((len(idx), width), dtype=torch.long) if has_tt else None
+        for r, j in enumerate(idx):
+            s, t = seqs[j]
+            sl = slice(width - len(s), width) if left else slice(0, len(s))
+            ids[r, sl] = torch.as_tensor(s)
+            att[r, sl] = 1
+            if tt is not None and t is not None:
+                tt[r, sl] = torch.as_tensor(t)
+        kw = {"input_ids": ids.to(device), "attention_mask": att.to(device)}
+        if tt is not None:
+            kw["token_type_ids"] = tt.to(device)
+        with torch.inference_mode():
+            res = lm.model(**kw)
+        logits = res.logits if hasattr(res, "logits") else res[0]
+        if logits.dim() != 2:
+            raise ValueError(
+                f"faithfulness needs a classifier returning (batch, classes) logits, got shape {tuple(logits.shape)}"
+            )
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
+        if out is None:
+            out = np.empty((len(seqs), probs.shape[1]), dtype=np.float64)
+        out[idx] = probs
+        forwards += 1
+    assert out is not None
+    return out, forwards
+
+
+def _per_method(x: Any, default_name: str) -> dict[str, Sequence[Any]]:
+    if x is None:
+        return {}
+    if isinstance(x, Mapping):
+        return dict(x)
+    return {default_name: x}
+
+
+# --------------------------------------------------------------------------------------------
+# the verbs
+# --------------------------------------------------------------------------------------------
+
+
+def faithfulness(
+    lm: Any,
+    inputs: str | Sequence[str] | Mapping[str, torch.Tensor],
+    scores: Mapping[str, Sequence[Any]] | Sequence[Any] | None = None,
+    *,
+    rankings: Mapping[str, Sequence[Any]] | Sequence[Any] | None = None,
+    target: Sequence[int] | torch.Tensor | np.ndarray | None = None,
+    bins: Sequence[float] = ERASER_BINS,
+    mode: str = "delete",
+    rounding: str = "ceil",
+    max_batch: int = 256,
+    dedupe: bool = True,
+    method_name: str = "method",
+) -> FaithfulnessResult:
+    """ERASER comprehensiveness, sufficiency and AOPC of explanations, batched.
+
+    Args:
+        lm: a :class:`~attnexplain.models.LoadedModel` classifier (``lm.model(**batch).logits``
+            is (B, C); ``lm.tokenizer`` tells the special and mask/pad ids).
+        inputs: texts (tokenized with ``lm.tokenize``) or a tokenized batch (``input_ids``,
+            ``attention_mask``, optional ``token_type_ids``; any padding side).
+        scores: per example an array of token scores (higher = more important), as
+            ``{method: [array per example]}`` or a single list (named ``method_name``).
+        rankings: like ``scores`` but token positions, most important first (a permutation).
+            Scores and rankings may be mixed: the methods of both are evaluated.
+        target: class per example (default: the class predicted on the full input).
+        bins: fractions of the content tokens (ERASER: 1, 5, 10, 20, 50 %).
+        mode: ``"delete"`` or ``"mask"`` (see the module docstring).
+        rounding: ``"ceil"`` (default) or ``"round"``, see :func:`bin_sizes`.
+        max_batch: rows per forward pass (memory bound; sequences are sorted by length).
+        dedupe: evaluate identical perturbed inputs once (e.g. bins sharing a k, or methods
+            agreeing on the top tokens). Results are the same either way.
+
+    Returns:
+        :class:`FaithfulnessResult` (long ``table``, per-example ``aopc``, ``summary()``).
+
+    Raises:
+        ValueError: unknown ``mode``, scores/rankings of the wrong length or count (the message
+            names the example, the method and the lengths), NaN scores, an example without
+            content tokens, or no methods given.
+    """
+    import pandas as pd
+
+    if mode not in REMOVAL_MODES:
+        raise ValueError(f"mode must be one of {REMOVAL_MODES}, got {mode!r}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    bins = tuple(float(b) for b in bins)
+    if not bins:
+        raise ValueError("give at least one bin")
+    if isinstance(inputs, (str, list, tuple)):
+        batch = lm.tokenize([inputs] if isinstance(inputs, str) else list(inputs))
+    else:
+        batch = dict(inputs)
+    examples = _examples_from_batch(lm, batch)
+    N = len(examples)
+    by_scores = _per_method(scores, method_name)
+    by_rank = _per_method(rankings, method_name)
+    overlap = set(by_scores) & set(by_rank)
+    if overlap:
+        raise ValueError(f"method(s) {sorted(overlap)} given both as scores and as rankings")
+    methods = list(by_scores) + list(by_rank)
+    if not methods:
+        raise ValueError("give scores or rankings for at least one method")
+    for name, per_ex in {**by_scores, **by_rank}.items():
+        if len(per_ex) != N:
+            raise ValueError(f"method {name!r}: got explanations for {len(per_ex)} examples, but there are {N} inputs")
+
+    replace_id = _replace_id(lm.tokenizer)
+    # -- plan: every distinct perturbed input, per example ------------------------------------
+    seqs: list[tuple[list[int], list[int] | None]] = []
+    index: dict[tuple[int, frozenset[int]], int] = {}
+
+    def slot(i: int, removed: frozenset[int]) -> int:
+        key = (i, removed)
+        if dedupe and key in index:
+            return index[key]
+        seqs.append(_build(examples[i], removed, mode, replace_id))
+        index[key] = len(seqs) - 1
+        return len(seqs) - 1
+
+    full_slot = [slot(i, frozenset()) for i in range(N)]
+    plan: list[tuple[int, str, str, float, int, int]] = []  # (example, method, metric, fraction, k, slot)
+    ks_per_example = [bin_sizes(len(ex.content), bins, rounding) for ex in examples]
+    for name in methods:
+        for i, ex in enumerate(examples):
+            if name in by_scores:
+                r = _content_ranking(ex, i, name, scores=by_scores[name][i])
+            else:
+                r = _content_ranking(ex, i, name, ranking=by_rank[name][i])
+            for f, k in zip(bins, ks_per_example[i]):
+                plan.append((i, name, "comprehensiveness", f, k, slot(i, frozenset(r[:k].tolist()))))
+                plan.append((i, name, "sufficiency", f, k, slot(i, frozenset(r[k:].tolist()))))
+
+    # -- run ----------------------------------------------------------------------------------
+    probs, forwards = _forward_probs(lm, seqs, max_batch)
+    p_full_all = probs[full_slot]  # (N, C)
+    if target is None:
+        tgt = p_full_all.argmax(-1)
+    else:
+        tgt = np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target, dtype=np.int64).reshape(-1)
+        if tgt.size != N:
+            raise ValueError(f"target has {tgt.size} entries but there are {N} inputs")
+        C = p_full_all.shape[1]
+        if tgt.size and (tgt.min() < 0 or tgt.max() >= C):
+            raise ValueError(f"target classes must be in 0..{C - 1}, got {tgt.tolist()}")
+    p_full = p_full_all[np.arange(N), tgt]
+
+    ex_i = np.fromiter((p[0] for p in plan), dtype=np.int64, count=len(plan))
+    slots = np.fromiter((p[5] for p in plan), dtype=np.int64, count=len(plan))
+    p_pert = probs[slots, tgt[ex_i]]
+    table = pd.DataFrame({
+        "example": ex_i,
+        "method": [p[1] for p in plan],
+        "metric": [p[2] for p in plan],
+        "fraction": [p[3] for p in plan],
+        "k": [p[4] for p in plan],
+        "n_tokens": [len(examples[p[0]].content) for p in plan],
+        "target": tgt[ex_i],
+        "p_full": p_full[ex_i],
+        "p_perturbed": p_pert,
+        "value": p_full[ex_i] - p_pert,
+    })
+    aopc = (
+        table.groupby(["example", "method", "metric"], sort=False)["value"]
+        .agg(lambda v: float(_aopc(v.to_numpy())))
+        .rename("aopc")
+        .reset_index()
+    )
+    return FaithfulnessResult(
+        table=table, aopc=aopc, mode=mode, rounding=rounding, bins=bins, targets=tgt, p_full=p_full,
+        n_forward=forwards, n_sequences=len(seqs),
+    )
+
+
+def random_rankings(lengths: Sequence[int], seed: int = 0) -> list[np.ndarray]:
+    """Seeded random rankings (permutations of 0..n-1) of content tokens, one per example.
+
+    Example ``i`` uses ``numpy.random.default_rng([seed, i])``, so a ranking does not depend
+    on the other examples.
+    """
+    return [np.random.default_rng([seed, i]).permutation(n) for i, n in enumerate(lengths)]
+
+
+def faithfulness_for_methods(
+    lm: Any,
+    texts: str | Sequence[str],
+    methods: Sequence[Any] = ("raw_attention", "effective_attention"),
+    *,
+    target: Sequence[int] | None = None,
+    random_baseline: bool = True,
+    seed: int = 0,
+    batch_size: int = 16,
+    bins: Sequence[float] = ERASER_BINS,
+    mode: str = "delete",
+    rounding: str = "ceil",
+    max_batch: int = 256,
+    progress: bool = False,
+) -> FaithfulnessResult:
+    """Explain ``texts`` with each method (via ``explain_batch``) and score them all at once.
+
+    Scores are computed in batches of ``batch_size`` texts (capture is shared by the attention
+    methods); then every method's perturbations, plus a seeded random ranking named
+    ``"random"`` (``random_baseline=True``, unless a method of that name is already given),
+    go through the model in one batched :func:`faithfulness` pass. ``target`` defaults to the
+    predicted class. Other arguments as :func:`faithfulness`.
+    """
+    from ..explain import explain_batch, get_method
+
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    built = [get_method(m) for m in methods]
+    scores: dict[str, list[np.ndarray]] = {m.name: [] for m in built}
+    targets: list[int] = []
+    starts = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="explain", unit="batch")
+    for start in starts:
+        enc = lm.tokenize(texts[start : start + batch_size])
+        tgt = None if target is None else torch.as_tensor(list(target)[start : start + batch_size])
+        sc, tgt, _ = explain_batch(lm, enc, built, target=tgt)
+        for m in built:
+            scores[m.name].extend(np.asarray(s, dtype=np.float64) for s in sc[m.name])
+        targets.extend(int(t) for t in tgt.tolist())
+    batch = lm.tokenize(texts)
+    rankings = None
+    if random_baseline and "random" not in scores:
+        lengths = [len(e.content) for e in _examples_from_batch(lm, batch)]
+        rankings = {"random": random_rankings(lengths, seed)}
+    res = faithfulness(lm, batch, scores, rankings=rankings, target=targets, bins=bins, mode=mode,
+                       rounding=rounding, max_batch=max_batch)
+    res.extra["seed"] = seed
+    return res
