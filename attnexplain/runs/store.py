@@ -14,7 +14,8 @@ Writing protocol (what makes a run resumable after ``kill -9``):
 * ``manifest.json`` is written first (atomically), with ``status: "running"``.
 * one batch = one shard per table, named after the dataset position of its first example
   (``examples-00032.parquet``). Every file is written to a hidden temp name in the same folder,
-  flushed, fsynced and ``os.replace()``d, so a file is either absent or complete.
+  fsynced and ``os.replace()``d, so a file is either absent or complete (``ATTNEXPLAIN_FSYNC=0``
+  skips the fsync: still safe against killed processes, not against power loss).
 * the attention arrays of the batch's stored examples, then the ``tokens``, ``faithfulness`` and
   ``heads`` shards are written first; the ``examples`` shard is written **last** and is the
   batch's commit record: its Parquet metadata holds the row count of every other table of the
@@ -155,7 +156,15 @@ def _plain(col: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+def _fsync_enabled() -> bool:
+    """fsync protects against power loss / OS crashes (a killed process loses nothing either way);
+    ``ATTNEXPLAIN_FSYNC=0`` turns it off (tests, throw-away runs)."""
+    return os.environ.get("ATTNEXPLAIN_FSYNC", "1") != "0"
+
+
 def _fsync_dir(path: Path) -> None:
+    if not _fsync_enabled():
+        return
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -173,8 +182,9 @@ def _atomic_write(final: Path, write: Callable[[Path], None]) -> None:
     tmp = _tmp_name(final)
     try:
         write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if _fsync_enabled():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
