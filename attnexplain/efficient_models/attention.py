@@ -14,15 +14,13 @@ this: ``mark_attention_site(module, layer=i, out_proj=module.out_proj)``).
 
 Parameter counts (every linear map has a bias; d = d_model, l = max_len):
 
-===================== =============== =====================================================
-module                parameters      what
-===================== =============== =====================================================
-StandardAttention     4 d^2 + 4 d     W_Q, W_K, W_V, W_O
-OptimisedAttention    3 d^2 + 3 d     W_Q, W_K, W_O  (no W_V: -25 %)
-EfficientAttention    2 d^2 + 2 d     W_Q, W_O       (no W_V, no W_K: -50 %)
-SuperAttention        2 d^2 + 2 d + l^2  Efficient + W_A (l x l, shared by the heads)
-ElementwiseAttention  4 d^2 + 4 d     W_Q, W_K, W_V, W_O (no extra parameters)
-===================== =============== =====================================================
+* ``StandardAttention``: 4 d^2 + 4 d (W_Q, W_K, W_V, W_O)
+* ``OptimisedAttention``: 3 d^2 + 3 d (W_Q, W_K, W_O; no W_V: -25 %)
+* ``EfficientAttention``: 2 d^2 + 2 d (W_Q, W_O; no W_V, no W_K: -50 %)
+* ``SuperAttention``: 2 d^2 + 2 d + l^2 (Efficient + W_A, one l x l matrix shared by the heads)
+* ``ElementwiseAttention``: 4 d^2 + 4 d (W_Q, W_K, W_V, W_O; no extra parameters)
+
+:func:`attention_param_formula` returns these numbers.
 
 Padding rows: a query whose allowed key set is empty (only possible for padding queries) gets
 an all-zero mixing row, hence output ``b_O``; such rows are never read by the classifier.
