@@ -9,7 +9,10 @@ baseline is dense *eager* attention written out as the models' eager path does i
 
 Backend settings (chosen per n): SMYRF 2 hashes x clusters of n/4 (``memory_fraction`` = 0.5, the
 paper's "50 % memory" setting), LSH 2 hashes x chunks of n/4 (0.5), Performer 64 features, linear
-(elu+1), Nystrom 64 landmarks (6 pinv iterations), local window 64.
+(elu+1), Nystrom 64 landmarks (6 pinv iterations), local window 64. ``smyrf`` is the default
+output path, which on CPU runs each round's cluster blocks through PyTorch's fused flash kernel;
+``smyrf-bmm`` forces the explicit batched-matmul path (score block per round, in-place softmax),
+the path that runs whenever a mask is present (padding, causal).
 
 Time: median of ``--repeats`` runs after one warm-up; the methods are interleaved within each
 repeat so that load from other processes on a shared machine hits all of them alike.
@@ -42,7 +45,7 @@ import torch
 
 HEADS, HEAD_DIM, BATCH = 12, 64, 1
 SIZES = (512, 1024, 2048, 4096)
-METHODS = ("dense-eager", "dense-sdpa", "smyrf", "lsh", "performer", "linear", "nystrom", "local")
+METHODS = ("dense-eager", "dense-sdpa", "smyrf", "smyrf-bmm", "lsh", "performer", "linear", "nystrom", "local")
 
 
 def backend_for(method: str, n: int):
@@ -78,13 +81,26 @@ def dense_eager(call) -> torch.Tensor:
 def runner(method: str, n: int):
     if method == "dense-eager":
         return dense_eager
+    if method == "smyrf-bmm":  # SMYRF forced onto its explicit batched-matmul block path
+        from attnexplain.backends import smyrf
+
+        fwd = backend_for("smyrf", n).forward
+
+        def explicit(call):
+            smyrf.FUSED_CPU_KERNEL = False
+            try:
+                return fwd(call)
+            finally:
+                smyrf.FUSED_CPU_KERNEL = True
+
+        return explicit
     return backend_for(method, n).forward
 
 
 def memory_fraction(method: str, n: int) -> float:
     if method.startswith("dense"):
         return 1.0
-    return backend_for(method, n).memory_fraction(n, n)
+    return backend_for(method.removesuffix("-bmm"), n).memory_fraction(n, n)
 
 
 # -- memory: one fresh process per measurement -----------------------------------------------------

@@ -248,6 +248,19 @@ def test_smyrf_implied_matrix_is_sparse_row_stochastic_and_counts_repeats():
     assert backend.memory_fraction(40, 40) == pytest.approx(4 * 4 * 10 * 10 / 1600)
 
 
+@pytest.mark.parametrize("name", ["smyrf", "lsh"])
+def test_fused_cpu_kernel_and_batched_matmul_paths_agree(name, monkeypatch):
+    from attnexplain.backends import smyrf
+
+    call = make_call(n=40)  # no mask, no padding: the fused path applies
+    backend = get_backend(name, **SMALL[name])
+    fused = backend.forward(call)
+    monkeypatch.setattr(smyrf, "FUSED_CPU_KERNEL", False)
+    explicit = backend.forward(call)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=0)
+    torch.testing.assert_close(backend.attention(call)[0], explicit, atol=1e-5, rtol=0)
+
+
 def test_smyrf_memory_fraction():
     assert get_backend("smyrf", n_hashes=2, q_cluster_size=512, k_cluster_size=512).memory_fraction(2048, 2048) == 0.5
     assert get_backend("smyrf").memory_fraction(128, 128) == 0.5  # the paper's 2 x 32 at length 128

@@ -38,6 +38,11 @@ Memory: the output-only path processes one round at a time and gathers q, k, v i
 (B, H, C, cluster, d) blocks, so its largest tensor is the (B, H, C, q_cluster, k_cluster) block of
 scores of one round: a share k_cluster / m of the dense scores (``memory_fraction`` reports
 n_hashes * C * q_cluster * k_cluster / (n m), the share of dense scores computed in all rounds).
+The block softmax runs in place (one score-sized buffer). On CPU, when no mask, soft-capping or
+dropout applies, the blocks go through PyTorch's fused flash-attention kernel instead
+(``aten._scaled_dot_product_flash_attention_for_cpu``, which returns log Z too), so not even the
+score block is materialised; set ``FUSED_CPU_KERNEL = False`` in this module to force the
+explicit batched-matmul path (same output up to float rounding).
 
 The implied matrix is returned as a sparse COO tensor (B, H, n, m) (``sparse_implied = True``),
 dense when C = 1. The clustering engine (:func:`clustered_attention`) is shared with the Reformer
@@ -110,6 +115,33 @@ def _slots(order: torch.Tensor, count: torch.Tensor, cb: torch.Tensor, cap: int,
     return idx[..., :-1], valid[:, :-1]
 
 
+#: use PyTorch's fused CPU flash-attention kernel (which also returns log Z) for the cluster blocks
+#: of the output-only path when no mask, soft-capping or dropout is involved; False forces the
+#: explicit batched-matmul path (same result up to float rounding)
+FUSED_CPU_KERNEL = True
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _block_softmax(scores: torch.Tensor, vblk: torch.Tensor, call: AttentionCall, keep_probs: bool):
+    """Softmax of a block of scores (-inf = masked) in place, applied to ``vblk``.
+
+    Returns (output (..., QB, d_v), log Z (..., QB), normalised probabilities or None). One
+    score-sized buffer: p = exp(s - max) is computed in place and the output is normalised
+    afterwards. Rows with no allowed key give p = 0, output 0 and log Z = -inf.
+    """
+    mx = scores.amax(dim=-1, keepdim=True)
+    mx = mx.masked_fill(torch.isneginf(mx), 0.0)
+    p = scores.sub_(mx).exp_()
+    z = p.sum(dim=-1, keepdim=True)
+    zs = torch.where(z > 0, z, torch.ones_like(z))
+    pw = F.dropout(p, p=call.dropout, training=True) if (call.training and call.dropout > 0) else p
+    o = (pw @ vblk).div_(zs)
+    lse = (mx + torch.log(z)).squeeze(-1)
+    if not keep_probs:
+        return o, lse, None
+    return o, lse, p.div_(zs)
+
+
 def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x (B, H, L, d), idx (B, H, S) -> (B, H, S, d)."""
     return x.gather(2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
@@ -152,6 +184,7 @@ def clustered_attention(
         mask = call.mask.expand(b, h, n, m)
     causal_off = m - n if (call.causal and call.mask is None) else None
     neg_inf = float("-inf")
+    bias_free = mask is None and causal_off is None and softcap is None and not (call.training and call.dropout > 0)
 
     if single:
         def _position_keys() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -189,31 +222,37 @@ def clustered_attention(
             vblk = torch.cat([vblk.gather(2, pi[..., None].expand(b, h, c, kb, dv)), vblk], dim=3)
             kpos = torch.cat([kpos.gather(2, pi.expand(b, h, c, kb)), kpos], dim=3)
             kval = torch.cat([kval.gather(2, pi.expand(b, 1, c, kb)) & prev_ok, kval], dim=3)
-        scores = qblk @ kblk.transpose(-1, -2)  # (B, H, C, QB, KBe)
-        if softcap is not None:
-            scores = torch.tanh(scores / softcap) * softcap
-        if mask is not None or causal_off is not None:
-            qpos = qidx.view(b, h, c, qb, 1).clamp(max=n - 1)
-            kp = kpos.unsqueeze(3).clamp(max=m - 1)
-            if mask is not None:
-                bi = torch.arange(b, device=dev).view(b, 1, 1, 1, 1)
-                hi = torch.arange(h, device=dev).view(1, h, 1, 1, 1)
-                scores = scores + mask_bias(mask[bi, hi, qpos, kp]).to(dt)
-            else:
-                scores = scores.masked_fill(kp > qpos + causal_off, neg_inf)
-        if not bool(kval.all()):
-            scores = scores.masked_fill(~kval.unsqueeze(3), neg_inf)
-        # softmax in place (one score-sized buffer per round): p = exp(s - max) / Z, lse = max + log Z
-        mx = scores.amax(dim=-1, keepdim=True)
-        mx = mx.masked_fill(torch.isneginf(mx), 0.0)  # rows with no allowed key: p = 0, lse = -inf
-        p = scores.sub_(mx).exp_()
-        z = p.sum(dim=-1, keepdim=True)
-        p.div_(torch.where(z > 0, z, torch.ones_like(z)))
-        lse = (mx + torch.log(z)).squeeze(-1)  # (B, H, C, QB)
-        pw = F.dropout(p, p=call.dropout, training=True) if (call.training and call.dropout > 0) else p
-        o = (pw @ vblk).view(b, h, c * qb, dv)
+        fused = (
+            not want_matrix and bias_free and _FLASH_CPU is not None and FUSED_CPU_KERNEL and dev.type == "cpu"
+            and dt == torch.float32 and dv == d and bool(kval.all())
+        )
+        if fused:  # PyTorch's flash kernel on the cluster blocks: no score block at all, same o and lse
+            kbe = kblk.shape[3]
+            o, lse = _FLASH_CPU(qblk.view(b, h * c, qb, d), kblk.reshape(b, h * c, kbe, d),
+                                vblk.reshape(b, h * c, kbe, dv), scale=1.0)[:2]
+            o = o.reshape(b, h, c * qb, dv)
+            lse = lse.reshape(b, h, c, qb)
+            p = None
+        else:
+            scores = qblk @ kblk.transpose(-1, -2)  # (B, H, C, QB, KBe)
+            if softcap is not None:
+                scores = torch.tanh(scores / softcap) * softcap
+            if mask is not None or causal_off is not None:
+                qpos = qidx.view(b, h, c, qb, 1).clamp(max=n - 1)
+                kp = kpos.unsqueeze(3).clamp(max=m - 1)
+                if mask is not None:
+                    bi = torch.arange(b, device=dev).view(b, 1, 1, 1, 1)
+                    hi = torch.arange(h, device=dev).view(1, h, 1, 1, 1)
+                    scores = scores + mask_bias(mask[bi, hi, qpos, kp]).to(dt)
+                else:
+                    scores = scores.masked_fill(kp > qpos + causal_off, neg_inf)
+            if not bool(kval.all()):
+                scores = scores.masked_fill(~kval.unsqueeze(3), neg_inf)
+            o, lse, p = _block_softmax(scores, vblk, call, keep_probs=want_matrix)
+            o = o.view(b, h, c * qb, dv)
+            del scores
         o_full = q.new_zeros(b, h, n + 1, dv).scatter_(2, qidx.unsqueeze(-1).expand(b, h, c * qb, dv), o)[:, :, :n]
-        lse_full = q.new_full((b, h, n + 1), neg_inf).scatter_(2, qidx, lse.view(b, h, c * qb))[:, :, :n]
+        lse_full = q.new_full((b, h, n + 1), neg_inf).scatter_(2, qidx, lse.reshape(b, h, c * qb))[:, :, :n]
         if acc_o is None:
             acc_o, acc_lse = o_full, lse_full
         else:
@@ -224,7 +263,7 @@ def clustered_attention(
             acc_lse = new
         if want_matrix:
             saved.append((qidx, qvalid, kpos, kval, p, lse))
-        del scores, p, pw, o, qblk, kblk, vblk
+        del p, o, qblk, kblk, vblk
 
     out = acc_o.to(call.value.dtype)
     if not want_matrix:
