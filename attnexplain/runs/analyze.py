@@ -23,19 +23,17 @@ so memory stays bounded by one batch whatever the data set size, and an interrup
 where it stopped. Randomness: the random baseline is seeded per example from its token ids and
 ``seed``; everything else is deterministic, so a resumed run equals an uninterrupted one.
 
-Faithfulness details (DeYoung et al., ACL 2020, ERASER): the ranking is over the example's real
-tokens **except special tokens** ([CLS], [SEP], <s>..., which are always kept); the top
-``ceil(k * n_content)`` tokens (at least 1) form the rationale ``r_k``; ``comprehensiveness =
-p_c(x) - p_c(x without r_k)``, ``sufficiency = p_c(x) - p_c(r_k only)``, ``c`` the predicted class,
-``p_c(x)`` from the capture forward. Removal ``"delete"`` drops the tokens; ``"mask"`` replaces them
-with the tokenizer's mask token (pad token if it has none). Ties in the ranking: earlier first.
+Faithfulness (DeYoung et al., ACL 2020, ERASER) is computed by
+:func:`attnexplain.ablations.faithfulness.faithfulness` (see its conventions): special tokens are
+never ranked or removed, ``k = min(n, max(1, ceil(f * n)))`` content tokens per bin ``f``, removal
+``"delete"`` (drop the tokens) or ``"mask"`` (replace by [MASK], else pad), ``c`` = the predicted
+class; AOPC = mean over the bins. Ties in a ranking: earlier token first.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import math
 import os
 import platform
 import sys
@@ -232,24 +230,11 @@ class _Setup:
     removal: str
     head_ablation: bool
     max_length: int
-    special_ids: set[int]
-    replace_id: int
-    pad_id: int
     readout: str
     label_mapping: list[int] | None
     label_names: list[str] | None
     model_labels: list[str]
     token_budget: int = 8192
-
-
-def _special_ids(tokenizer: Any) -> set[int]:
-    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
-    for attr in ("cls_token_id", "sep_token_id", "bos_token_id", "eos_token_id", "pad_token_id", "cls_id", "sep_id"):
-        v = getattr(tokenizer, attr, None)
-        if isinstance(v, int):
-            ids.add(v)
-    ids.discard(getattr(tokenizer, "unk_token_id", None))
-    return ids
 
 
 def _readout(lm: Any, cap: Any) -> str:
@@ -262,103 +247,27 @@ def _readout(lm: Any, cap: Any) -> str:
         return "last" if getattr(lm, "task", None) == "causal-lm" else "cls"
 
 
-def _probs_of(lm: Any, rows: list[list[int]], extra: list[dict[str, list[int]]] | None, cls: list[int],
-              setup: _Setup) -> np.ndarray:
-    """p(cls[r]) for token-id rows, in length-sorted chunks under a token budget."""
-    out = np.empty(len(rows), dtype=np.float64)
-    order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
-    left = getattr(lm.tokenizer, "padding_side", "right") == "left"
-    device = lm.device
-    i = 0
-    while i < len(order):
-        n = len(rows[order[i]])
-        j = i
-        while j < len(order) and (j - i + 1) * max(n, len(rows[order[j]])) <= setup.token_budget:
-            n = max(n, len(rows[order[j]]))
-            j += 1
-        j = max(j, i + 1)
-        chunk = order[i:j]
-        width = max(len(rows[r]) for r in chunk)
-        ids = torch.full((len(chunk), width), setup.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        extras: dict[str, torch.Tensor] = {}
-        if extra:
-            for key in extra[chunk[0]]:
-                extras[key] = torch.zeros((len(chunk), width), dtype=torch.long)
-        for a, r in enumerate(chunk):
-            L = len(rows[r])
-            sl = slice(width - L, width) if left else slice(0, L)
-            ids[a, sl] = torch.as_tensor(rows[r])
-            mask[a, sl] = 1
-            for key in extras:
-                extras[key][a, sl] = torch.as_tensor(extra[r][key])
-        batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device), **{k: v.to(device) for k, v in extras.items()}}
-        with torch.no_grad():
-            logits = lm.model(**batch).logits
-        logits = logits if logits.dim() == 2 else logits[:, -1]
-        p = torch.softmax(logits.float(), -1).cpu().numpy()
-        for a, r in enumerate(chunk):
-            out[r] = p[a, cls[r]]
-        i = j
-    return out
+def _faithfulness(setup: _Setup, enc: dict[str, torch.Tensor], scores: dict[str, list[np.ndarray]],
+                  pred: torch.Tensor) -> dict[str, np.ndarray]:
+    """ERASER comprehensiveness / sufficiency of every method and bin of a batch, in one batched
+    call of :func:`attnexplain.ablations.faithfulness.faithfulness` (identical perturbed inputs run
+    once, length-sorted chunks of at most ``token_budget`` tokens).
 
-
-def _faithfulness(setup: _Setup, real_ids: list[np.ndarray], real_extra: list[dict[str, np.ndarray]],
-                  scores: dict[str, list[np.ndarray]], pred: np.ndarray, p0: np.ndarray):
-    """ERASER comprehensiveness / sufficiency for all methods and bins of a batch.
-
-    Returns ``values[method] -> (B, 2, K)`` array (0: comprehensiveness, 1: sufficiency).
+    Returns ``values[method] -> (B, 2, K)`` (0: comprehensiveness, 1: sufficiency).
     """
-    B, K = len(real_ids), len(setup.bins)
-    rows: list[list[int]] = []
-    extras: list[dict[str, list[int]]] = []
-    cls: list[int] = []
-    index: dict[tuple, int] = {}
-    where: dict[str, np.ndarray] = {m: np.full((B, 2, K), -1, dtype=np.int64) for m in scores}
-    special = setup.special_ids
-    for i in range(B):
-        ids = real_ids[i]
-        is_special = np.isin(ids, list(special)) if special else np.zeros(len(ids), bool)
-        content = np.flatnonzero(~is_special)
-        nc = len(content)
-        if nc == 0:
-            continue
-        ks = [max(1, math.ceil(k * nc - 1e-9)) for k in setup.bins]
-        for m, per_ex in scores.items():
-            sc = np.asarray(per_ex[i], dtype=np.float64)[content]
-            sc = np.nan_to_num(sc, nan=-np.inf)
-            ranked = content[np.argsort(-sc, kind="stable")]
-            for b, nk in enumerate(ks):
-                top = ranked[:nk]
-                for which in (0, 1):
-                    keep = np.ones(len(ids), bool)
-                    if which == 0:  # comprehensiveness: remove the rationale
-                        keep[top] = False
-                    else:  # sufficiency: keep only the rationale (and special tokens)
-                        keep[:] = is_special
-                        keep[top] = True
-                    if setup.removal == "delete":
-                        row = ids[keep]
-                        ex = {k: v[keep] for k, v in real_extra[i].items()}
-                    else:
-                        row = np.where(keep | is_special, ids, setup.replace_id)
-                        ex = real_extra[i]
-                    key = (int(pred[i]), row.tobytes(), *(v.tobytes() for v in ex.values()))
-                    r = index.get(key)
-                    if r is None:
-                        r = index[key] = len(rows)
-                        rows.append(row.tolist())
-                        extras.append({k: v.tolist() for k, v in ex.items()})
-                        cls.append(int(pred[i]))
-                    where[m][i, which, b] = r
-    probs = _probs_of(setup.lm, rows, extras if any(extras) else None, cls, setup) if rows else np.empty(0)
-    out = {}
-    for m, w in where.items():
-        vals = np.full(w.shape, np.nan, dtype=np.float64)
-        ok = w >= 0
-        vals[ok] = p0[np.nonzero(ok)[0]] - probs[w[ok]]
-        out[m] = vals
-    return out
+    from ..ablations.faithfulness import faithfulness
+
+    B, K = int(pred.shape[0]), len(setup.bins)
+    width = int(enc["input_ids"].shape[1])
+    res = faithfulness(setup.lm, enc, scores, target=pred.cpu(), bins=setup.bins, mode=setup.removal,
+                       max_batch=max(1, setup.token_budget // max(width, 1)))
+    t = res.table
+    m_idx = t["method"].map({m: i for i, m in enumerate(setup.method_names)}).to_numpy()
+    w_idx = (t["metric"].to_numpy() == "sufficiency").astype(np.int64)
+    k_idx = np.searchsorted(np.asarray(setup.bins), t["fraction"].to_numpy())
+    vals = np.full((len(setup.method_names), B, 2, K), np.nan)
+    vals[m_idx, t["example"].to_numpy(), w_idx, k_idx] = t["value"].to_numpy()
+    return {m: vals[i] for i, m in enumerate(setup.method_names)}
 
 
 def _jsd_rows(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -459,15 +368,10 @@ def analyze_batch(setup: _Setup, ids: list[str], positions: list[int], texts: li
     B = len(texts)
     km = mask.bool().cpu()
     real_idx = [km[i].nonzero().flatten() for i in range(B)]
-    input_ids = enc["input_ids"].cpu()
-    real_ids = [input_ids[i, real_idx[i]].numpy() for i in range(B)]
-    extra_keys = [k for k in enc if k not in ("input_ids", "attention_mask")]
-    real_extra = [{k: enc[k][i].cpu()[real_idx[i]].numpy() for k in extra_keys} for i in range(B)]
     tokens = lm.tokens(enc["input_ids"], mask)
     pred_np = pred.cpu().numpy()
     probs_np = probs.cpu().numpy()
-    p0 = probs_np[np.arange(B), pred_np]
-    faith = _faithfulness(setup, real_ids, real_extra, scores, pred_np, p0)
+    faith = _faithfulness(setup, enc, scores, pred)
 
     # -- examples ------------------------------------------------------------------------------
     n_tok = np.array([len(t) for t in tokens], dtype=np.int32)
@@ -658,7 +562,7 @@ def analyze(
         raise AnalyzeError(f"--removal must be 'delete' or 'mask', got {removal!r}")
     if limit is not None and limit < 1:
         raise AnalyzeError(f"--limit must be >= 1, got {limit}")
-    bins = tuple(float(b) for b in bins)
+    bins = tuple(sorted({float(b) for b in bins}))
     if not bins or any(not 0 < b <= 1 for b in bins):
         raise AnalyzeError(f"faithfulness bins must be fractions in (0, 1], got {bins}")
     shard_t = parse_shard(shard)
@@ -732,14 +636,9 @@ def analyze(
         built = []
         for m in method_names:
             built.append(get_method(m, seed=int(seed)) if m == "random" else get_method(m))
-        tok = lm.tokenizer
-        pad_id = getattr(tok, "pad_token_id", None)
-        pad_id = 0 if pad_id is None else int(pad_id)
-        mask_id = getattr(tok, "mask_token_id", None)
         setup = _Setup(
             lm=lm, methods=built, method_names=method_names, bins=bins, removal=removal,
-            head_ablation=bool(head_ablation), max_length=max_len, special_ids=_special_ids(tok),
-            replace_id=int(mask_id) if isinstance(mask_id, int) else pad_id, pad_id=pad_id, readout="cls",
+            head_ablation=bool(head_ablation), max_length=max_len, readout="cls",
             label_mapping=mapping, label_names=ds_labels, model_labels=list(lm.labels or []),
         )
         setup.readout = _readout(lm, None)
