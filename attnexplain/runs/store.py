@@ -590,7 +590,7 @@ class RunWriter:
         if path.exists() and not path.is_dir():
             raise RunMismatchError(f"--out {path} is a file, not a folder")
         previous: dict | None = None
-        if path.is_dir() and any(path.iterdir()):
+        if path.is_dir() and any(p.name != ".lock" for p in path.iterdir()):
             if (path / MANIFEST).is_file():
                 try:
                     previous = _read_manifest(path)
