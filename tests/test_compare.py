@@ -190,3 +190,22 @@ def test_cli_writes_outputs(tmp_path, monkeypatch):
     per = pd.read_parquet(out / "per_example.parquet")
     assert set(per["id"]) == {"d-0", "d-1"} or len(set(per["id"])) == 2
     assert len(cmp.summary) == 3
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_fast_effective_scores_match_the_registry_method(arch):
+    from attnexplain.capture import capture
+    from attnexplain.compare import _effective_scores
+    from attnexplain.explain import explain_batch
+
+    m = tiny_model(arch)
+    batch = m.tokenize(["a fairly long input text that exceeds the head dimension", "short one"])
+    cap = capture(m, batch)
+    ref = explain_batch(m, batch, ["effective_attention"], capture_result=cap)[0]["effective_attention"]
+    fast = _effective_scores(m, cap, batch)
+    for a, b in zip(ref, fast):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # and the raw attention differs from effective for the long example (null space not empty)
+    raw = explain_batch(m, batch, ["raw_attention"], capture_result=cap)[0]["raw_attention"]
+    assert np.abs(raw[0] - fast[0]).max() > 1e-4
