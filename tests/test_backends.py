@@ -204,6 +204,25 @@ def test_local_weights_outside_the_band_are_zero():
         assert (a[..., inside] > 0).all()
 
 
+@pytest.mark.parametrize("window", [0, 5, 70])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_local_blocked_forward_matches_the_banded_matrix_over_several_blocks(window, causal, with_mask):
+    call = make_call(b=2, h=2, n=150, d=4, lengths=[150, 97], causal=causal, with_mask=with_mask)
+    backend = get_backend("local", window=window)
+    out, a = backend.attention(call)
+    torch.testing.assert_close(backend.forward(call), out, atol=1e-5, rtol=0)
+    if causal:  # decoding: 3 queries against a 150-key cache
+        step = AttentionCall(query=call.query[:, :, -3:], key=call.key, value=call.value, scaling=call.scaling,
+                             causal=True, key_padding_mask=call.key_padding_mask)
+        torch.testing.assert_close(backend.forward(step), out[:, :, -3:], atol=1e-5, rtol=0)
+    if with_mask:  # a padding-only mask that broadcasts over queries (B, 1, 1, m)
+        flat = copy.copy(call)
+        flat.causal = False
+        flat.mask = torch.zeros(2, 1, 1, 150).masked_fill(~call.key_padding_mask[:, None, None], -1e30)
+        torch.testing.assert_close(backend.forward(flat), backend.attention(flat)[0], atol=1e-5, rtol=0)
+
+
 # -- SMYRF / LSH specifics ------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["smyrf", "lsh", "performer"])
 def test_determinism_under_a_seed(name):

@@ -9,8 +9,9 @@ its own key) may attend key j when
 and the call's own mask allows it. The implied matrix is the band-masked softmax (exactly zero
 outside the band); with ``window >= length`` it is dense attention.
 
-The output-only path (:meth:`LocalAttention.forward`) works on blocks of queries against the
-keys their band can reach, so memory is O(n (block + 2 window)) instead of O(n m). Additive
+The output-only path (:meth:`LocalAttention.forward`) works on blocks of max(64, window) queries
+against the keys their band can reach (one batched computation over overlapping key windows), so
+memory is O(n (block + 2 window)) instead of O(n m). Additive
 terms of ``call.mask`` (padding, causal structure, biases such as T5's relative positions) are
 honoured, as is soft-capping; other model arguments are refused.
 """
@@ -26,14 +27,6 @@ from .base import AttentionBackend, AttentionCall, register_backend
 from .linear import check_int, compute_dtype, mask_bias, masked_softmax
 
 __all__ = ["LocalAttention"]
-
-
-def _slice_mask(mask: torch.Tensor, a0: int, a1: int, k0: int, k1: int) -> torch.Tensor:
-    if mask.shape[-2] != 1:
-        mask = mask[..., a0:a1, :]
-    if mask.shape[-1] != 1:
-        mask = mask[..., k0:k1]
-    return mask
 
 
 @register_backend
@@ -81,6 +74,11 @@ class LocalAttention(AttentionBackend):
         return out.to(call.value.dtype), probs
 
     def forward(self, call: AttentionCall) -> torch.Tensor:
+        """Blocks of ``block`` queries against the ``block + window + upper`` keys they can reach.
+
+        One batched computation (no Python loop over blocks): keys and values are padded and
+        unfolded into overlapping windows, so the band relation is the same in every block.
+        """
         self.check_extras(call)
         dt = compute_dtype(call)
         b, h, n, m = call.shape
@@ -88,32 +86,46 @@ class LocalAttention(AttentionBackend):
         off = m - n
         w = self.window
         upper = 0 if call.causal else w
+        block = min(n, max(64, w))
+        nb = -(-n // block)
+        kw = block + w + upper  # keys a block can reach
         q = call.query.to(dt) * call.scaling
         k = call.key.to(dt)
         v = call.value.to(dt)
+        # absolute key position of window slot t of block j: j * block + off - w + t
+        first = off - w
+        left = max(-first, 0)
+        need = (nb - 1) * block + kw  # window span in padded coordinates
+        lo = first + left  # >= 0: where block 0's window starts in the left-padded keys
+        right = max(lo + need - (m + left), 0)
+        kpad = F.pad(k, (0, 0, left, right))[:, :, lo: lo + need]
+        vpad = F.pad(v, (0, 0, left, right))[:, :, lo: lo + need]
+        kwin = kpad.unfold(2, kw, block)  # (B, H, nb, d, kw)
+        vwin = vpad.unfold(2, kw, block).transpose(-1, -2)  # (B, H, nb, kw, d_v)
+        qblk = F.pad(q, (0, 0, 0, nb * block - n)).view(b, h, nb, block, q.shape[-1])
+        s = qblk @ kwin  # (B, H, nb, block, kw)
         softcap = call.extras.get("softcap")
-        kpm = call.key_padding_mask.bool() if call.key_padding_mask is not None else None
-        block = min(n, max(64, w))
-        outs = []
-        for a0 in range(0, n, block):
-            a1 = min(a0 + block, n)
-            k0 = max(a0 + off - w, 0)
-            k1 = min(a1 - 1 + off + upper + 1, m)
-            if k1 <= k0:
-                outs.append(q.new_zeros(b, h, a1 - a0, v.shape[-1]))
-                continue
-            s = q[:, :, a0:a1] @ k[:, :, k0:k1].transpose(-1, -2)
-            if softcap is not None:
-                s = torch.tanh(s / softcap) * softcap
-            if call.mask is not None:
-                s = s + mask_bias(_slice_mask(call.mask, a0, a1, k0, k1)).to(dt)
-            allowed = self._band(torch.arange(a0, a1, device=dev)[:, None], torch.arange(k0, k1, device=dev)[None], off,
-                                 call.causal)
-            if kpm is not None:
-                allowed = allowed & kpm[:, None, None, k0:k1]
-            p = self._dropout(masked_softmax(s, allowed), call)
-            outs.append(p @ v[:, :, k0:k1])
-        return torch.cat(outs, dim=2).to(call.value.dtype)
+        if softcap is not None:
+            s = torch.tanh(s / softcap) * softcap
+        i = torch.arange(block, device=dev)
+        t = torch.arange(kw, device=dev)
+        kabs = torch.arange(nb, device=dev)[:, None] * block + first + t[None]  # (nb, kw)
+        qabs = torch.arange(nb, device=dev)[:, None] * block + i[None]  # (nb, block)
+        allowed = (t[None] >= i[:, None]) & (t[None] <= i[:, None] + w + upper)  # the band, same in every block
+        allowed = allowed[None] & ((kabs >= 0) & (kabs < m))[:, None, :]  # (nb, block, kw)
+        kcl = kabs.clamp(0, m - 1)
+        if call.key_padding_mask is not None:
+            allowed = allowed & call.key_padding_mask.bool()[:, kcl][:, None, :, None, :]
+        else:
+            allowed = allowed[None, None]
+        if call.mask is not None:
+            mask = call.mask
+            qi = qabs.clamp(max=n - 1)[:, :, None] if mask.shape[-2] != 1 else torch.zeros(1, 1, 1, dtype=torch.long, device=dev)
+            kj = kcl[:, None, :] if mask.shape[-1] != 1 else torch.zeros(1, 1, 1, dtype=torch.long, device=dev)
+            s = s + mask_bias(mask[:, :, qi, kj]).to(dt)  # (B, 1 or H, nb, block, kw)
+        p = self._dropout(masked_softmax(s, allowed), call)
+        out = (p @ vwin).view(b, h, nb * block, -1)[:, :, :n]
+        return out.to(call.value.dtype)
 
     def memory_fraction(self, n: int, m: int, causal: bool = False) -> float:
         """Share of the n x m pairs inside the band (what the mechanism needs to compute)."""

@@ -68,11 +68,16 @@ class PerformerAttention(AttentionBackend):
         if not isinstance(self.redraw, bool):
             raise TypeError(f"performer attention: option 'redraw' must be a bool, got {self.redraw!r}")
         self._generators: dict[str, torch.Generator] = {}
+        self._fixed: dict[tuple[str, int], torch.Tensor] = {}
 
     def _projection(self, dim: int, device: torch.device) -> torch.Tensor:
         if not self.redraw:
-            gen = torch.Generator(device=device)
-            gen.manual_seed(self.seed)
+            key = (str(device), dim)
+            if key not in self._fixed:  # the same features every call: draw (QR) once per device
+                gen = torch.Generator(device=device)
+                gen.manual_seed(self.seed)
+                self._fixed[key] = orthogonal_gaussian(self.n_features, dim, gen, device)
+            return self._fixed[key]
         else:
             key = str(device)
             if key not in self._generators:
