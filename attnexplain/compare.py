@@ -320,12 +320,18 @@ def format_markdown_table(df: Any, *, headers: Mapping[str, str] | None = None, 
     cols = list(df.columns)
     out = ["| " + " | ".join(headers.get(c, str(c)) for c in cols) + " |",
            "|" + "|".join("---:" if is_numeric_dtype(df[c]) else "---" for c in cols) + "|"]
-    for _, row in df.iterrows():
+    from pandas.api.types import is_integer_dtype
+
+    columns = {c: df[c].tolist() for c in cols}
+    ints = {c for c in cols if is_integer_dtype(df[c])}
+    for r in range(len(df)):
         cells = []
         for c in cols:
-            v = row[c]
+            v = columns[c][r]
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 cells.append("")
+            elif c in ints:
+                cells.append(str(int(v)))
             elif isinstance(v, (float, np.floating)):
                 cells.append(f"{float(v):.{digits}f}")
             else:

@@ -1,0 +1,252 @@
+"""Shared plumbing of the analysis scripts (not an analysis itself).
+
+Every analysis writes into ``analyses/out/<name>/``:
+
+* ``table.md``: a header (the claim tested, where it comes from, whether our numbers agree,
+  the settings) and the Markdown table(s) of the run;
+* ``figures.html``: the run's plotly figures in one page. plotly.js (4.7 MB) is not embedded:
+  the page loads ``plotly.min.js`` from its own folder, which the script copies there from the
+  installed ``plotly`` package (offline) and git ignores. After a fresh clone, either re-run the
+  analysis or run ``python analyses/_common.py --plotlyjs`` to put the file back;
+* ``manifest.json``: settings, model(s), data, package versions, date, runtime, git commit.
+
+Helpers here use only the public API (``attnexplain.*``) and standard libraries.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT_ROOT = ROOT / "analyses" / "out"
+
+PUNCTUATION = set(".,;:!?'\"`()[]{}-–—/\\…")
+
+
+def out_dir(name: str, override: str | os.PathLike | None = None) -> Path:
+    path = Path(override) if override else OUT_ROOT / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def set_threads(threads: int | None = None) -> int:
+    import torch
+
+    if threads is None:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover
+            threads = os.cpu_count() or 1
+    torch.set_num_threads(max(1, int(threads)))
+    return torch.get_num_threads()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def versions() -> dict[str, str]:
+    from attnexplain.runs.analyze import package_versions
+
+    out = dict(package_versions())
+    try:
+        import plotly
+
+        out["plotly"] = plotly.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):  # pragma: no cover
+        return None
+
+
+class Run:
+    """Times a run and writes its manifest."""
+
+    def __init__(self, name: str, args: Any) -> None:
+        self.name = name
+        self.args = args
+        self.t0 = time.perf_counter()
+        self.started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        self.extra: dict[str, Any] = {}
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def manifest(self, out: Path, *, models: Any, data: Any, files: Sequence[str], **extra: Any) -> dict:
+        settings = vars(self.args) if hasattr(self.args, "__dict__") else dict(self.args)
+        man = {
+            "analysis": self.name,
+            "script": f"analyses/{self.name}.py",
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()},
+            "models": models,
+            "data": data,
+            "started": self.started,
+            "runtime_s": round(self.seconds, 1),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "machine": {"platform": platform.platform(), "cpus": _cpus(), "torch_threads": _threads(),
+                        "load_average_1m": _load()},
+            "files": list(files),
+            **self.extra,
+            **extra,
+        }
+        (out / "manifest.json").write_text(json.dumps(man, indent=2, default=_json_default) + "\n")
+        return man
+
+
+def _json_default(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover
+        return None
+
+
+def md_table(df: Any, *, headers: Mapping[str, str] | None = None, digits: int = 3) -> str:
+    from attnexplain.compare import format_markdown_table
+
+    return format_markdown_table(df, headers=headers, digits=digits)
+
+
+def write_table(out: Path, title: str, header: Sequence[str], sections: Sequence[tuple[str, str]],
+                footer: Sequence[str] = ()) -> Path:
+    """``table.md``: ``# title``, header paragraphs, then ``## section`` + table for each section."""
+    lines = [f"# {title}", ""]
+    for h in header:
+        lines += [h, ""]
+    for name, table in sections:
+        if name:
+            lines += [f"## {name}", ""]
+        lines += [table.rstrip(), ""]
+    for f in footer:
+        lines += [f, ""]
+    path = out / "table.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def plotly_js_path() -> Path:
+    import plotly
+
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not path.exists():  # pragma: no cover
+        raise FileNotFoundError(f"plotly.min.js not found in the plotly package ({path})")
+    return path
+
+
+def write_figures(out: Path, figures: Sequence[tuple[str, Any]], title: str) -> Path:
+    """One HTML page with all figures; plotly.js is loaded from ``plotly.min.js`` next to it
+    (copied here from the plotly package; git-ignored by the folder's ``.gitignore``)."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>",
+             "<script src='plotly.min.js'></script>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}</style></head><body>",
+             f"<h1>{title}</h1>",
+             "<p>Needs <code>plotly.min.js</code> in this folder: re-run the analysis, or "
+             "<code>python analyses/_common.py --plotlyjs</code>.</p>"]
+    for caption, fig in figures:
+        parts.append(f"<h2>{caption}</h2>")
+        parts.append(fig.to_html(include_plotlyjs=False, full_html=False))
+    parts.append("</body></html>")
+    path = out / "figures.html"
+    path.write_text("\n".join(parts))
+    shutil.copyfile(plotly_js_path(), out / "plotly.min.js")
+    (out / ".gitignore").write_text("plotly.min.js\n")
+    return path
+
+
+def ensure_plotlyjs() -> list[Path]:
+    """Copy plotly.min.js into every analysis output folder that has a figures.html."""
+    done = []
+    for html in OUT_ROOT.glob("*/figures.html"):
+        shutil.copyfile(plotly_js_path(), html.parent / "plotly.min.js")
+        done.append(html.parent)
+    return done
+
+
+def token_category(token: str, *, position: int, n: int, specials: set[str], first_is_special: bool = False) -> str:
+    """``"[CLS]"``, ``"[SEP]"``, ``"punct"`` or ``"other"`` for one token.
+
+    ``first_is_special``: the first token counts as ``"[CLS]"`` (causal LMs without a BOS token:
+    the first position is their attention sink)."""
+    specials = set(specials) | {"[CLS]", "[SEP]", "<s>", "</s>"}
+    if first_is_special and position == 0:
+        return "[CLS]"
+    if token in specials:
+        if token in ("[CLS]", "<s>", "<|im_start|>", "<|endoftext|>") and position == 0:
+            return "[CLS]"
+        if token in ("[SEP]", "</s>"):
+            return "[SEP]"
+        return "[CLS]" if position == 0 else "[SEP]"
+    stripped = token.lstrip("Ġ▁").replace("##", "")
+    if stripped and all(c in PUNCTUATION for c in stripped):
+        return "punct"
+    return "other"
+
+
+def special_token_strings(tokenizer: Any) -> set[str]:
+    out = set()
+    for attr in ("cls_token", "sep_token", "bos_token", "eos_token", "pad_token"):
+        tok = getattr(tokenizer, attr, None)
+        if isinstance(tok, str):
+            out.add(tok)
+    return out
+
+
+def texts_with_min_tokens(lm: Any, texts: Sequence[str], min_tokens: int) -> list[int]:
+    """Indices of the texts with at least ``min_tokens`` tokens (special tokens included)."""
+    ids = lm.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    return [i for i, x in enumerate(ids) if len(x) >= min_tokens]
+
+
+if __name__ == "__main__":
+    if "--plotlyjs" in sys.argv:
+        for d in ensure_plotlyjs():
+            print(f"plotly.min.js -> {d}")
+    else:
+        print(__doc__)
