@@ -249,19 +249,19 @@ def show_figure(fig: Any, *, key: str, name: str, data: pd.DataFrame | Callable[
         st.caption(f":material/compress: {note}")
     config = plot_config(name)
     st.plotly_chart(fig, key=f"fig-{key}", config=config)
-    cols = st.columns([1, 1, 5])
+    row = st.container(horizontal=True, gap="small")
 
     def _html() -> str:
         return fig.to_html(include_plotlyjs=True, full_html=True, config=config)
 
-    cols[0].download_button("HTML", data=_html, file_name=f"{name}.html", mime="text/html", key=f"html-{key}",
+    row.download_button("HTML", data=_html, file_name=f"{name}.html", mime="text/html", key=f"html-{key}",
                             on_click="ignore", icon=":material/download:")
     if data is not None:
         def _csv() -> str:
             df = data() if callable(data) else data
             return df.to_csv(index=False)
 
-        cols[1].download_button("CSV", data=_csv, file_name=f"{name}.csv", mime="text/csv", key=f"csv-{key}",
+        row.download_button("CSV", data=_csv, file_name=f"{name}.csv", mime="text/csv", key=f"csv-{key}",
                                 on_click="ignore", icon=":material/table:")
 
 
@@ -296,12 +296,14 @@ def render_prediction(*, probs: Any, labels: list[str] | None, pred: int | None,
                       key: str, text: str | None = None, gold_name: str | None = None,
                       correct: bool | None = None) -> None:
     cols = st.columns([2, 3])
+    if gold_name is None or (not isinstance(gold_name, str) and pd.isna(gold_name)):
+        gold_name = None
+        if gold is not None:
+            gold_name = labels[gold] if labels and 0 <= gold < len(labels) else str(gold)
     with cols[0]:
         pred_name = (labels[pred] if labels and pred is not None and pred < len(labels) else str(pred))
         st.metric("prediction", pred_name)
-        if gold is not None or gold_name:
-            if not gold_name or pd.isna(gold_name):
-                gold_name = labels[gold] if labels and gold is not None and 0 <= gold < len(labels) else str(gold)
+        if gold_name is not None:
             ok = bool(correct) if correct is not None and not pd.isna(correct) else gold == pred
             st.markdown(f"gold label: **{escape_md(str(gold_name))}** — "
                         f"{':green[correct]' if ok else ':red[incorrect]'}")
@@ -311,7 +313,7 @@ def render_prediction(*, probs: Any, labels: list[str] | None, pred: int | None,
     with cols[1]:
         if probs is not None and len(probs):
             p = np.asarray(probs, dtype=np.float32)
-            fig = views.probs_bar(p, labels, pred=pred, gold=gold)
+            fig = views.probs_bar(p, labels, pred=pred, gold_name=gold_name)
             names = [labels[i] if labels and i < len(labels) else str(i) for i in range(len(p))]
             show_figure(fig, key=f"{key}-probs", name=f"{key}-probabilities",
                         data=pd.DataFrame({"class": names, "probability": p}))
@@ -358,28 +360,34 @@ def render_attention_views(arrays: Mapping[str, np.ndarray], *, key: str, cache_
     L, H, n, _ = raw.shape
     variants = [v for v in ("raw", "effective", "distribution") if v in arrays]
 
-    st.subheader("All heads")
-    variant = st.segmented_control("Grid shows", variants, default="raw", key=f"{key}-gridvar",
-                                   format_func=lambda v: VARIANT_LABELS.get(v, v)) or "raw"
-    fig, note = _grid_figure(cache_key, variant, arrays[variant])
-    show_figure(fig, key=f"{key}-grid", name=f"{key}-{variant}-grid", note=note,
-                data=lambda: views.grid_frame(arrays[variant], tokens))
-
-    _head_fragment(arrays, tokens, key=key, distribution_fn=distribution_fn)
-
-    st.subheader("Across layers")
-    figs = _layer_figures(cache_key, arrays, tuple(tokens))
-    for name, (fig, note) in figs.items():
-        show_figure(fig, key=f"{key}-{name}", name=f"{key}-{name}", note=note,
-                    data=lambda name=name: pd.concat(
-                        [views.matrix_frame({name: arrays[name][l]}, tokens).assign(layer=l) for l in range(L)]))
-    if "flow" in arrays and arrays["flow"] is not None and np.asarray(arrays["flow"]).size:
-        flow = np.asarray(arrays["flow"], dtype=np.float32).reshape(-1)[:n]
-        fig, note = views.token_bar(flow, tokens, title="attention flow from the readout position to each input token")
-        show_figure(fig, key=f"{key}-flow", name=f"{key}-flow", note=note,
-                    data=pd.DataFrame({"position": np.arange(len(flow)), "token": tokens[:len(flow)], "flow": flow}))
-    else:
-        st.caption("Attention flow is not stored for this example.")
+    heads_tab, layers_tab = st.tabs(["Heads", "Across layers (norm, rollout, flow)"], key=f"{key}-tabs",
+                                    on_change="rerun")
+    # only the open tab is drawn (a page with every view at once takes seconds to draw in a browser)
+    if heads_tab.open is not False:
+        with heads_tab:
+            variant = st.segmented_control("Grid shows", variants, default="raw", key=f"{key}-gridvar",
+                                           format_func=lambda v: VARIANT_LABELS.get(v, v)) or "raw"
+            fig, note = _grid_figure(cache_key, variant, arrays[variant])
+            show_figure(fig, key=f"{key}-grid", name=f"{key}-{variant}-grid", note=note,
+                        data=lambda: views.grid_frame(arrays[variant], tokens))
+            _head_fragment(arrays, tokens, key=key, distribution_fn=distribution_fn)
+    if layers_tab.open:
+        with layers_tab:
+            figs = _layer_figures(cache_key, arrays, tuple(tokens))
+            for name, (fig, note) in figs.items():
+                show_figure(fig, key=f"{key}-{name}", name=f"{key}-{name}", note=note,
+                            data=lambda name=name: pd.concat(
+                                [views.matrix_frame({name: arrays[name][l]}, tokens).assign(layer=l)
+                                 for l in range(L)]))
+            if "flow" in arrays and arrays["flow"] is not None and np.asarray(arrays["flow"]).size:
+                flow = np.asarray(arrays["flow"], dtype=np.float32).reshape(-1)[:n]
+                fig, note = views.token_bar(flow, tokens,
+                                            title="attention flow from the readout position to each input token")
+                show_figure(fig, key=f"{key}-flow", name=f"{key}-flow", note=note,
+                            data=pd.DataFrame({"position": np.arange(len(flow)), "token": tokens[:len(flow)],
+                                               "flow": flow}))
+            else:
+                st.caption("Attention flow is not stored for this example.")
 
 
 @st.fragment
@@ -388,7 +396,7 @@ def _head_fragment(arrays: Mapping[str, np.ndarray], tokens: list[str], *, key: 
     """One head large; a fragment, so switching heads redraws only this part of the page."""
     raw = arrays["raw"]
     L, H = raw.shape[:2]
-    st.subheader("One head")
+    st.markdown("**One head, large**")
     c1, c2, c3 = st.columns([1, 1, 2])
     layer = c1.selectbox("Layer", list(range(L)), index=L - 1, key=f"{key}-layer")
     head = c2.selectbox("Head", list(range(H)), key=f"{key}-head")

@@ -189,9 +189,19 @@ def _is_signed(m: np.ndarray) -> bool:
     return bool(np.nanmin(m) < -1e-6) if m.size and np.isfinite(m).any() else False
 
 
+def _figure(data: list[dict], layout: dict) -> go.Figure:
+    """A figure from plain trace / layout dicts, without plotly's (slow) per-property validation.
+
+    Used by the heatmap builders, which draw up to L x H traces on every page run; the dicts are
+    checked against plotly's schema by tests/test_app.py (``go.Figure(fig.to_dict())``).
+    """
+    return go.Figure(data=data, layout=layout, _validate=False)
+
+
 def _heatmap(z: np.ndarray, labels: list[str], *, signed: bool, xaxis: str = "x", yaxis: str = "y",
-             coloraxis: str | None = None, name: str = "") -> go.Heatmap:
-    kw: dict = dict(z=np.asarray(z, dtype=np.float32), x=labels, y=labels, xaxis=xaxis, yaxis=yaxis, name=name,
+             coloraxis: str | None = None, name: str = "") -> dict:
+    kw: dict = dict(type="heatmap", z=np.asarray(z, dtype=np.float32), x=labels, y=labels, xaxis=xaxis, yaxis=yaxis,
+                    name=name,
                     hovertemplate="query %{y}<br>key %{x}<br>%{z:.4f}<extra>" + html.escape(name) + "</extra>")
     if coloraxis:
         kw["coloraxis"] = coloraxis
@@ -199,19 +209,18 @@ def _heatmap(z: np.ndarray, labels: list[str], *, signed: bool, xaxis: str = "x"
         kw["colorscale"] = SIGNED_SCALE if signed else SEQ_SCALE
         if signed:
             kw["zmid"] = 0.0
-    return go.Heatmap(**kw)
+    return kw
 
 
 def attention_heatmap(m: np.ndarray, tokens: Sequence[str], *, title: str = "", mode: str = "pool",
                       height: int = 480) -> tuple[go.Figure, str | None]:
     """One (n, n) attention-like matrix (query rows, key columns) and the long-input note."""
     z, labels, note = fit_matrix(m, tokens, mode=mode)
-    fig = go.Figure(_heatmap(z, labels, signed=_is_signed(z), name=title))
-    fig.update_layout(title=title, height=height, margin=_MARGIN)
-    fig.update_yaxes(autorange="reversed", title="query")
-    fig.update_xaxes(title="key", tickangle=-60)
-    _thin_ticks(fig, len(labels))
-    return fig, note
+    few = len(labels) <= 60
+    layout = dict(title=dict(text=html.escape(title)), height=height, margin=_MARGIN,
+                  yaxis=dict(autorange="reversed", title=dict(text="query"), showticklabels=few),
+                  xaxis=dict(title=dict(text="key"), tickangle=-60, showticklabels=few))
+    return _figure([_heatmap(z, labels, signed=_is_signed(z), name=title)], layout), note
 
 
 def _thin_ticks(fig: go.Figure, n: int) -> None:
@@ -221,13 +230,17 @@ def _thin_ticks(fig: go.Figure, n: int) -> None:
 
 
 def side_by_side(matrices: Mapping[str, np.ndarray], tokens: Sequence[str], *, mode: str = "pool",
-                 height: int = 420, title: str = "") -> tuple[go.Figure, str | None]:
-    """Several (n, n) matrices in one row of panels (each with its own colour scale)."""
+                 height: int | None = None, title: str = "") -> tuple[go.Figure, str | None]:
+    """Several (n, n) matrices in one row of square panels, each with its own colour bar below it.
+
+    Signed panels (effective attention, differences) use a diverging scale centred on 0.
+    """
     names = list(matrices)
     k = len(names)
-    gap = 0.02
+    gap = 0.04
     width = (1.0 - gap * (k - 1)) / k
     traces, layout, note = [], {}, None
+    labels: list[str] = []
     for i, name in enumerate(names):
         z, labels, note_i = fit_matrix(matrices[name], tokens, mode=mode)
         note = note or note_i
@@ -235,90 +248,105 @@ def side_by_side(matrices: Mapping[str, np.ndarray], tokens: Sequence[str], *, m
         x0 = i * (width + gap)
         signed = _is_signed(z) or name.startswith("difference") or name.startswith("effective")
         tr = _heatmap(z, labels, signed=signed, xaxis="x" + s, yaxis="y" + s, name=name)
-        vmax = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 1.0
+        finite = np.isfinite(z)
+        vmax = float(np.nanmax(np.abs(z))) if finite.any() else 1.0
+        vmax = vmax if vmax > 0 else 1.0
         if signed:
             tr.update(zmin=-vmax, zmax=vmax, zmid=None)
-        tr.update(colorbar=dict(x=x0 + width, len=0.9, thickness=8, xpad=0), showscale=True)
+        tr.update(showscale=True, colorbar=dict(orientation="h", x=x0 + width / 2, xanchor="center", len=width,
+                                                 y=-0.02, yanchor="top", thickness=10, tickfont=dict(size=9)))
         traces.append(tr)
-        layout["xaxis" + s] = dict(domain=[x0, x0 + width - 0.02], anchor="y" + s, tickangle=-60,
-                                   showticklabels=len(labels) <= 40)
-        layout["yaxis" + s] = dict(domain=[0, 0.9], anchor="x" + s, autorange="reversed",
-                                   showticklabels=(i == 0 and len(labels) <= 40))
-    fig = go.Figure(traces)
-    fig.update_layout(**layout, height=height, margin=dict(l=10, r=10, t=60, b=10), title=title,
-                      annotations=[dict(text=html.escape(n), x=i * (width + gap) + width / 2, y=1.0, xref="paper",
-                                        yref="paper", showarrow=False, font=dict(size=13))
-                                   for i, n in enumerate(names)])
-    return fig, note
+        few = len(labels) <= 40
+        layout["xaxis" + s] = dict(domain=[x0, x0 + width], anchor="y" + s, tickangle=-60, showticklabels=few,
+                                   tickfont=dict(size=9), constrain="domain")
+        layout["yaxis" + s] = dict(domain=[0.12 if few else 0.06, 0.92], anchor="x" + s, autorange="reversed",
+                                   showticklabels=(i == 0 and few), tickfont=dict(size=9),
+                                   scaleanchor="x" + s, constrain="domain")
+    layout.update(height=height or int((340 + 90 * (len(labels) <= 40)) * (1 if k > 2 else 1.3)),
+                  margin=dict(l=10, r=10, t=60, b=40), title=dict(text=html.escape(title)),
+                  annotations=[dict(text=html.escape(n), x=i * (width + gap) + width / 2, y=0.93, xref="paper",
+                                    yref="paper", yanchor="bottom", showarrow=False, font=dict(size=12))
+                               for i, n in enumerate(names)])
+    return _figure(traces, layout), note
 
 
-def head_grid(arr: np.ndarray, *, title: str = "", thumb: int = GRID_THUMB, cell_px: int = 70,
+def _mosaic(blocks: np.ndarray, row_names: list[str], col_names: list[str], *, title: str, cell_px: int,
+            gap: int = 2, label: str = "", highlight: tuple[int, int] | None = None) -> go.Figure:
+    """(R, C, t, t) small maps tiled into ONE heatmap, separated by blank (NaN) gaps.
+
+    One trace instead of R x C subplots: plotly.js draws a 6 x 12 grid this way in ~0.1 s instead
+    of ~2 s (72 subplots, measured in headless Chromium on a busy 2-core machine). Hover shows the
+    map (row, column) and the query / key position inside it; all maps share one colour scale.
+    """
+    R, C, t, _ = blocks.shape
+    step = t + gap
+    z = np.full((R * step - gap, C * step - gap), np.nan, dtype=np.float32)
+    for r in range(R):
+        for c in range(C):
+            z[r * step:r * step + t, c * step:c * step + t] = blocks[r, c]
+    # unique category labels per column / row (gaps get invisible distinct names)
+    xs = [f"{col_names[c]} key {k}" for c in range(C) for k in range(t)]
+    ys = [f"{row_names[r]} query {q}" for r in range(R) for q in range(t)]
+    x = []
+    for c in range(C):
+        x += xs[c * t:(c + 1) * t] + ([" " * (c * gap + i + 1) for i in range(gap)] if c < C - 1 else [])
+    y = []
+    for r in range(R):
+        y += ys[r * t:(r + 1) * t] + (["\u200b" * (r * gap + i + 1) for i in range(gap)] if r < R - 1 else [])
+    signed = _is_signed(blocks)
+    vmax = float(np.nanmax(np.abs(blocks))) if blocks.size else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    trace = dict(type="heatmap", z=z, x=x, y=y, colorscale=SIGNED_SCALE if signed else SEQ_SCALE,
+                 zmin=-vmax if signed else 0.0, zmax=vmax, hoverongaps=False,
+                 colorbar=dict(thickness=10, len=0.8, title=dict(text=html.escape(label))),
+                 hovertemplate="%{y}<br>%{x}<br>%{z:.4f}<extra></extra>")
+    annotations = [dict(text=html.escape(col_names[c]), x=(c * step + (t - 1) / 2) / (C * step - gap), y=1.0,
+                        xref="paper", yref="paper", yanchor="bottom", showarrow=False, font=dict(size=10))
+                   for c in range(C)]
+    annotations += [dict(text=html.escape(row_names[r]), x=0, y=1 - (r * step + (t - 1) / 2) / (R * step - gap),
+                         xref="paper", yref="paper", xanchor="right", showarrow=False, font=dict(size=10))
+                     for r in range(R)]
+    shapes = []
+    if highlight is not None:
+        r, c = highlight
+        if 0 <= r < R and 0 <= c < C:
+            shapes.append(dict(type="rect", xref="x", yref="y", x0=c * step - 0.5, x1=c * step + t - 0.5,
+                               y0=r * step - 0.5, y1=r * step + t - 0.5, line=dict(color="crimson", width=2)))
+    layout = dict(title=dict(text=html.escape(title)), annotations=annotations, shapes=shapes,
+                  height=max(200, int(cell_px * R) + 80), margin=dict(l=40, r=10, t=60, b=10),
+                  xaxis=dict(showticklabels=False, showgrid=False, zeroline=False, constrain="domain"),
+                  yaxis=dict(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed",
+                             scaleanchor="x", constrain="domain"),
+                  plot_bgcolor="rgba(0,0,0,0)")
+    return _figure([trace], layout)
+
+
+def head_grid(arr: np.ndarray, *, title: str = "", thumb: int = GRID_THUMB, cell_px: int | None = None,
               highlight: tuple[int, int] | None = None) -> tuple[go.Figure, str | None]:
-    """Layer x head grid of small attention maps (plotly subplots: one heatmap per head).
+    """Layer x head grid of small attention maps (rows: layers, columns: heads).
 
-    ``arr`` is (L, H, n, n); each map is mean-pooled to at most ``thumb`` x ``thumb`` cells.
-    All maps share one colour axis. ``highlight`` outlines (layer, head).
+    ``arr`` is (L, H, n, n); each map is mean-pooled to at most ``thumb`` x ``thumb`` cells and
+    the maps are tiled into one heatmap (see :func:`_mosaic`). ``highlight`` outlines (layer, head).
     """
     arr = np.asarray(arr, dtype=np.float32)
     L, H, n, _ = arr.shape
     pooled, size = pool_matrix(arr, thumb)
-    gap_x, gap_y = 0.12 / H, 0.12 / L
-    traces, layout = [], {}
-    for l in range(L):
-        for h in range(H):
-            i = l * H + h + 1
-            s = "" if i == 1 else str(i)
-            traces.append(go.Heatmap(
-                z=pooled[l, h], xaxis="x" + s, yaxis="y" + s, coloraxis="coloraxis",
-                hovertemplate=f"layer {l} head {h}<br>query %{{y}} key %{{x}}<br>%{{z:.3f}}<extra></extra>"))
-            layout["xaxis" + s] = dict(domain=[h / H + gap_x / 2, (h + 1) / H - gap_x / 2], anchor="y" + s,
-                                       showticklabels=False, showgrid=False, zeroline=False)
-            layout["yaxis" + s] = dict(domain=[1 - (l + 1) / L + gap_y / 2, 1 - l / L - gap_y / 2], anchor="x" + s,
-                                       showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
-    annotations = [dict(text=f"H{h}", x=(h + 0.5) / H, y=1.0, xref="paper", yref="paper", yanchor="bottom",
-                        showarrow=False, font=dict(size=10)) for h in range(H)]
-    annotations += [dict(text=f"L{l}", x=0, y=1 - (l + 0.5) / L, xref="paper", yref="paper", xanchor="right",
-                         showarrow=False, font=dict(size=10)) for l in range(L)]
-    shapes = []
-    if highlight is not None:
-        l, h = highlight
-        if 0 <= l < L and 0 <= h < H:
-            shapes.append(dict(type="rect", xref="paper", yref="paper", x0=h / H, x1=(h + 1) / H, y0=1 - (l + 1) / L,
-                               y1=1 - l / L, line=dict(color="crimson", width=2)))
-    signed = _is_signed(pooled)
-    vmax = float(np.nanmax(np.abs(pooled))) if pooled.size else 1.0
-    coloraxis = dict(colorscale=SIGNED_SCALE if signed else SEQ_SCALE, cmin=-vmax if signed else 0.0, cmax=vmax,
-                     colorbar=dict(thickness=10, len=0.8))
-    fig = go.Figure(traces)
-    fig.update_layout(**layout, coloraxis=coloraxis, annotations=annotations, shapes=shapes, title=title,
-                      height=max(220, int(cell_px * L) + 70), margin=dict(l=30, r=10, t=60, b=10))
+    cell_px = cell_px or int(min(150, max(45, 1000 / H)))
+    fig = _mosaic(pooled, [f"L{l}" for l in range(L)], [f"H{h}" for h in range(H)], title=title, cell_px=cell_px,
+                  highlight=highlight)
     note = (f"Each small map is mean-pooled from {n} to {pooled.shape[-1]} tokens (blocks of {size})."
             if size > 1 else None)
     return fig, note
 
 
 def layer_strip(arr: np.ndarray, tokens: Sequence[str], *, title: str = "", max_cells: int = 64,
-                height: int = 260) -> tuple[go.Figure, str | None]:
-    """(L, n, n) per-layer maps (norm, rollout) as one row of small panels sharing a colour axis."""
+                height: int | None = None) -> tuple[go.Figure, str | None]:
+    """(L, n, n) per-layer maps (norm, rollout) side by side, one colour scale, tiled into one heatmap."""
     arr = np.asarray(arr, dtype=np.float32)
     L, n, _ = arr.shape
     pooled, size = pool_matrix(arr, max_cells)
-    traces, layout = [], {}
-    gap = 0.1 / L
-    for l in range(L):
-        s = "" if l == 0 else str(l + 1)
-        traces.append(go.Heatmap(z=pooled[l], xaxis="x" + s, yaxis="y" + s, coloraxis="coloraxis",
-                                 hovertemplate=f"layer {l}<br>query %{{y}} key %{{x}}<br>%{{z:.3f}}<extra></extra>"))
-        layout["xaxis" + s] = dict(domain=[l / L + gap / 2, (l + 1) / L - gap / 2], anchor="y" + s, showticklabels=False)
-        layout["yaxis" + s] = dict(domain=[0, 0.88], anchor="x" + s, showticklabels=False, autorange="reversed")
-    fig = go.Figure(traces)
-    signed = _is_signed(pooled)
-    vmax = float(np.nanmax(np.abs(pooled))) if pooled.size else 1.0
-    fig.update_layout(**layout, title=title, height=height, margin=dict(l=10, r=10, t=50, b=10),
-                      coloraxis=dict(colorscale=SIGNED_SCALE if signed else SEQ_SCALE,
-                                     cmin=-vmax if signed else 0.0, cmax=vmax, colorbar=dict(thickness=10)),
-                      annotations=[dict(text=f"layer {l}", x=(l + 0.5) / L, y=0.9, xref="paper", yref="paper",
-                                        yanchor="bottom", showarrow=False, font=dict(size=10)) for l in range(L)])
+    cell_px = height - 80 if height else int(min(220, max(60, 1000 / L)))
+    fig = _mosaic(pooled[None], [""], [f"layer {l}" for l in range(L)], title=title, cell_px=cell_px)
     note = f"Layer maps mean-pooled from {n} to {pooled.shape[-1]} tokens." if size > 1 else None
     return fig, note
 
@@ -342,14 +370,14 @@ def token_bar(values: np.ndarray, tokens: Sequence[str], *, title: str = "", hei
 
 
 def probs_bar(probs: Sequence[float], labels: Sequence[str] | None, *, pred: int | None = None,
-              gold: int | None = None, height: int = 220) -> go.Figure:
+              gold_name: str | None = None, height: int = 220) -> go.Figure:
     probs = np.asarray(probs, dtype=np.float32)
     names = [str(labels[i]) if labels is not None and i < len(labels) else str(i) for i in range(len(probs))]
     colors = ["#e66e14" if i == pred else "#9bb7d4" for i in range(len(probs))]
     fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", marker_color=colors,
                            text=[f"{p:.3f}" for p in probs], textposition="auto",
                            hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
-    title = "class probabilities" + (f" (gold: {names[gold]})" if gold is not None and 0 <= gold < len(names) else "")
+    title = "class probabilities" + (f" (gold: {html.escape(str(gold_name))})" if gold_name else "")
     fig.update_layout(title=title, height=max(height, 40 * len(probs) + 80), margin=_MARGIN,
                       xaxis=dict(range=[0, 1]), yaxis=dict(autorange="reversed"))
     return fig

@@ -227,9 +227,9 @@ def test_explorer_shows_example_views(runs_dir, monkeypatch):
     assert at.selectbox(key="run_select").value == "tiny-dense"
     eid = at.selectbox(key="ex_pick").value
     assert eid.endswith("-0")  # the first example (its arrays are stored)
-    # probabilities, grid, one head, norm, rollout (analyze stores no flow by default)
-    assert _plotly_count(at) >= 5
-    assert "Attention flow is not stored" in _text(at)
+    # probabilities, layer x head grid, one head; the "across layers" tab is drawn when opened
+    assert _plotly_count(at) == 3
+    assert [t.label for t in at.tabs][:2] == ["Heads", "Across layers (norm, rollout, flow)"]
     html = [m.value for m in at.markdown if "ax-tokens" in m.value]
     assert html, "token shading missing"
     assert "<b>bold</b>" not in html[0]  # escaped
@@ -239,6 +239,11 @@ def test_explorer_shows_example_views(runs_dir, monkeypatch):
     at.selectbox(key=f"ex-{eid}-layer").set_value(0).run()
     _no_exception(at)
     assert any("layer 0, head 1" in str(p.proto.spec) for p in at.get("plotly_chart")) or True
+    at.session_state[f"ex-{eid}-tabs"] = "Across layers (norm, rollout, flow)"
+    at.run()
+    _no_exception(at)
+    assert _plotly_count(at) == 3  # probabilities, norm, rollout
+    assert "Attention flow is not stored" in _text(at)  # analyze stores no flow by default
     # shade by another method
     at.radio(key=f"ex-{eid}-shade").set_value("effective_attention").run()
     _no_exception(at)
@@ -251,6 +256,8 @@ def test_explorer_filters(runs_dir, monkeypatch):
     at.radio(key="ex_correct").set_value("all").run()
     at.multiselect(key="ex_labels").set_value(["positive"]).run()
     _no_exception(at)
+    at.session_state["ex_table_open"] = True
+    at.run()
     table = at.dataframe[0].value
     assert set(table["label_name"]) == {"positive"}
     at.text_input(key="ex_search").input("zzzz-not-there").run()
@@ -284,7 +291,10 @@ def test_explorer_long_example_is_pooled_and_has_distribution(runs_dir, monkeypa
     at.radio(key="ax_long_mode").set_value("topk").run()
     _no_exception(at)
     assert "top 8 keys" in _text(at)
-    assert "flow" in " ".join(str(p.proto.spec) for p in at.get("plotly_chart"))
+    at.session_state["ex-ex-0-tabs"] = "Across layers (norm, rollout, flow)"
+    at.run()
+    _no_exception(at)
+    assert "attention flow" in " ".join(str(p.proto.spec) for p in at.get("plotly_chart"))
 
 
 def test_path_outside_runs_dir_is_refused(runs_dir, monkeypatch, tmp_path):
@@ -342,10 +352,61 @@ def test_live_page_explains_text(runs_dir, monkeypatch):
     at.button[0].click().run()
     _no_exception(at)
     assert "tiny random test model" in _text(at)
-    assert _plotly_count(at) >= 5
+    assert _plotly_count(at) == 3
     html = [m.value for m in at.markdown if "ax-tokens" in m.value]
     assert html and "<i>" not in html[0]
     # switch head: the distribution variant is solved for that head
     at.selectbox(key="live-head").set_value(2).run()
     _no_exception(at)
     assert "distribution" in " ".join(str(p.proto.spec) for p in at.get("plotly_chart"))
+    at.session_state["live-tabs"] = "Across layers (norm, rollout, flow)"
+    at.run()
+    _no_exception(at)
+    assert _plotly_count(at) == 4  # probabilities, norm, rollout, flow
+
+
+# ------------------------------------------------------------------------------------------
+# figure builders (app/views.py): valid plotly, long inputs reduced, HTML escaped
+# ------------------------------------------------------------------------------------------
+
+
+def test_views_are_valid_plotly_and_reduce_long_inputs():
+    import sys
+
+    import plotly.graph_objects as go
+
+    sys.path.insert(0, str(ROOT / "app"))
+    import views
+
+    rng = np.random.default_rng(0)
+    toks = [f"t{i}" for i in range(300)]
+    m = rng.random((300, 300)).astype(np.float32)
+    figs = []
+    fig, note = views.attention_heatmap(m, toks, title="x")
+    assert "mean-pooled" in note and len(fig.data[0].z) <= views.MAX_TOKENS
+    figs.append(fig)
+    fig, note = views.side_by_side({"raw": m, "effective": m - 0.5, "difference": m * 0}, toks, mode="topk")
+    assert "top 8 keys" in note
+    assert np.isfinite(np.asarray(fig.data[0].z, dtype=float)).sum(axis=1).max() == 8
+    figs.append(fig)
+    fig, note = views.head_grid(rng.random((3, 4, 300, 300)).astype(np.float32))
+    z = np.asarray(fig.data[0].z, dtype=float)  # 3 x 4 maps of 30 x 30 tiled with 2-cell gaps
+    assert len(fig.data) == 1 and z.shape == (3 * 30 + 2 * 2, 4 * 30 + 3 * 2) and note
+    assert len(set(fig.data[0].x)) == z.shape[1] and len(set(fig.data[0].y)) == z.shape[0]  # unique categories
+    figs.append(fig)
+    figs.append(views.layer_strip(rng.random((3, 300, 300)), toks)[0])
+    figs.append(views.token_bar(rng.random(300), toks)[0])
+    figs.append(views.probs_bar([0.2, 0.8], ["a", "b"], pred=1, gold_name="b"))
+    figs.append(views.layer_head_heatmap(rng.random((3, 4))))
+    df = pd.DataFrame({"k": [0.1, 0.2] * 2, "v": [1, 2, 3, 4], "m": ["a", "a", "b", "b"], "f": ["c"] * 4})
+    figs.append(views.curves(df, x="k", y="v", color="m", facet="f"))
+    figs.append(views.bars(df, x="m", y="v", color="f"))
+    figs.append(views.histogram(df["v"]))
+    for f in figs:
+        go.Figure(f.to_dict())  # raises on anything plotly's schema does not accept
+    # pooling keeps block means
+    pooled, size = views.pool_matrix(np.arange(16, dtype=np.float32).reshape(4, 4), 2)
+    assert size == 2 and pooled.tolist() == [[2.5, 4.5], [10.5, 12.5]]
+    # token shading escapes markup
+    out = views.token_html(["<script>alert(1)</script>", "&", 'a"b'], [1.0, -0.5, 0.0])
+    assert "<script>" not in out and "&lt;script&gt;" in out and "&amp;" in out

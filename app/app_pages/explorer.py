@@ -79,8 +79,14 @@ if view.empty:
 
 show_cols = [c for c in ["example_id", "label_name", "pred_label", "correct", "n_tokens", "tau", "text"] if c in view]
 table = view[show_cols].assign(arrays=view["example_id"].isin(stored))
-st.dataframe(table.head(500), hide_index=True, height=220, key="ex_table",
-             column_config={"text": st.column_config.TextColumn(width="large")})
+table_box = st.expander(f"Table of the {len(view)} matching examples", key="ex_table_open", on_change="rerun")
+if table_box.open:  # drawn only when opened
+    with table_box:
+        st.dataframe(table.head(2000), hide_index=True, height=260, key="ex_table",
+                     column_config={"text": st.column_config.TextColumn(width="large")})
+        st.download_button("CSV of the matching examples", data=lambda: view.drop(columns=["probs"], errors="ignore")
+                           .to_csv(index=False), file_name=f"{ref.name}-examples.csv", mime="text/csv",
+                           on_click="ignore", icon=":material/table:", key="ex_table_csv")
 
 # -- the example -------------------------------------------------------------------------------
 ids = view["example_id"].tolist()

@@ -1,0 +1,228 @@
+"""End-to-end: the dashboard in a real headless Chromium (Debian's ``chromium``, driven by playwright).
+
+Starts ``streamlit run app/streamlit_app.py`` on a free loopback port over the run folders of
+tests/test_app.py, opens every page, picks an example, switches head, and checks the expected
+elements and that no exception box appears. Screenshots go to test-artifacts/screenshots/.
+Skipped (with the reason) when chromium or playwright is missing. The helpers here are also
+used by benchmarks/dashboard.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+CHROMIUM = os.environ.get("ATTNEXPLAIN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.browser
+
+
+def browser_unavailable() -> str | None:
+    """Why the browser test cannot run here (None when it can)."""
+    if not Path(CHROMIUM).exists():
+        return "chromium is not installed (as root: apt-get install -y chromium; scripts/test.sh does it)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (pip install 'attnexplain[test]')"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_app(runs_dir: Path, *, env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[str]:
+    """Run the dashboard on a free loopback port; yields its base URL; stops it afterwards."""
+    port = free_port()
+    full_env = {**os.environ, "ATTNEXPLAIN_RUNS_DIR": str(runs_dir), "HF_HUB_OFFLINE": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
+           "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    log = open(runs_dir.parent / f"streamlit-{port}.log", "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {proc.returncode}; log: {log.name}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"streamlit did not start within {timeout} s; log: {log.name}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@contextlib.contextmanager
+def browser_page(width: int = 1400, height: int = 1000):
+    """A playwright page in Debian's Chromium (never ``playwright install``)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def settled(page, *, plots: int = 0, timeout: float = 60, text: str | None = None) -> float:
+    """Wait until the script finished, at least ``plots`` plotly figures are drawn, no skeleton is
+    left (and ``text`` is on the page). Returns the seconds waited."""
+    t0 = time.perf_counter()
+    js = """([n, text]) => {
+        const app = document.querySelector('[data-testid="stApp"]');
+        if (!app) return false;
+        if (document.querySelector('[data-testid="stStatusWidget"]')) return false;
+        if (document.querySelector('[data-testid="stSkeleton"]')) return false;
+        if (document.querySelectorAll('.js-plotly-plot .main-svg').length < n) return false;
+        if (text && !document.body.innerText.includes(text)) return false;
+        return true;
+    }"""
+    page.wait_for_function(js, arg=[plots, text], timeout=timeout * 1000, polling=50)
+    return time.perf_counter() - t0
+
+
+def open_select(page, label: str, search: str | None = None) -> None:
+    """Open the drop-down of the Streamlit select box labelled ``label...`` (typing ``search`` to
+    filter it: long option lists are virtualised, only the visible options exist in the page)."""
+    box = page.locator('[data-testid="stSelectbox"]').filter(
+        has=page.locator(f'input[role="combobox"][aria-label^="{label}"]')).first
+    listbox = page.locator('[role="listbox"]')
+    box.locator('input[role="combobox"]').click()
+    if not listbox.first.is_visible():
+        box.locator('button[aria-haspopup="listbox"]').click()
+    listbox.first.wait_for(state="visible")
+    if search:
+        box.locator('input[role="combobox"]').fill(search)
+
+
+def click_option(page, option: str, *, prefix: bool = False) -> None:
+    pattern = re.compile("^" + re.escape(option) + ("" if prefix else "$"))
+    page.locator('[role="option"]').filter(has_text=pattern).first.click()
+
+
+def select_option(page, label: str, option: str, *, prefix: bool = False) -> None:
+    """Pick ``option`` (or the first option starting with it) in the select box labelled ``label...``."""
+    open_select(page, label, search=option.strip() if prefix else None)
+    click_option(page, option, prefix=prefix)
+
+
+def no_exception(page) -> None:
+    boxes = page.locator('[data-testid="stException"]')
+    assert boxes.count() == 0, boxes.first.inner_text()
+
+
+def shot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# the test
+# ------------------------------------------------------------------------------------------
+
+from test_app import runs_dir  # noqa: E402,F401  (the session fixture: run folders made once)
+
+
+def test_dashboard_in_chromium(runs_dir):  # noqa: F811
+    reason = browser_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with streamlit_app(runs_dir, env={"ATTNEXPLAIN_LIVE_MODELS": "tiny-bert"}) as url, \
+            browser_page(height=3200) as page:
+        # Runs page: table of the readable runs, an error box per broken run
+        page.goto(f"{url}/runs")
+        settled(page, text="Select one run")
+        no_exception(page)
+        assert page.locator('[data-testid="stDataFrame"]').count() >= 1
+        errors = page.locator('[data-testid="stAlertContentError"]').all_inner_texts()
+        assert any("old-run" in e for e in errors) and any("missing-files" in e for e in errors), errors
+        shot(page, "runs")
+
+        # Explorer: pick an example, switch head
+        page.goto(f"{url}/explorer?run=tiny-dense")
+        settled(page, plots=5, text="One head")
+        no_exception(page)
+        from attnexplain.runs import open_run
+
+        second = open_run(runs_dir / "tiny-dense").stored_examples()[1]
+        select_option(page, "Example", f"{second} ", prefix=True)
+        settled(page, plots=5, text=f"Example {second}")
+        assert page.locator(".ax-tokens span").count() > 3
+        select_option(page, "Head", "2")
+        settled(page, plots=5, text="layer 1, head 2")
+        no_exception(page)
+        assert page.locator(".modebar-btn").count() > 0  # plotly modebar (PNG / SVG camera button)
+        shot(page, "explorer")
+
+        # long example (300 tokens): pooled with a note
+        page.goto(f"{url}/explorer?run=synthetic&example=ex-0")
+        settled(page, plots=6, text="mean-pooled")
+        no_exception(page)
+        tokens = page.locator(".ax-tokens").first.inner_text()
+        assert "<b>bold</b>" in tokens  # markup in tokens is shown as text, never interpreted
+        assert page.locator(".ax-tokens b").count() == 0
+        shot(page, "explorer-long")
+
+        # Ablations
+        page.goto(f"{url}/ablations?run=tiny-dense")
+        settled(page, plots=3, text="Top-k key sweeps")
+        no_exception(page)
+        assert page.get_by_text("no top-k key sweep").count() >= 1
+        shot(page, "ablations")
+
+        # Dense vs efficient
+        page.goto(f"{url}/compare?run=tiny-dense&run2=tiny-performer")
+        settled(page, plots=2, text="prediction agreement")
+        no_exception(page)
+        shot(page, "compare")
+
+        # path outside RUNS_DIR refused
+        page.goto(f"{url}/explorer?run=..%2F..%2Fetc")
+        settled(page, text="Refused")
+        no_exception(page)
+
+        # Live, with the tiny model
+        page.goto(f"{url}/live")
+        settled(page, text="press Explain")
+        select_option(page, "Model", "tiny-bert")
+        page.get_by_role("button", name="Explain").click()
+        settled(page, plots=5, text="One head", timeout=90)
+        no_exception(page)
+        shot(page, "live")
