@@ -54,6 +54,9 @@ def _check_tensor(x, name: str, min_ndim: int, layout: str) -> torch.Tensor:
 
 
 def _check_finite(x: torch.Tensor, name: str, hint: str = "") -> None:
+    # a sum is finite iff no entry is NaN/inf, unless it overflows: then check entry-wise
+    if x.numel() == 0 or bool(torch.isfinite(x.sum())):
+        return
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(
@@ -282,8 +285,46 @@ def _finish_basis(U, rank, key_mask, tol, with_ones):
     return U, rank
 
 
+def _thin_qr(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reduced QR of a batch of tall float64 matrices X (..., m, k), m >= k.
+
+    CholeskyQR2 (Fukaya, Nakatsukasa, Yanagisawa, Yamamoto 2014): two passes of
+    G = X^T X = L L^T, X <- X L^{-T}. Only batched GEMMs and k x k factorisations, so it is
+    much faster on CPU than per-matrix Householder calls; orthogonality is at float64 round-off
+    when cond(X) < ~1e7. Elements where it is not safe (Cholesky fails, or the first pass left
+    ||Q1^T Q1 - I|| >= 0.5, i.e. X is (nearly) rank-deficient) are redone with Householder QR.
+    """
+    k = X.shape[-1]
+    eye = torch.eye(k, dtype=X.dtype, device=X.device)
+    Q, Rt, ok = X, None, None
+    for p in range(2):
+        G = Q.transpose(-1, -2) @ Q
+        if p == 1:
+            ok = ok & ((G - eye).abs().amax((-1, -2)) < 0.5)
+        L, info = torch.linalg.cholesky_ex(G)
+        ok = (info == 0) if ok is None else ok & (info == 0)
+        L = torch.where(ok[..., None, None], L, eye)  # keep failed elements finite
+        Q = Q @ torch.linalg.solve_triangular(L, eye, upper=False).transpose(-1, -2)
+        Rt = L if Rt is None else Rt @ L
+    R = Rt.transpose(-1, -2)  # X = Q (L1 L2)^T
+    if not bool(ok.all()):
+        bad = ~ok
+        Qh, Rh = torch.linalg.qr(X[bad], mode="reduced")
+        Q = Q.clone()
+        R = R.clone()
+        Q[bad] = Qh
+        R[bad] = Rh
+    return Q, R
+
+
 def _basis_from_values(V, W, key_mask, rtol, with_ones):
-    """Exact thin SVD of T = V W via V = Q R, R W = U_s S V^T  =>  U = Q U_s."""
+    """Exact thin SVD of T = V W without forming T.
+
+    V = Q R (reduced QR, Q: m x k1) and W^T = Q_w R_w (Q_w: d x k_w), so
+    T = Q (R R_w^T) Q_w^T with orthonormal Q and Q_w^T: the left singular vectors of T are
+    Q U_s and its singular values those of the small k1 x k_w matrix R R_w^T = U_s S V_s^T.
+    All in float64.
+    """
     m, d_v = V.shape[-2:]
     d = W.shape[-1]
     tol = _default_rtol(m, d, _out_dtype(V.dtype, W.dtype), rtol)
@@ -293,10 +334,21 @@ def _basis_from_values(V, W, key_mask, rtol, with_ones):
     _check_finite(V64, "V")
     W64 = W.to(device=V.device, dtype=torch.float64)
     _check_finite(W64, "W_O_blocks")
-    Q, R = torch.linalg.qr(V64, mode="reduced")  # (..., H, m, k1), (..., H, k1, d_v)
-    Us, S, _ = torch.linalg.svd(R @ W64, full_matrices=False)  # (..., H, k1, k2)
-    U, rank = _truncate(Us, S, tol)  # truncate in the small space, then lift
-    U = Q @ U
+    if m >= d_v:
+        Q, R = _thin_qr(V64)  # (..., H, m, d_v), (..., H, d_v, d_v)
+    else:
+        Q, R = torch.linalg.qr(V64, mode="reduced")  # (..., H, m, m), (..., H, m, d_v)
+    _, Rw = torch.linalg.qr(W64.transpose(-1, -2), mode="reduced")  # (H, k_w, d_v)
+    M = R @ Rw.transpose(-1, -2)  # (..., H, k1, k_w)
+    k1, k2 = M.shape[-2], min(M.shape[-2:])
+    S = torch.linalg.svdvals(M)
+    rank = ((S > tol * S[..., :1]) & (S > 0)).sum(-1)
+    if k1 == k2 and bool((rank == k1).all()):
+        U = Q  # full rank everywhere (the usual case): span(Q U_s) = span(Q), no vectors needed
+    else:
+        Us, S, _ = torch.linalg.svd(M, full_matrices=False)  # (..., H, k1, k2)
+        U, rank = _truncate(Us, S, tol)  # truncate in the small space, then lift
+        U = Q @ U
     return _finish_basis(U, rank, key_mask, tol, with_ones)
 
 
@@ -307,20 +359,28 @@ def _basis_from_values(V, W, key_mask, rtol, with_ones):
 
 def _prepare_A(A, key_mask, check_stochastic):
     if key_mask is not None:
-        A = _mask_cols(A, key_mask)
-    _check_finite(A, "A")
+        A = _mask_cols(A, key_mask)  # also clears NaN/inf at padded keys
     atol = _stochastic_atol(check_stochastic, A.dtype)
     if atol is not None:
+        _check_finite(A, "A")
         _check_stochastic(A, key_mask, atol)
     return A
 
 
 def _project(A: torch.Tensor, U: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """(A @ U) @ U^T in float32 (float64 if an input is float64); U's masked rows are zero, so
+    masked columns of the result are exactly 0."""
     cdt = _compute_dtype(A.dtype, out_dtype)
     Uc = U.to(cdt)
     Ac = A.to(cdt)
-    A_eff = (Ac @ Uc) @ Uc.transpose(-1, -2)
-    return A_eff.to(out_dtype)
+    if Uc.shape[-1] == 0:
+        _check_finite(Ac, "A")
+        shape = torch.broadcast_shapes(Ac.shape[:-2], Uc.shape[:-2]) + Ac.shape[-2:]
+        return torch.zeros(shape, dtype=out_dtype, device=A.device)
+    AU = Ac @ Uc
+    # NaN/inf in A propagate into A @ U (n x r, cheaper to scan than A itself)
+    _check_finite(AU, "A")
+    return (AU @ Uc.transpose(-1, -2)).to(out_dtype)
 
 
 def effective_attention(
@@ -386,8 +446,7 @@ def effective_attention(
     _broadcast(shapes, "A (..., n, m), T (..., m, d), key_mask (..., m)")
     A = _prepare_A(A, key_mask, check_stochastic)
     U, _ = column_space_basis(T, key_mask=key_mask, rtol=rtol, with_ones=preserve_row_sums)
-    out = _project(A, U, _out_dtype(A.dtype, T.dtype))
-    return _mask_cols(out, key_mask)
+    return _project(A, U, _out_dtype(A.dtype, T.dtype))
 
 
 def effective_attention_from_values(
@@ -405,11 +464,15 @@ def effective_attention_from_values(
     Same result as ``effective_attention(A, value_transforms(V, W_O_blocks))`` (Brunner et al.,
     ICLR 2020), computed without the SVD of the m x d matrix ``T = V W_O``::
 
-        V = Q R (reduced QR, Q: m x d_v),   R W_O = U_s S V^T (d_v x d),   T = (Q U_s) S V^T
+        V = Q R,   W_O^T = Q_w R_w   (reduced QRs)   =>   T = Q (R R_w^T) Q_w^T
+        R R_w^T = U_s S V_s^T   (d_v x d_v SVD)        =>   T = (Q U_s) S (Q_w V_s)^T
 
-    so ``U = Q U_s`` are exactly the left singular vectors of ``T`` and
-    ``A_eff = (A @ U_r) @ U_r^T``. Costs O(m d_v^2 + d_v^2 d) per head for the basis instead of
-    O(m d min(m, d)). The rank tolerance defaults to ``max(m, d) * eps(dtype of V, W_O)``.
+    so ``U = Q U_s`` are exactly the left singular vectors of ``T`` (and ``S`` its singular
+    values) and ``A_eff = (A @ U_r) @ U_r^T``. The basis costs O(m d_v^2 + d_v^3) per head
+    instead of O(m d min(m, d)) for the SVD of ``T``; all factorisations run in float64 (the
+    QR of ``V`` by CholeskyQR2 with a Householder fallback for nearly rank-deficient ``V``).
+    When ``T`` has full rank d_v everywhere (the usual case), ``U_r`` spans the same space as
+    ``Q`` and only singular values are computed. The rank tolerance defaults to ``max(m, d) * eps(dtype of V, W_O)``.
 
     Args:
         A: ``(..., H, n, m)``.
@@ -443,8 +506,7 @@ def effective_attention_from_values(
     _broadcast(shapes, "A (..., H, n, m), V (..., H, m, d_v), key_mask (..., m) without the head dim")
     A = _prepare_A(A, key_mask, check_stochastic)
     U, _ = _basis_from_values(V, W_O_blocks, key_mask, rtol, preserve_row_sums)
-    out = _project(A, U, _out_dtype(A.dtype, V.dtype, W_O_blocks.dtype))
-    return _mask_cols(out, key_mask)
+    return _project(A, U, _out_dtype(A.dtype, V.dtype, W_O_blocks.dtype))
 
 
 def null_attention(A: torch.Tensor, T: torch.Tensor, **kwargs) -> torch.Tensor:
