@@ -59,11 +59,9 @@ def _check_finite(x: torch.Tensor, name: str, hint: str = "") -> None:
         return
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(
-            f"{name} contains {bad} non-finite value(s) (NaN or inf). {hint}".rstrip()
-            + (" " if hint else "")
-            + "Remove them, or pass key_mask so that padded positions are ignored."
-        )
+        parts = [f"{name} contains {bad} non-finite value(s) (NaN or inf).", hint,
+                 "Remove them, or pass key_mask so that padded positions are ignored."]
+        raise ValueError(" ".join(p for p in parts if p))
 
 
 def _check_key_mask(key_mask, m: int, name: str = "key_mask") -> torch.Tensor | None:
@@ -379,7 +377,9 @@ def _project(A: torch.Tensor, U: torch.Tensor, out_dtype: torch.dtype) -> torch.
         return torch.zeros(shape, dtype=out_dtype, device=A.device)
     AU = Ac @ Uc
     # NaN/inf in A propagate into A @ U (n x r, cheaper to scan than A itself)
-    _check_finite(AU, "A")
+    if not bool(torch.isfinite(AU.sum())):
+        _check_finite(Ac, "A")  # names and counts the bad entries of A
+        _check_finite(AU, "A @ U_r", "It overflowed in the projection; pass A in float32/float64.")
     return (AU @ Uc.transpose(-1, -2)).to(out_dtype)
 
 
