@@ -123,7 +123,12 @@ class LocalAttention(AttentionBackend):
             qi = qabs.clamp(max=n - 1)[:, :, None] if mask.shape[-2] != 1 else torch.zeros(1, 1, 1, dtype=torch.long, device=dev)
             kj = kcl[:, None, :] if mask.shape[-1] != 1 else torch.zeros(1, 1, 1, dtype=torch.long, device=dev)
             s = s + mask_bias(mask[:, :, qi, kj]).to(dt)  # (B, 1 or H, nb, block, kw)
-        p = self._dropout(masked_softmax(s, allowed), call)
+        # in-place masked softmax: s is a fresh buffer, the largest tensor of this path
+        s.masked_fill_(~allowed, float("-inf"))
+        mx = s.amax(dim=-1, keepdim=True)
+        p = s.sub_(mx.masked_fill_(torch.isneginf(mx), 0.0)).exp_()
+        z = p.sum(dim=-1, keepdim=True)
+        p = self._dropout(p.div_(torch.where(z > 0, z, torch.ones_like(z))), call)
         out = (p @ vwin).view(b, h, nb * block, -1)[:, :, :n]
         return out.to(call.value.dtype)
 
