@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from attnexplain.functional import (  # noqa: E402
     attention_distribution,
+    attention_flow,
     effective_attention,
     effective_attention_from_values,
     value_transforms,
@@ -130,6 +131,11 @@ def main() -> None:
     print(f"distribution sparsest (LP, HiGHS): {lp_ms:.2f} ms/row; support sizes {res_lp.support_size.tolist()} (rank {int(res_lp.rank)})")
     print(f"distribution nearest (LDP/NNLS):   {qp_ms:.2f} ms/row; support sizes {res_qp.support_size.tolist()}")
     print(f"  max residual |(a'-a)^T T|: LP {float(res_lp.residual.max()):.2e}, QP {float(res_qp.residual.max()):.2e}")
+    # attention flow (Abnar & Zuidema): 12 layers x 128 tokens, one query, random attention
+    g = torch.Generator().manual_seed(0)
+    att_flow = torch.softmax(2 * torch.randn(12, H, 128, 128, generator=g), -1)
+    t_flow, _ = timed(lambda: attention_flow(att_flow, query=0), repeats=1)
+    print(f"attention flow, 12 layers x 128 tokens, 1 query (128 max-flow problems): {t_flow:.2f} s")
     print(f"ratio of medians {t_eff / t_fwd:.3f}; ratio of minima {t_eff_min / t_fwd_min:.3f}")
     print(f"RESULT ratio={t_eff / t_fwd:.3f} lp_ms_per_row={lp_ms:.2f}")
 
