@@ -234,6 +234,47 @@ class CompareArgs:
 
 
 @dataclass
+class CompareBackendsArgs:
+    """``attnexplain compare-backends``: the same texts through dense and efficient attention backends."""
+
+    out: Path
+    model: str = DEFAULT_MODEL
+    dataset: str = "bbc-news"
+    split: str = "test"
+    limit: int | None = 100
+    backends: list[str] = field(default_factory=lambda: ["smyrf:memory=0.5", "smyrf:memory=0.25"])
+    max_length: int | None = None
+    min_tokens: int | None = None
+    batch_size: int = 4
+
+    def run(self):
+        from ..compare import compare_backends_cli
+
+        return compare_backends_cli(
+            self.model, self.dataset, split=self.split, limit=self.limit, backends=list(self.backends),
+            out=self.out, max_length=self.max_length, min_tokens=self.min_tokens, batch_size=self.batch_size,
+        )
+
+
+@dataclass
+class TrainEfficientArgs:
+    """``attnexplain train-efficient``: small classifiers trained with efficient attention mechanisms."""
+
+    dataset: str = "rotten-tomatoes"
+    mechanisms: list[str] | None = None
+    epochs: float = 1.0
+    max_len: int = 64
+    budget_seconds: float | None = None
+    seed: int = 0
+
+    def run(self):
+        from ..efficient_models.train import compare_mechanisms
+
+        return compare_mechanisms(self.dataset, self.mechanisms, epochs=self.epochs, max_len=self.max_len,
+                                  budget_seconds=self.budget_seconds, seed=self.seed, progress=True)
+
+
+@dataclass
 class MergeArgs:
     """``attnexplain merge A B ... --out ALL``: merge shard runs."""
 

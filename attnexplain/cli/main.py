@@ -18,11 +18,13 @@ import typer
 from .args import (
     AnalyzeArgs,
     CompareArgs,
+    CompareBackendsArgs,
     DashboardArgs,
     ExplainArgs,
     MergeArgs,
     PrepareArgs,
     ReportArgs,
+    TrainEfficientArgs,
     parse_key_values,
     parse_list,
 )
@@ -56,7 +58,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from ..runs.analyze import AnalyzeError
     from ..runs.store import RunFormatError, RunLockedError, RunMismatchError, RunPathError
 
-    types += [AnalyzeError, ModelNotFoundError, InputError, RunFormatError, RunMismatchError, RunLockedError, RunPathError]
+    from ..compare import BackendSpecError
+
+    types += [BackendSpecError, AnalyzeError, ModelNotFoundError, InputError, RunFormatError, RunMismatchError, RunLockedError, RunPathError]
     try:
         from ..capture import UnsupportedArchitectureError
 
@@ -250,9 +254,50 @@ def compare(
     typer.echo(f"\nwrote {', '.join(str(f) for f in res.files)}", err=True)
 
 
-# attnexplain compare-backends: NOT WRITTEN YET (assigned to another engineer). It will run the
-# same data through several attention backends and compare them; add it here as
-# `@app.command("compare-backends")` calling its engine (e.g. attnexplain.runs.backends).
+@app.command("compare-backends")
+@command
+def compare_backends(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for table.md, per_example.parquet, manifest.json."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name or folder."),
+    dataset: str = typer.Option("bbc-news", "--dataset", "-d", help="Data set name or file."),
+    split: str = typer.Option("test", help="Split of a built-in data set."),
+    limit: Optional[int] = typer.Option(100, help="At most this many examples."),
+    backend: Optional[List[str]] = typer.Option(
+        None, "--backend", "-b",
+        help="Backend spec, repeatable: 'smyrf:memory=0.5', 'smyrf:n_hashes=2,q_cluster_size=64,k_cluster_size=64', "
+             "'performer:n_features=128', 'local:window=64'... (default: SMYRF at 50 % and 25 % memory).",
+    ),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to this many tokens."),
+    min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="Keep only examples at least this long."),
+    batch_size: int = typer.Option(4, "--batch-size"),
+) -> None:
+    """Dense vs efficient attention on the same model and texts: prediction agreement, output TVD,
+    per-layer JSD of attention rows, Kendall tau of raw/effective token rankings, memory share."""
+    args = CompareBackendsArgs(out=out, model=model, dataset=dataset, split=split, limit=limit,
+                               max_length=max_length, min_tokens=min_tokens, batch_size=batch_size)
+    if backend:
+        args.backends = list(backend)
+    res = args.run()
+    typer.echo(res.to_markdown())
+    typer.echo(f"\nwrote {out}/table.md, per_example.parquet, manifest.json", err=True)
+
+
+@app.command("train-efficient")
+@command
+def train_efficient(
+    dataset: str = typer.Option("rotten-tomatoes", "--dataset", "-d", help="Built-in or synthetic data set."),
+    mechanism: Optional[List[str]] = typer.Option(
+        None, "--mechanism", help="standard, optimised, efficient, super, elementwise (repeatable; default all)."),
+    epochs: float = typer.Option(1.0, help="Epochs over the train split."),
+    max_len: int = typer.Option(64, "--max-len", help="Context length (super attention's fixed length)."),
+    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", help="Stop each training after this long."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train small classifiers with optimised / efficient / super / element-wise attention (and a standard
+    control) on the same data and budget; caches them and prints accuracy and parameter counts side by side."""
+    df = TrainEfficientArgs(dataset=dataset, mechanisms=list(mechanism) if mechanism else None, epochs=epochs,
+                            max_len=max_len, budget_seconds=budget_seconds, seed=seed).run()
+    typer.echo(df.to_string(index=False))
 
 
 # --------------------------------------------------------------------------------------------
