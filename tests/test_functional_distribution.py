@@ -187,3 +187,20 @@ def test_property_feasible(prob, mode):
     check_feasible(res, A, T, mask=mask, atol=1e-5 if A.dtype == torch.float32 else 1e-8)
     if mode == "sparsest":
         assert bool((res.support_size <= res.rank[..., None] + 1).all())
+
+
+def test_purification_reaches_a_vertex():
+    """The fallback that turns any feasible point into a basic one (Caratheodory step)."""
+    from attnexplain.functional.distribution import _purify, _row_basis
+
+    rng = np.random.default_rng(0)
+    for m, r in [(30, 4), (12, 1), (9, 0)]:
+        T = rng.standard_normal((m, r)) @ rng.standard_normal((r, 5)) if r else np.zeros((m, 5))
+        U = scipy.linalg.orth(T) if r else np.zeros((m, 0))
+        W = _row_basis(U)
+        a = rng.dirichlet(np.ones(m))  # full support, feasible, not a vertex
+        x = _purify(a, W.T.copy(), 1e-12)
+        assert x.min() >= 0 and (x > 0).sum() <= W.shape[1] == r + 1
+        np.testing.assert_allclose(W.T @ x, W.T @ a, atol=1e-10)
+        np.testing.assert_allclose(x.sum(), 1.0, atol=1e-10)
+        np.testing.assert_allclose((x - a) @ T, 0.0, atol=1e-9 * max(1.0, np.abs(T).max()))
