@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from attnexplain.data import load_dataset
+from attnexplain.data.synthetic import word_index_of_tokens
 from attnexplain.models import LoadedModel, load_model
 from attnexplain.training import finetune
 from attnexplain.training.finetune import (
@@ -61,6 +62,8 @@ def test_word_level_tokenizer_is_one_token_per_word(tmp_path):
     enc = tok("The film was not good", return_offsets_mapping=True)
     assert tok.convert_ids_to_tokens(enc["input_ids"]) == ["[CLS]", "the", "film", "was", "not", "good", "[SEP]"]
     assert tok.convert_ids_to_tokens(tok("a=3 zzz")["input_ids"]) == ["[CLS]", "a=3", "[UNK]", "[SEP]"]
+    # token i+1 is word i, so gold rationales (word indices) map straight onto tokens
+    assert word_index_of_tokens("The film was not good", enc["offset_mapping"]) == [None, 0, 1, 2, 3, 4, None]
     tok.save_pretrained(tmp_path)
     from transformers import AutoTokenizer
 
