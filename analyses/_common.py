@@ -30,6 +30,10 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads that spin while waiting make LAPACK (the SVDs of effective attention) 40x
+# slower on a shared, loaded machine; passive waiting costs nothing on an idle one. Only
+# effective if set before torch is imported (the scripts import this module first).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_ROOT = ROOT / "analyses" / "out"
@@ -242,6 +246,24 @@ def texts_with_min_tokens(lm: Any, texts: Sequence[str], min_tokens: int) -> lis
     """Indices of the texts with at least ``min_tokens`` tokens (special tokens included)."""
     ids = lm.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
     return [i for i, x in enumerate(ids) if len(x) >= min_tokens]
+
+
+def truncate_texts(lm: Any, texts: Sequence[str], max_tokens: int) -> list[str]:
+    """Each text cut (in characters) after its last token that fits in ``max_tokens`` tokens
+    (special tokens included), using the fast tokenizer's offsets, so that the cut text
+    tokenizes to at most ``max_tokens`` tokens. Tokenizers without offsets (the tiny test
+    tokenizer: one token per character) cut at ``max_tokens - 2`` characters."""
+    texts = list(texts)
+    try:
+        enc = lm.tokenizer(texts, return_offsets_mapping=True, truncation=True, max_length=max_tokens)
+        offsets = enc["offset_mapping"]
+    except (TypeError, KeyError, NotImplementedError, ValueError):
+        return [t[: max(1, max_tokens - 2)] for t in texts]
+    out = []
+    for t, offs in zip(texts, offsets):
+        ends = [int(e) for s, e in offs if e > s]
+        out.append(t[: max(ends)] if ends else t)
+    return out
 
 
 if __name__ == "__main__":
