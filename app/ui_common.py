@@ -294,7 +294,7 @@ def token_scores_wide(tokens_df: pd.DataFrame) -> pd.DataFrame:
 
 def render_prediction(*, probs: Any, labels: list[str] | None, pred: int | None, gold: int | None,
                       key: str, text: str | None = None, gold_name: str | None = None,
-                      correct: bool | None = None) -> None:
+                      correct: bool | None = None, name: str | None = None) -> None:
     cols = st.columns([2, 3])
     if gold_name is None or (not isinstance(gold_name, str) and pd.isna(gold_name)):
         gold_name = None
@@ -315,11 +315,12 @@ def render_prediction(*, probs: Any, labels: list[str] | None, pred: int | None,
             p = np.asarray(probs, dtype=np.float32)
             fig = views.probs_bar(p, labels, pred=pred, gold_name=gold_name)
             names = [labels[i] if labels and i < len(labels) else str(i) for i in range(len(p))]
-            show_figure(fig, key=f"{key}-probs", name=f"{key}-probabilities",
+            show_figure(fig, key=f"{key}-probs", name=f"{name or key}-probabilities",
                         data=pd.DataFrame({"class": names, "probability": p}))
 
 
-def render_token_shading(tokens_df: pd.DataFrame, *, key: str, methods: list[str] | None = None) -> None:
+def render_token_shading(tokens_df: pd.DataFrame, *, key: str, methods: list[str] | None = None,
+                         name: str | None = None) -> None:
     """Text with tokens shaded by the chosen method's scores (escaped HTML spans)."""
     wide = token_scores_wide(tokens_df)
     if wide.empty:
@@ -332,7 +333,7 @@ def render_token_shading(tokens_df: pd.DataFrame, *, key: str, methods: list[str
     st.caption("Orange: positive score, blue: negative; intensity relative to the largest |score| of the example. "
                "Hover a token for its value.")
     st.download_button("CSV of all token scores", data=lambda: wide.to_csv(index=False),
-                       file_name=f"{views_safe(key)}-token-scores.csv", mime="text/csv", key=f"{key}-tokcsv",
+                       file_name=f"{views_safe(name or key)}-token-scores.csv", mime="text/csv", key=f"{key}-tokcsv",
                        on_click="ignore", icon=":material/table:")
 
 
@@ -348,13 +349,16 @@ def views_safe(s: str) -> str:
     return _safe_name(s)
 
 
-def render_attention_views(arrays: Mapping[str, np.ndarray], *, key: str, cache_key: str,
+def render_attention_views(arrays: Mapping[str, np.ndarray], *, key: str, cache_key: str, name: str | None = None,
                            distribution_fn: Callable[[int, int], np.ndarray | None] | None = None) -> None:
     """Layer x head grid, one head large (raw / effective / distribution + difference), norm/rollout/flow.
 
     ``arrays`` has the keys of a run's ``attention/<id>.npz``; ``distribution_fn(layer, head)``
     supplies the distribution variant when it is not in ``arrays`` (Live page, computed on demand).
+    Widget keys start with ``key`` (kept from one example to the next, so the chosen layer / head
+    stay); ``name`` starts the download file names.
     """
+    name = name or key
     tokens = [str(t) for t in np.asarray(arrays["tokens"]).tolist()]
     raw = arrays["raw"]
     L, H, n, _ = raw.shape
@@ -368,22 +372,22 @@ def render_attention_views(arrays: Mapping[str, np.ndarray], *, key: str, cache_
             variant = st.segmented_control("Grid shows", variants, default="raw", key=f"{key}-gridvar",
                                            format_func=lambda v: VARIANT_LABELS.get(v, v)) or "raw"
             fig, note = _grid_figure(cache_key, variant, arrays[variant])
-            show_figure(fig, key=f"{key}-grid", name=f"{key}-{variant}-grid", note=note,
+            show_figure(fig, key=f"{key}-grid", name=f"{name}-{variant}-grid", note=note,
                         data=lambda: views.grid_frame(arrays[variant], tokens))
-            _head_fragment(arrays, tokens, key=key, distribution_fn=distribution_fn)
+            _head_fragment(arrays, tokens, key=key, name=name, distribution_fn=distribution_fn)
     if layers_tab.open:
         with layers_tab:
             figs = _layer_figures(cache_key, arrays, tuple(tokens))
-            for name, (fig, note) in figs.items():
-                show_figure(fig, key=f"{key}-{name}", name=f"{key}-{name}", note=note,
-                            data=lambda name=name: pd.concat(
-                                [views.matrix_frame({name: arrays[name][l]}, tokens).assign(layer=l)
+            for what, (fig, note) in figs.items():
+                show_figure(fig, key=f"{key}-{what}", name=f"{name}-{what}", note=note,
+                            data=lambda what=what: pd.concat(
+                                [views.matrix_frame({what: arrays[what][l]}, tokens).assign(layer=l)
                                  for l in range(L)]))
             if "flow" in arrays and arrays["flow"] is not None and np.asarray(arrays["flow"]).size:
                 flow = np.asarray(arrays["flow"], dtype=np.float32).reshape(-1)[:n]
                 fig, note = views.token_bar(flow, tokens,
                                             title="attention flow from the readout position to each input token")
-                show_figure(fig, key=f"{key}-flow", name=f"{key}-flow", note=note,
+                show_figure(fig, key=f"{key}-flow", name=f"{name}-flow", note=note,
                             data=pd.DataFrame({"position": np.arange(len(flow)), "token": tokens[:len(flow)],
                                                "flow": flow}))
             else:
@@ -391,11 +395,14 @@ def render_attention_views(arrays: Mapping[str, np.ndarray], *, key: str, cache_
 
 
 @st.fragment
-def _head_fragment(arrays: Mapping[str, np.ndarray], tokens: list[str], *, key: str,
+def _head_fragment(arrays: Mapping[str, np.ndarray], tokens: list[str], *, key: str, name: str,
                    distribution_fn: Callable[[int, int], np.ndarray | None] | None) -> None:
     """One head large; a fragment, so switching heads redraws only this part of the page."""
     raw = arrays["raw"]
     L, H = raw.shape[:2]
+    for k, count in ((f"{key}-layer", L), (f"{key}-head", H)):  # kept from another example / run
+        if st.session_state.get(k) is not None and not 0 <= st.session_state[k] < count:
+            del st.session_state[k]
     st.markdown("**One head, large**")
     c1, c2, c3 = st.columns([1, 1, 2])
     layer = c1.selectbox("Layer", list(range(L)), index=L - 1, key=f"{key}-layer")
@@ -417,5 +424,5 @@ def _head_fragment(arrays: Mapping[str, np.ndarray], tokens: list[str], *, key: 
     if against:
         shown[f"difference ({against} - raw)"] = mats[against] - mats["raw"]
     fig, note = views.side_by_side(shown, tokens, mode=long_input_mode(), title=f"layer {layer}, head {head}")
-    show_figure(fig, key=f"{key}-head", name=f"{key}-L{layer}-H{head}", note=note,
+    show_figure(fig, key=f"{key}-head", name=f"{name}-L{layer}-H{head}", note=note,
                 data=lambda: views.matrix_frame(mats, tokens))

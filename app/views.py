@@ -25,8 +25,17 @@ MAX_TOKENS = 256
 #: side of each small map in the layer x head grid
 GRID_THUMB = 32
 
-SEQ_SCALE = "Blues"
-SIGNED_SCALE = "RdBu_r"
+def _scale(colors: list[str]) -> list[list]:
+    """An explicit plotly colour scale (named scales differ between plotly.py and plotly.js)."""
+    return [[i / (len(colors) - 1), c] for i, c in enumerate(colors)]
+
+
+#: light (0) to dark blue; diverging blue (negative) - white (0) - red (positive)
+SEQ_SCALE = _scale(["rgb(247,251,255)", "rgb(222,235,247)", "rgb(198,219,239)", "rgb(158,202,225)",
+                    "rgb(107,174,214)", "rgb(66,146,198)", "rgb(33,113,181)", "rgb(8,81,156)", "rgb(8,48,107)"])
+SIGNED_SCALE = _scale(["rgb(5,48,97)", "rgb(33,102,172)", "rgb(67,147,195)", "rgb(146,197,222)",
+                       "rgb(209,229,240)", "rgb(247,247,247)", "rgb(253,219,199)", "rgb(244,165,130)",
+                       "rgb(214,96,77)", "rgb(178,24,43)", "rgb(103,0,31)"])
 
 _MARGIN = dict(l=10, r=10, t=40, b=10)
 
@@ -257,7 +266,9 @@ def side_by_side(matrices: Mapping[str, np.ndarray], tokens: Sequence[str], *, m
                                                  y=-0.02, yanchor="top", thickness=10, tickfont=dict(size=9)))
         traces.append(tr)
         few = len(labels) <= 40
-        layout["xaxis" + s] = dict(domain=[x0, x0 + width], anchor="y" + s, tickangle=-60, showticklabels=few,
+        # token labels on the first panel only (the others show them on hover): labels are the
+        # costly part of drawing these panels in the browser
+        layout["xaxis" + s] = dict(domain=[x0, x0 + width], anchor="y" + s, tickangle=-60, showticklabels=few and i == 0,
                                    tickfont=dict(size=9), constrain="domain")
         layout["yaxis" + s] = dict(domain=[0.12 if few else 0.06, 0.92], anchor="x" + s, autorange="reversed",
                                    showticklabels=(i == 0 and few), tickfont=dict(size=9),
@@ -388,7 +399,7 @@ def layer_head_heatmap(mat: np.ndarray, *, title: str = "", colorbar_title: str 
     mat = np.asarray(mat, dtype=np.float32)
     L, H = mat.shape
     fig = go.Figure(go.Heatmap(z=mat, x=[f"H{h}" for h in range(H)], y=[f"L{l}" for l in range(L)],
-                               colorscale="YlOrRd", colorbar=dict(title=colorbar_title),
+                               colorscale="YlOrRd", colorbar=dict(title=dict(text=colorbar_title)),
                                hovertemplate="%{y} %{x}<br>%{z:.4f}<extra></extra>"))
     fig.update_layout(title=title, height=max(260, 36 * L + 110), margin=_MARGIN)
     fig.update_yaxes(autorange="reversed")

@@ -234,18 +234,18 @@ def test_explorer_shows_example_views(runs_dir, monkeypatch):
     assert html, "token shading missing"
     assert "<b>bold</b>" not in html[0]  # escaped
     # switch head and layer
-    at.selectbox(key=f"ex-{eid}-head").set_value(1).run()
+    at.selectbox(key="ex-head").set_value(1).run()
     _no_exception(at)
-    at.selectbox(key=f"ex-{eid}-layer").set_value(0).run()
+    at.selectbox(key="ex-layer").set_value(0).run()
     _no_exception(at)
     assert any("layer 0, head 1" in str(p.proto.spec) for p in at.get("plotly_chart")) or True
-    at.session_state[f"ex-{eid}-tabs"] = "Across layers (norm, rollout, flow)"
+    at.session_state["ex-tabs"] = "Across layers (norm, rollout, flow)"
     at.run()
     _no_exception(at)
     assert _plotly_count(at) == 3  # probabilities, norm, rollout
     assert "Attention flow is not stored" in _text(at)  # analyze stores no flow by default
     # shade by another method
-    at.radio(key=f"ex-{eid}-shade").set_value("effective_attention").run()
+    at.radio(key="ex-shade").set_value("effective_attention").run()
     _no_exception(at)
 
 
@@ -286,12 +286,12 @@ def test_explorer_long_example_is_pooled_and_has_distribution(runs_dir, monkeypa
     assert at.selectbox(key="ex_pick").value == "ex-0"
     text = _text(at)
     assert "mean-pooled" in text  # 300 tokens > 256
-    at.segmented_control(key="ex-ex-0-gridvar").set_value("distribution").run()
+    at.segmented_control(key="ex-gridvar").set_value("distribution").run()
     _no_exception(at)
     at.radio(key="ax_long_mode").set_value("topk").run()
     _no_exception(at)
     assert "top 8 keys" in _text(at)
-    at.session_state["ex-ex-0-tabs"] = "Across layers (norm, rollout, flow)"
+    at.session_state["ex-tabs"] = "Across layers (norm, rollout, flow)"
     at.run()
     _no_exception(at)
     assert "attention flow" in " ".join(str(p.proto.spec) for p in at.get("plotly_chart"))
@@ -320,12 +320,19 @@ def test_broken_run_from_url_gives_message(runs_dir, monkeypatch):
 # ------------------------------------------------------------------------------------------
 
 
-def test_ablations_page(runs_dir, monkeypatch):
+def test_ablations_page_and_export_formats(runs_dir, monkeypatch):
     at = _app(runs_dir, monkeypatch, "ablations", run="tiny-dense")
     _no_exception(at)
     text = _text(at)
-    assert _plotly_count(at) >= 2
-    assert "top-k" in text.lower()  # says the sweep is not in the run
+    assert _plotly_count(at) >= 3  # curves, AOPC bars, head ablation heatmap (analyze ran with it)
+    assert "head ablation: mean output TVD" in " ".join(str(p.proto.spec) for p in at.get("plotly_chart"))
+    assert "no top-k key sweep" in text  # says the sweep is not in the run
+    configs = [json.loads(p.proto.config) for p in at.get("plotly_chart")]
+    assert {c["toImageButtonOptions"]["format"] for c in configs} == {"png"}
+    assert {b.label for b in at.get("download_button")} >= {"HTML", "CSV"}
+    at.radio(key="ax_image_format").set_value("svg").run()  # the camera button now saves SVG
+    _no_exception(at)
+    assert {json.loads(p.proto.config)["toImageButtonOptions"]["format"] for p in at.get("plotly_chart")} == {"svg"}
 
 
 def test_compare_page(runs_dir, monkeypatch):

@@ -108,7 +108,10 @@ def settled(page, *, plots: int = 0, timeout: float = 60, text: str | None = Non
         if (!app) return false;
         if (document.querySelector('[data-testid="stStatusWidget"]')) return false;
         if (document.querySelector('[data-testid="stSkeleton"]')) return false;
-        if (document.querySelectorAll('.js-plotly-plot .main-svg').length < n) return false;
+        if (document.querySelector('[data-stale="true"]')) return false;
+        const drawn = Array.from(document.querySelectorAll('.js-plotly-plot')).filter(
+            (gd) => gd.querySelector('.main-svg') && gd._fullLayout).length;
+        if (drawn < n) return false;
         if (text && !document.body.innerText.includes(text)) return false;
         return true;
     }"""
@@ -160,14 +163,54 @@ def shot(page, name: str) -> Path:
 from test_app import runs_dir  # noqa: E402,F401  (the session fixture: run folders made once)
 
 
+def nav(page, title: str) -> None:
+    """Switch page through the sidebar link ``title`` (no browser reload, like a user)."""
+    page.get_by_test_id("stSidebarNavLink").filter(has_text=re.compile(re.escape(title) + "$")).click()
+
+
 def test_dashboard_in_chromium(runs_dir):  # noqa: F811
     reason = browser_unavailable()
     if reason:
         pytest.skip(reason)
+    from attnexplain.runs import open_run
+
+    second = open_run(runs_dir / "tiny-dense").stored_examples()[1]
     with streamlit_app(runs_dir, env={"ATTNEXPLAIN_LIVE_MODELS": "tiny-bert"}) as url, \
-            browser_page(height=3200) as page:
-        # Runs page: table of the readable runs, an error box per broken run
-        page.goto(f"{url}/runs")
+            browser_page(height=2200) as page:
+        # a run path outside RUNS_DIR in the URL is refused; the page stays usable
+        page.goto(f"{url}/explorer?run=..%2F..%2Fetc")
+        settled(page, plots=3, text="Refused")
+        no_exception(page)
+
+        # Explorer: pick a run and an example, switch head, open the other tab
+        select_option(page, "Run", "tiny-dense")
+        settled(page, plots=3, text="One head, large")  # probabilities, layer x head grid, one head
+        select_option(page, "Example", f"{second} ", prefix=True)
+        settled(page, plots=3, text=f"Example {second}")
+        no_exception(page)
+        assert page.locator(".ax-tokens span").count() > 3
+        select_option(page, "Head", "2")
+        settled(page, plots=3, text="layer 1, head 2")
+        no_exception(page)
+        assert page.locator(".modebar-btn").count() > 0  # plotly modebar (PNG / SVG camera button)
+        assert page.get_by_role("button", name="HTML").count() >= 3
+        assert page.get_by_role("button", name="CSV").count() >= 3
+        shot(page, "explorer")
+        page.get_by_role("tab", name="Across layers").click()
+        settled(page, plots=3, text="attention rollout")  # probabilities, norm, rollout
+        no_exception(page)
+
+        # a 300-token example: pooled with a note; markup in tokens shown as text
+        select_option(page, "Run", "synthetic")
+        page.get_by_role("tab", name="Heads").click()
+        settled(page, plots=3, text="mean-pooled")
+        no_exception(page)
+        assert "<b>bold</b>" in page.locator(".ax-tokens").first.inner_text()
+        assert page.locator(".ax-tokens b").count() == 0
+        shot(page, "explorer-long")
+
+        # Runs: a table of the readable runs, an error per broken run
+        nav(page, "Runs")
         settled(page, text="Select one run")
         no_exception(page)
         assert page.locator('[data-testid="stDataFrame"]').count() >= 1
@@ -175,54 +218,28 @@ def test_dashboard_in_chromium(runs_dir):  # noqa: F811
         assert any("old-run" in e for e in errors) and any("missing-files" in e for e in errors), errors
         shot(page, "runs")
 
-        # Explorer: pick an example, switch head
-        page.goto(f"{url}/explorer?run=tiny-dense")
-        settled(page, plots=5, text="One head")
-        no_exception(page)
-        from attnexplain.runs import open_run
-
-        second = open_run(runs_dir / "tiny-dense").stored_examples()[1]
-        select_option(page, "Example", f"{second} ", prefix=True)
-        settled(page, plots=5, text=f"Example {second}")
-        assert page.locator(".ax-tokens span").count() > 3
-        select_option(page, "Head", "2")
-        settled(page, plots=5, text="layer 1, head 2")
-        no_exception(page)
-        assert page.locator(".modebar-btn").count() > 0  # plotly modebar (PNG / SVG camera button)
-        shot(page, "explorer")
-
-        # long example (300 tokens): pooled with a note
-        page.goto(f"{url}/explorer?run=synthetic&example=ex-0")
-        settled(page, plots=6, text="mean-pooled")
-        no_exception(page)
-        tokens = page.locator(".ax-tokens").first.inner_text()
-        assert "<b>bold</b>" in tokens  # markup in tokens is shown as text, never interpreted
-        assert page.locator(".ax-tokens b").count() == 0
-        shot(page, "explorer-long")
-
         # Ablations
-        page.goto(f"{url}/ablations?run=tiny-dense")
+        nav(page, "Ablations")
         settled(page, plots=3, text="Top-k key sweeps")
         no_exception(page)
         assert page.get_by_text("no top-k key sweep").count() >= 1
         shot(page, "ablations")
 
         # Dense vs efficient
-        page.goto(f"{url}/compare?run=tiny-dense&run2=tiny-performer")
+        nav(page, "Dense vs efficient")
+        settled(page, text="Run B")
+        select_option(page, "Run A", "tiny-dense")
+        settled(page, text="Run B")
+        select_option(page, "Run B", "tiny-performer")
         settled(page, plots=2, text="prediction agreement")
         no_exception(page)
         shot(page, "compare")
 
-        # path outside RUNS_DIR refused
-        page.goto(f"{url}/explorer?run=..%2F..%2Fetc")
-        settled(page, text="Refused")
-        no_exception(page)
-
         # Live, with the tiny model
-        page.goto(f"{url}/live")
+        nav(page, "Live")
         settled(page, text="press Explain")
         select_option(page, "Model", "tiny-bert")
         page.get_by_role("button", name="Explain").click()
-        settled(page, plots=5, text="One head", timeout=90)
+        settled(page, plots=3, text="One head, large", timeout=90)
         no_exception(page)
         shot(page, "live")

@@ -106,7 +106,8 @@ def _fmt(eid: str) -> str:
     return f"{eid}{' ◆' if eid in stored else ''} — {t[:80]}{'…' if len(t) > 80 else ''}"
 
 
-eid = st.selectbox("Example (◆ = attention arrays stored)", ids, format_func=_fmt, key="ex_pick")
+eid = st.selectbox("Example (◆ = attention arrays stored)", ids, format_func=_fmt, key="ex_pick",
+                   persist_state="session")
 if st.query_params.get("example") != eid:
     st.query_params["example"] = eid
     st.session_state["ex_url_ok"] = eid
@@ -126,16 +127,16 @@ probs = row.get("probs")
 if probs is None or (hasattr(probs, "__len__") and len(probs) == 0):
     probs = arrays.get("probs") if arrays else None
 ui.render_prediction(probs=probs, labels=labels, pred=_int(row.get("pred")), gold=_int(row.get("label")),
-                     gold_name=row.get("label_name"), correct=row.get("correct"), key=f"ex-{eid}",
+                     gold_name=row.get("label_name"), correct=row.get("correct"), key="ex", name=f"{ref.name}-{eid}",
                      text=str(row.get("text", "")))
 if bool(row.get("truncated", False)):
     st.caption(f"The text was truncated to {row.get('n_tokens')} tokens for the model.")
 
 st.subheader("Tokens")
-ui.render_token_shading(ref.tokens(eid), key=f"ex-{eid}", methods=methods)
+ui.render_token_shading(ref.tokens(eid), key="ex", methods=methods, name=f"{ref.name}-{eid}")
 
 if arrays is None:
     st.info(f"The attention arrays of {eid} were not stored (this run keeps them for {len(stored)} example(s); "
             f"`--store-attention` sets how many). Switch on *Only with attention arrays* to pick one.")
 else:
-    ui.render_attention_views(arrays, key=f"ex-{eid}", cache_key=f"{ref.key}|{eid}")
+    ui.render_attention_views(arrays, key="ex", name=f"{ref.name}-{eid}", cache_key=f"{ref.key}|{eid}")
