@@ -296,3 +296,17 @@ def test_smollm2_gqa_capture_matches_eager():
     for layer in (0, 5):
         assert (res.attention(layer) - out.attentions[layer]).abs().max().item() < 1e-5
     assert (res.logits - out.logits).abs().max().item() < 1e-4
+
+
+def test_dense_backend_paths_agree_on_causal_calls_without_mask():
+    """attention() (explicit matrix) and forward() (fused SDPA with is_causal) must agree."""
+    from attnexplain.backends import AttentionCall, get_backend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 8, generator=g) for _ in range(3))
+    for n in (6, 1):  # a full causal block, and one decoding step against a key cache
+        call = AttentionCall(query=q[:, :, -n:], key=k, value=v, mask=None, scaling=8 ** -0.5, causal=n > 1)
+        dense = get_backend("dense")
+        out, probs = dense.attention(call)
+        assert torch.allclose(out, dense.forward(call), atol=1e-6)
+        assert probs[..., :, :].triu(diagonal=1 + 6 - n).abs().max() == 0

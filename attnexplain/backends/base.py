@@ -79,6 +79,10 @@ class AttentionCall:
             s = torch.tanh(s / softcap) * softcap
         if self.mask is not None:
             s = s.add_(self.mask.to(dtype)) if s.shape == torch.broadcast_shapes(s.shape, self.mask.shape) else s + self.mask.to(dtype)
+        elif self.causal:  # no mask given: causal structure must still hold (query i sees keys <= i + m - n)
+            n, m = s.shape[-2], s.shape[-1]
+            allowed = torch.ones(n, m, dtype=torch.bool, device=s.device).tril_(diagonal=m - n)
+            s = s.masked_fill_(~allowed, torch.finfo(dtype).min)
         return s
 
     def full_mask_bool(self) -> torch.Tensor:

@@ -123,12 +123,16 @@ class LocalAttention(AttentionBackend):
             qi = qabs.clamp(max=n - 1)[:, :, None] if mask.shape[-2] != 1 else torch.zeros(1, 1, 1, dtype=torch.long, device=dev)
             kj = kcl[:, None, :] if mask.shape[-1] != 1 else torch.zeros(1, 1, 1, dtype=torch.long, device=dev)
             s = s + mask_bias(mask[:, :, qi, kj]).to(dt)  # (B, 1 or H, nb, block, kw)
-        # in-place masked softmax: s is a fresh buffer, the largest tensor of this path
-        s.masked_fill_(~allowed, float("-inf"))
+        # in-place masked softmax: s is a fresh buffer, the largest tensor of this path; out of place
+        # when autograd records it (gradient explanations through this backend)
+        grad = torch.is_grad_enabled() and (s.requires_grad or vwin.requires_grad)
+        s = s.masked_fill(~allowed, float("-inf")) if grad else s.masked_fill_(~allowed, float("-inf"))
         mx = s.amax(dim=-1, keepdim=True)
-        p = s.sub_(mx.masked_fill_(torch.isneginf(mx), 0.0)).exp_()
+        mx = mx.masked_fill(torch.isneginf(mx), 0.0)
+        p = (s - mx).exp() if grad else s.sub_(mx).exp_()
         z = p.sum(dim=-1, keepdim=True)
-        p = self._dropout(p.div_(torch.where(z > 0, z, torch.ones_like(z))), call)
+        zs = torch.where(z > 0, z, torch.ones_like(z))
+        p = self._dropout(p / zs if grad else p.div_(zs), call)
         out = (p @ vwin).view(b, h, nb * block, -1)[:, :, :n]
         return out.to(call.value.dtype)
 

@@ -131,15 +131,22 @@ def _block_softmax(scores: torch.Tensor, vblk: torch.Tensor, call: AttentionCall
     """
     mx = scores.amax(dim=-1, keepdim=True)
     mx = mx.masked_fill(torch.isneginf(mx), 0.0)
-    p = scores.sub_(mx).exp_()
+    inplace = not _tracks_grad(scores, vblk)
+    p = scores.sub_(mx).exp_() if inplace else (scores - mx).exp()
     z = p.sum(dim=-1, keepdim=True)
     zs = torch.where(z > 0, z, torch.ones_like(z))
     pw = F.dropout(p, p=call.dropout, training=True) if (call.training and call.dropout > 0) else p
-    o = (pw @ vblk).div_(zs)
+    o = (pw @ vblk).div_(zs) if inplace else (pw @ vblk) / zs
     lse = (mx + torch.log(z)).squeeze(-1)
     if not keep_probs:
         return o, lse, None
-    return o, lse, p.div_(zs)
+    return o, lse, (p.div_(zs) if inplace else p / zs)
+
+
+def _tracks_grad(*tensors: torch.Tensor) -> bool:
+    """True when autograd records these tensors: in-place updates would corrupt the backward pass
+    (gradient-based explanations run through this backend), so out-of-place ops are used then."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -258,8 +265,12 @@ def clustered_attention(
         else:
             new = torch.logaddexp(acc_lse, lse_full)
             new_safe = new.masked_fill(torch.isneginf(new), 0.0)
-            acc_o.mul_(torch.exp(acc_lse - new_safe).unsqueeze(-1))
-            acc_o.add_(o_full.mul_(torch.exp(lse_full - new_safe).unsqueeze(-1)))
+            w_old = torch.exp(acc_lse - new_safe).unsqueeze(-1)
+            w_new = torch.exp(lse_full - new_safe).unsqueeze(-1)
+            if _tracks_grad(acc_o, o_full):
+                acc_o = acc_o * w_old + o_full * w_new
+            else:
+                acc_o.mul_(w_old).add_(o_full.mul_(w_new))
             acc_lse = new
         if want_matrix:
             saved.append((qidx, qvalid, kpos, kval, p, lse))
