@@ -4,9 +4,15 @@ Start it with ``attnexplain dashboard [RUNS_DIR]`` (or ``ATTNEXPLAIN_RUNS_DIR=ru
 app/streamlit_app.py``). Pages live in ``app/app_pages/``; figure builders in ``app/views.py``;
 shared helpers (cached run reading, path safety, downloads) in ``app/ui_common.py``.
 
-Exports: every figure's modebar camera button downloads it as PNG or SVG (choose in the sidebar;
-plotly.js renders the SVG in the browser, so no server-side image engine is needed), and each
-figure has HTML (interactive, self-contained) and CSV (its data) download buttons.
+Exports: every figure's modebar camera button downloads it as PNG or SVG (choose in the sidebar:
+it sets plotly.js's ``toImageButtonOptions.format``; plotly.js renders the image in the browser),
+and each figure has HTML (interactive, self-contained, plotly.js embedded) and CSV (its data)
+download buttons, generated only when clicked. Server-side export with kaleido was left out on
+purpose: kaleido 1.x (the version on PyPI) drives a Chrome/Chromium installed on the server, which
+a dashboard user should not need.
+
+Long inputs: heatmaps above 256 tokens are mean-pooled over blocks of tokens, or sparsified to the
+top-k keys of each row (sidebar choice), with a note under the figure.
 """
 
 from __future__ import annotations

@@ -260,6 +260,16 @@ def test_explorer_filters(runs_dir, monkeypatch):
     at.run()
     table = at.dataframe[0].value
     assert set(table["label_name"]) == {"positive"}
+    at.multiselect(key="ex_labels").set_value([]).run()
+    # how much two methods disagree: Kendall tau per example (attnexplain.metrics.kendall_tau)
+    at.toggle(key="ex_disagree").set_value(True).run()
+    _no_exception(at)
+    assert "tau" in at.dataframe[0].value.columns
+    at.slider(key="ex_dis_tau").set_value(-1.0).run()
+    _no_exception(at)
+    assert "No example matches" in _text(at) or len(at.dataframe[0].value) < 6
+    at.slider(key="ex_dis_tau").set_value(1.0).run()
+    at.toggle(key="ex_disagree").set_value(False).run()
     at.text_input(key="ex_search").input("zzzz-not-there").run()
     _no_exception(at)
     assert "No example matches" in _text(at)

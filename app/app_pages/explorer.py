@@ -79,7 +79,7 @@ if view.empty:
 
 show_cols = [c for c in ["example_id", "label_name", "pred_label", "correct", "n_tokens", "tau", "text"] if c in view]
 table = view[show_cols].assign(arrays=view["example_id"].isin(stored))
-table_box = st.expander(f"Table of the {len(view)} matching examples", key="ex_table_open", on_change="rerun")
+table_box = st.expander("Table of the matching examples", key="ex_table_open", on_change="rerun")
 if table_box.open:  # drawn only when opened
     with table_box:
         st.dataframe(table.head(2000), hide_index=True, height=260, key="ex_table",
