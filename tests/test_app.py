@@ -225,7 +225,7 @@ def test_explorer_shows_example_views(runs_dir, monkeypatch):
     at = _app(runs_dir, monkeypatch, "explorer", run="tiny-dense")
     _no_exception(at)
     assert at.selectbox(key="run_select").value == "tiny-dense"
-    eid = at.selectbox(key="ex_pick").value
+    eid = at.selectbox(key="ex_pick:tiny-dense").value
     assert eid.endswith("-0")  # the first example (its arrays are stored)
     # probabilities, layer x head grid, one head; the "across layers" tab is drawn when opened
     assert _plotly_count(at) == 3
@@ -234,18 +234,18 @@ def test_explorer_shows_example_views(runs_dir, monkeypatch):
     assert html, "token shading missing"
     assert "<b>bold</b>" not in html[0]  # escaped
     # switch head and layer
-    at.selectbox(key="ex-head").set_value(1).run()
+    at.selectbox(key="ex:tiny-dense-head").set_value(1).run()
     _no_exception(at)
-    at.selectbox(key="ex-layer").set_value(0).run()
+    at.selectbox(key="ex:tiny-dense-layer").set_value(0).run()
     _no_exception(at)
     assert any("layer 0, head 1" in str(p.proto.spec) for p in at.get("plotly_chart")) or True
-    at.session_state["ex-tabs"] = "Across layers (norm, rollout, flow)"
+    at.session_state["ex:tiny-dense-tabs"] = "Across layers (norm, rollout, flow)"
     at.run()
     _no_exception(at)
     assert _plotly_count(at) == 3  # probabilities, norm, rollout
     assert "Attention flow is not stored" in _text(at)  # analyze stores no flow by default
     # shade by another method
-    at.radio(key="ex-shade").set_value("effective_attention").run()
+    at.radio(key="ex:tiny-dense-shade").set_value("effective_attention").run()
     _no_exception(at)
 
 
@@ -284,7 +284,7 @@ def test_explorer_example_without_arrays(runs_dir, monkeypatch):
     at = _app(runs_dir, monkeypatch, "explorer", run="tiny-dense", example=missing[0])
     _no_exception(at)
     at.toggle(key="ex_only_arrays").set_value(False).run()
-    at.selectbox(key="ex_pick").set_value(missing[0]).run()
+    at.selectbox(key="ex_pick:tiny-dense").set_value(missing[0]).run()
     _no_exception(at)
     assert "were not stored" in _text(at)
     assert any("ax-tokens" in m.value for m in at.markdown)  # token scores still shown
@@ -293,15 +293,15 @@ def test_explorer_example_without_arrays(runs_dir, monkeypatch):
 def test_explorer_long_example_is_pooled_and_has_distribution(runs_dir, monkeypatch):
     at = _app(runs_dir, monkeypatch, "explorer", run="synthetic", example="ex-0")
     _no_exception(at)
-    assert at.selectbox(key="ex_pick").value == "ex-0"
+    assert at.selectbox(key="ex_pick:synthetic").value == "ex-0"
     text = _text(at)
     assert "mean-pooled" in text  # 300 tokens > 256
-    at.segmented_control(key="ex-gridvar").set_value("distribution").run()
+    at.segmented_control(key="ex:synthetic-gridvar").set_value("distribution").run()
     _no_exception(at)
     at.radio(key="ax_long_mode").set_value("topk").run()
     _no_exception(at)
     assert "top 8 keys" in _text(at)
-    at.session_state["ex-tabs"] = "Across layers (norm, rollout, flow)"
+    at.session_state["ex:synthetic-tabs"] = "Across layers (norm, rollout, flow)"
     at.run()
     _no_exception(at)
     assert "attention flow" in " ".join(str(p.proto.spec) for p in at.get("plotly_chart"))

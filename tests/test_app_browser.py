@@ -207,6 +207,7 @@ def test_dashboard_in_chromium(runs_dir):  # noqa: F811
         no_exception(page)
         assert "<b>bold</b>" in page.locator(".ax-tokens").first.inner_text()
         assert page.locator(".ax-tokens b").count() == 0
+        assert page.locator('[data-testid="stAlertContentWarning"]').count() == 0  # no stale ?example=
         shot(page, "explorer-long")
 
         # Runs: a table of the readable runs, an error per broken run

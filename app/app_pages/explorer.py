@@ -90,15 +90,20 @@ if table_box.open:  # drawn only when opened
 
 # -- the example -------------------------------------------------------------------------------
 ids = view["example_id"].tolist()
+# widget keys per run: another run has other examples (and maybe other layer / head counts)
+pick_key, wkey = f"ex_pick:{ref.name}", f"ex:{ref.name}"
+if st.session_state.get("ex_run_seen") not in (None, ref.name):  # the run was switched: its ?example= is stale
+    st.query_params.pop("example", None)
+st.session_state["ex_run_seen"] = ref.name
 requested = st.query_params.get("example")
 if requested in ids and st.session_state.get("ex_url_ok") != requested:
-    st.session_state["ex_pick"] = requested
+    st.session_state[pick_key] = requested
     st.session_state["ex_url_ok"] = requested
 elif requested and requested not in ex["example_id"].values:
     st.warning(f"Example {requested!r} (from the URL) is not in run {ref.name}.")
 texts = dict(zip(view["example_id"], view["text"]))
-if st.session_state.get("ex_pick") not in ids:
-    st.session_state.pop("ex_pick", None)
+if st.session_state.get(pick_key) not in ids:
+    st.session_state.pop(pick_key, None)
 
 
 def _fmt(eid: str) -> str:
@@ -106,7 +111,7 @@ def _fmt(eid: str) -> str:
     return f"{eid}{' ◆' if eid in stored else ''} — {t[:80]}{'…' if len(t) > 80 else ''}"
 
 
-eid = st.selectbox("Example (◆ = attention arrays stored)", ids, format_func=_fmt, key="ex_pick",
+eid = st.selectbox("Example (◆ = attention arrays stored)", ids, format_func=_fmt, key=pick_key,
                    persist_state="session")
 if st.query_params.get("example") != eid:
     st.query_params["example"] = eid
@@ -127,16 +132,16 @@ probs = row.get("probs")
 if probs is None or (hasattr(probs, "__len__") and len(probs) == 0):
     probs = arrays.get("probs") if arrays else None
 ui.render_prediction(probs=probs, labels=labels, pred=_int(row.get("pred")), gold=_int(row.get("label")),
-                     gold_name=row.get("label_name"), correct=row.get("correct"), key="ex", name=f"{ref.name}-{eid}",
+                     gold_name=row.get("label_name"), correct=row.get("correct"), key=wkey, name=f"{ref.name}-{eid}",
                      text=str(row.get("text", "")))
 if bool(row.get("truncated", False)):
     st.caption(f"The text was truncated to {row.get('n_tokens')} tokens for the model.")
 
 st.subheader("Tokens")
-ui.render_token_shading(ref.tokens(eid), key="ex", methods=methods, name=f"{ref.name}-{eid}")
+ui.render_token_shading(ref.tokens(eid), key=wkey, methods=methods, name=f"{ref.name}-{eid}")
 
 if arrays is None:
     st.info(f"The attention arrays of {eid} were not stored (this run keeps them for {len(stored)} example(s); "
             f"`--store-attention` sets how many). Switch on *Only with attention arrays* to pick one.")
 else:
-    ui.render_attention_views(arrays, key="ex", name=f"{ref.name}-{eid}", cache_key=f"{ref.key}|{eid}")
+    ui.render_attention_views(arrays, key=wkey, name=f"{ref.name}-{eid}", cache_key=f"{ref.key}|{eid}")
