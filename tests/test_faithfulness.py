@@ -225,8 +225,22 @@ def test_batched_equals_one_forward_per_bin(mode):
         res = faithfulness(lm, texts, {"m": scores}, mode=mode, max_batch=max_batch, dedupe=dedupe)
         np.testing.assert_allclose(res.table.value.to_numpy(), ref, atol=2e-6)
     assert res.n_forward == res.n_sequences  # max_batch=1: one row per forward
-    big = faithfulness(lm, texts, {"m": scores}, mode=mode)
+    big = faithfulness(lm, texts, {"m": scores}, mode=mode, forward_cost_tokens=float("inf"))
     assert big.n_forward == 1
+    np.testing.assert_allclose(big.table.value.to_numpy(), ref, atol=2e-6)
+
+
+def test_length_buckets():
+    from attnexplain.ablations.faithfulness import _chunks
+
+    # short inputs are not padded to the long ones; equal lengths share a forward
+    assert _chunks([3] * 10 + [4] * 5 + [30] * 20 + [31] * 3 + [60], 256, 64) == [(0, 15), (15, 38), (38, 39)]
+    assert _chunks([5] * 10, 4, 64) in ([(0, 2), (2, 6), (6, 10)], [(0, 4), (4, 8), (8, 10)])
+    assert _chunks([3] * 10 + [50] * 10, 256, float("inf")) == [(0, 20)]
+    assert _chunks([3] * 10, 4, float("inf")) == [(0, 4), (4, 8), (8, 10)]
+    # a huge per-forward cost: one batch; a zero cost: one batch per distinct length
+    assert _chunks([1, 2, 3, 4], 256, 1e9) == [(0, 4)]
+    assert _chunks([1, 2, 3, 4], 256, 0.0) == [(0, 1), (1, 2), (2, 3), (3, 4)]
 
 
 def test_many_methods_share_one_pass_and_dedupe():
@@ -234,7 +248,7 @@ def test_many_methods_share_one_pass_and_dedupe():
     texts = ["the quick brown fox", "jumps over"]
     rng = np.random.default_rng(2)
     a = [rng.normal(size=len(t)) for t in texts]
-    res = faithfulness(lm, texts, {"a": a, "a_again": [x.copy() for x in a]}, max_batch=1000)
+    res = faithfulness(lm, texts, {"a": a, "a_again": [x.copy() for x in a]}, forward_cost_tokens=float("inf"))
     assert res.n_forward == 1
     single = faithfulness(lm, texts, {"a": a})
     assert res.n_sequences == single.n_sequences  # identical perturbations evaluated once
@@ -255,7 +269,7 @@ class PositionMethod(ExplanationMethod):
 def test_faithfulness_for_methods_adds_random_baseline():
     lm = sensitive_tiny_bert()
     texts = ["the quick brown fox", "jumps", "over the lazy dog"]
-    res = faithfulness_for_methods(lm, texts, [PositionMethod()], batch_size=2, seed=3)
+    res = faithfulness_for_methods(lm, texts, [PositionMethod()], batch_size=2, seed=3, forward_cost_tokens=float("inf"))
     assert res.methods == ["position", "random"]
     assert res.n_forward == 1
     direct = faithfulness(lm, texts, {"position": [np.arange(len(t) + 2, dtype=float) for t in texts]})

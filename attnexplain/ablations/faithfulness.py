@@ -31,9 +31,10 @@ Conventions (recorded in :class:`FaithfulnessResult`):
   dropped before ranking) or per content token; any other length is a ``ValueError`` naming
   the example and both accepted lengths.
 * **Batched**: every distinct perturbed input (2 metrics x bins x methods per example, plus the
-  full input; identical ones are evaluated once) goes through the model in as few forward
-  passes as ``max_batch`` (rows per forward) allows, sorted by length to limit padding. The
-  result is the same as one forward per variant up to float round-off of padded batches.
+  full input; identical ones are evaluated once) goes through the model in batched forward
+  passes of at most ``max_batch`` rows, sorted by length and cut where padding would cost more
+  than another forward (``forward_cost_tokens``). The result is the same as one forward per
+  variant up to float round-off of padded batches.
 """
 
 from __future__ import annotations
@@ -250,8 +251,36 @@ def _replace_id(tokenizer: Any) -> int:
     return int(mid) if isinstance(mid, int) else _pad_id(tokenizer)
 
 
-def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_batch: int) -> tuple[np.ndarray, int]:
-    """Class probabilities for each sequence (batched by length); returns (probs, forwards)."""
+def _chunks(lengths: Sequence[int], max_batch: int, forward_cost_tokens: float) -> list[tuple[int, int]]:
+    """Split sorted ``lengths`` into consecutive chunks [i, j) minimising the padded work.
+
+    Cost of a chunk = ``forward_cost_tokens`` (the fixed cost of one forward pass, in tokens)
+    + rows x width (its padded tokens); at most ``max_batch`` rows. Exact dynamic programme
+    over the sorted lengths (O(N * max_batch), vectorised).
+    """
+    L = np.asarray(lengths, dtype=np.float64)
+    N = L.size
+    if not math.isfinite(forward_cost_tokens):
+        return [(a, min(a + max_batch, N)) for a in range(0, N, max_batch)]
+    best = np.zeros(N + 1)
+    arg = np.zeros(N + 1, dtype=np.int64)
+    for j in range(1, N + 1):
+        lo = max(0, j - max_batch)
+        i = np.arange(lo, j)
+        cost = best[lo:j] + forward_cost_tokens + L[j - 1] * (j - i)
+        k = int(np.argmin(cost))
+        best[j], arg[j] = cost[k], lo + k
+    out = []
+    j = N
+    while j > 0:
+        out.append((int(arg[j]), j))
+        j = int(arg[j])
+    return out[::-1]
+
+
+def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_batch: int,
+                   forward_cost_tokens: float = 64.0) -> tuple[np.ndarray, int]:
+    """Class probabilities for each sequence (length-bucketed batches); returns (probs, forwards)."""
     tokenizer = lm.tokenizer
     pad = _pad_id(tokenizer)
     left = getattr(tokenizer, "padding_side", "right") == "left"
@@ -260,8 +289,8 @@ def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_
     out: np.ndarray | None = None
     forwards = 0
     has_tt = any(s[1] is not None for s in seqs)
-    for start in range(0, len(order), max_batch):
-        idx = order[start : start + max_batch]
+    for a, b in _chunks([len(seqs[j][0]) for j in order], max_batch, forward_cost_tokens):
+        idx = order[a:b]
         width = max(len(seqs[j][0]) for j in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         att = torch.zeros((len(idx), width), dtype=torch.long)
@@ -318,6 +347,7 @@ def faithfulness(
     max_batch: int = 256,
     dedupe: bool = True,
     method_name: str = "method",
+    forward_cost_tokens: float = 64.0,
 ) -> FaithfulnessResult:
     """ERASER comprehensiveness, sufficiency and AOPC of explanations, batched.
 
@@ -334,7 +364,11 @@ def faithfulness(
         bins: fractions of the content tokens (ERASER: 1, 5, 10, 20, 50 %).
         mode: ``"delete"`` or ``"mask"`` (see the module docstring).
         rounding: ``"ceil"`` (default) or ``"round"``, see :func:`bin_sizes`.
-        max_batch: rows per forward pass (memory bound; sequences are sorted by length).
+        max_batch: at most this many rows per forward pass (memory bound).
+        forward_cost_tokens: the fixed cost of one forward pass, in tokens of compute. Inputs
+            are sorted by length and cut into batches minimising ``forward_cost_tokens`` per
+            batch + padded tokens (so short and long inputs are not padded together);
+            ``float("inf")`` gives the fewest forwards (``ceil(N / max_batch)``).
         dedupe: evaluate identical perturbed inputs once (e.g. bins sharing a k, or methods
             agreeing on the top tokens). Results are the same either way.
 
@@ -400,7 +434,7 @@ def faithfulness(
                 plan.append((i, name, "sufficiency", f, k, slot(i, frozenset(r[k:].tolist()))))
 
     # -- run ----------------------------------------------------------------------------------
-    probs, forwards = _forward_probs(lm, seqs, max_batch)
+    probs, forwards = _forward_probs(lm, seqs, max_batch, forward_cost_tokens)
     p_full_all = probs[full_slot]  # (N, C)
     if target is None:
         tgt = p_full_all.argmax(-1)
@@ -462,6 +496,7 @@ def faithfulness_for_methods(
     mode: str = "delete",
     rounding: str = "ceil",
     max_batch: int = 256,
+    forward_cost_tokens: float = 64.0,
     progress: bool = False,
 ) -> FaithfulnessResult:
     """Explain ``texts`` with each method (via ``explain_batch``) and score them all at once.
@@ -496,6 +531,6 @@ def faithfulness_for_methods(
         lengths = [len(e.content) for e in _examples_from_batch(lm, batch)]
         rankings = {"random": random_rankings(lengths, seed)}
     res = faithfulness(lm, batch, scores, rankings=rankings, target=targets, bins=bins, mode=mode,
-                       rounding=rounding, max_batch=max_batch)
+                       rounding=rounding, max_batch=max_batch, forward_cost_tokens=forward_cost_tokens)
     res.extra["seed"] = seed
     return res
