@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -35,19 +37,20 @@ def _summary(path: str, sig: tuple) -> dict:
     except Exception:  # an unfinished run with an odd shard: show what the manifest says
         ex = pd.DataFrame(columns=cols)
     correct = ex["correct"].dropna() if "correct" in ex else pd.Series(dtype=bool)
+    dataset = str(m.get("dataset"))
     row = {
-        "run": run.name, "status": run.status, "model": m.get("model"), "dataset": m.get("dataset"),
-        "split": m.get("split"), "backend": m.get("backend"),
+        "run": run.name, "status": run.status, "model": m.get("model"),
+        "dataset": Path(dataset).name if ("/" in dataset or "\\" in dataset) else dataset,
+        "backend": m.get("backend"),
         "examples": f"{len(ex)}" + (f" / {m.get('n_examples')}" if m.get("n_examples") not in (None, len(ex)) else ""),
-        "with arrays": len(run.stored_examples()),
-        "size (MB)": round(_size_mb(run.path), 2),
         "accuracy": float(correct.astype(float).mean()) if len(correct) else np.nan,
-        "created": m.get("created"),
     }
     for meth in run.methods:
         for p, label in (("comp", "comprehensiveness AOPC"), ("suff", "sufficiency AOPC")):
             c = f"{p}_aopc__{meth}"
             row[f"{label}: {meth}"] = float(ex[c].mean()) if c in ex and len(ex) else np.nan
+    row.update({"with arrays": len(run.stored_examples()), "size (MB)": round(_size_mb(run.path), 2),
+                "split": m.get("split"), "created": m.get("created")})
     return row
 
 
