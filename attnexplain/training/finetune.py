@@ -64,8 +64,7 @@ CLASSIFIERS: dict[str, ClassifierRecipe] = {
     "minilm-rotten-tomatoes": ClassifierRecipe(
         "rotten-tomatoes", 64, 1, None, "MiniLM fine-tuned on rotten-tomatoes (fresh/rotten); the default model"),
     "minilm-bbc-news": ClassifierRecipe(
-        "bbc-news", 256, 1, None, "MiniLM fine-tuned on bbc-news (5 topics), inputs truncated to 256 tokens",
-        batch_size=16),
+        "bbc-news", 256, 1, None, "MiniLM fine-tuned on bbc-news (5 topics), inputs truncated to 256 tokens"),
 }
 
 #: synthetic tasks :func:`prepare_tiny` trains on -> default (epochs, lr), tuned for >= 95 % validation
@@ -278,8 +277,8 @@ def prepare_classifier(name: str = "minilm-rotten-tomatoes", *, epochs: int | No
         epochs: passes over the train split (default 1 for both).
         max_length: tokens per input, longer ones are truncated (default 64 for rotten-tomatoes,
             256 for bbc-news).
-        batch_size, lr: AdamW batch size (default 32; 16 for bbc-news, which has only 1,793
-            training articles) and peak learning rate (linear warm-up / decay).
+        batch_size, lr: AdamW batch size (default 32) and peak learning rate (linear warm-up /
+            decay).
         limit: train on only the first ``limit`` training examples (quick runs, tests).
         seed: seeds shuffling, dropout and the new classification head.
         out_dir: where to save (default ``cache_dir()/"models"/<name>``, where ``load_model(name)``
