@@ -198,10 +198,20 @@ def permutation_test(lm, texts: list[str], n_perm: int, batch_size: int, max_len
     return rows
 
 
-def verdicts(taus, perm) -> list[str]:
+def verdicts(taus, perm, head_dim: int | None = None) -> list[str]:
     import numpy as np
 
     out = []
+    refs = [f"tau {a} vs {b}" for a in REFERENCES for b in REFERENCES if a < b and f"tau {a} vs {b}" in taus]
+    if refs:
+        out.append("- For context, mean tau between the reference methods themselves: ("
+                   + ", ".join(f"{c[4:]} {np.nanmean(taus[c]):.3f}" for c in refs) + ").")
+    if head_dim is not None and "n_content_tokens" in taus:
+        long = taus[taus["n_content_tokens"] + 2 > head_dim]
+        out.append(f"- Only {len(long)} of {len(taus)} examples have more than d_h = {head_dim} tokens; for the others "
+                   f"effective attention equals raw attention (see identifiability). On those {len(long)}: "
+                   + ", ".join(f"{a} vs {r} {np.nanmean(long[f'tau {a} vs {r}']):.3f}"
+                               for r in REFERENCES for a in ATTENTION if f"tau {a} vs {r}" in long) + ".")
     for r in REFERENCES:
         vals = {a: np.nanmean(taus[f"tau {a} vs {r}"]) for a in (*ATTENTION, "random") if f"tau {a} vs {r}" in taus}
         if not vals:
@@ -321,7 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
         "*Attention is not not Explanation*): (1) attention rankings agree only weakly with gradient and "
         "leave-one-out importance; (2) permuting attention often changes the output little; Wiegreffe & Pinter: "
         "whether attention matters depends on the model (uniform-attention baseline).",
-        "**Do our numbers agree?**\n" + "\n".join(verdicts(taus, perm)),
+        "**Do our numbers agree?**\n" + "\n".join(verdicts(taus, perm, lm.head_dim)),
         f"**Setup**: {args.model} on {len(texts)} {args.dataset}/{args.split} texts (max {args.max_length} tokens); "
         f"Kendall tau-b over content tokens (gradient and LOO by magnitude), mean ± std over examples; "
         f"{args.permutations} permutations per example (per-example median, then mean/median over examples). "

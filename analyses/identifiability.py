@@ -25,7 +25,12 @@ captured values and the output projection; default rank tolerance ``max(n, d) * 
   the mean over heads and examples per layer. For the causal SmolLM2 all entries are used too
   (A_eff may put small weight on future keys); ``corr readout`` is the same for the readout row
   only ([CLS] row for MiniLM, last row for SmolLM2, which sees every key).
-* ``identical``: share of (example, head) pairs with ``max |A_eff - A| < 1e-4``.
+* ``identical``: share of (example, head) pairs with ``max |A_eff - A| < 1e-4``;
+  ``rank(T) = n``: share whose value transforms have full numerical rank n
+  (``attnexplain.functional.effective_rank``, default tolerance). The claim is structural:
+  ``A_eff == A`` exactly when ``rank(T) = n``; for ``n <= d_h`` this is the generic case, but T
+  can be rank-deficient - e.g. in layer 0 of a RoPE model (SmolLM2) the values carry no
+  position, so repeated tokens have identical value rows.
 * mass: per layer, ``sum_{j in category} A_ij`` averaged over real query rows, heads and
   examples, for raw and effective attention (effective weights are signed), at the longest
   length. Categories: first token ([CLS] for MiniLM), [SEP] (last token for MiniLM; SmolLM2's
@@ -81,7 +86,7 @@ def analyse_model(name: str, texts: list[str], lengths: list[int], layers: list[
 
     from attnexplain.capture import capture
     from attnexplain.explain.attention_methods import is_causal_model
-    from attnexplain.functional import effective_attention_from_values
+    from attnexplain.functional import effective_attention_from_values, effective_rank
 
     lm = load(name)
     causal = is_causal_model(lm)
@@ -101,6 +106,7 @@ def analyse_model(name: str, texts: list[str], lengths: list[int], layers: list[
             assert n == L, (n, L)
             cap = capture(lm, batch, layers=layers)
             toks = cap.tokens
+            distinct = [len(set(row)) for row in batch["input_ids"].tolist()]
             for l in cap.layers():
                 A = cap.attention(l).double()  # (B, H, L, L)
                 V = cap.values(l).float()
@@ -111,7 +117,13 @@ def analyse_model(name: str, texts: list[str], lengths: list[int], layers: list[
                 r = L - 1 if causal else 0
                 corr_ro = pearson(A[:, :, r, :], Ae[:, :, r, :])
                 diff = (Ae - A).abs().amax(dim=(-1, -2))
-                a = acc.setdefault(l, {"corr": [], "corr_readout": [], "identical": [], "maxdiff": []})
+                rank = effective_rank(cap.value_transforms(l).float())  # (B, H), default tolerance
+                a = acc.setdefault(l, {"corr": [], "corr_readout": [], "identical": [], "maxdiff": [], "rank": [],
+                                       "identical_full": [], "distinct": []})
+                full = rank == L
+                a["rank"].append(rank.double().flatten())
+                a["identical_full"].append((diff < 1e-4)[full].double().flatten())
+                a["distinct"].append(torch.tensor(distinct, dtype=torch.float64))
                 a["corr"].append(corr.flatten())
                 a["corr_readout"].append(corr_ro.flatten())
                 a["identical"].append((diff < 1e-4).double().flatten())
@@ -135,7 +147,12 @@ def analyse_model(name: str, texts: list[str], lengths: list[int], layers: list[
                          "corr": float(np.nanmean(cat["corr"].numpy())),
                          "corr_readout": float(np.nanmean(cat["corr_readout"].numpy())),
                          "identical": float(cat["identical"].mean()),
-                         "max_abs_diff": float(cat["maxdiff"].max())})
+                         "max_abs_diff": float(cat["maxdiff"].max()),
+                         "mean_rank": float(cat["rank"].mean()),
+                         "full_rank": float((cat["rank"] == L).double().mean()),
+                         "identical_if_full_rank": (float(cat["identical_full"].mean()) if cat["identical_full"].numel()
+                                                    else float("nan")),
+                         "distinct_tokens": float(cat["distinct"].mean())})
         for (l, c), v in mass.items():
             arr = np.asarray(v)
             mass_rows.append({"model": name, "layer": l, "category": c, "n_examples": len(arr),
@@ -157,9 +174,18 @@ def verdicts(df, dh_of: dict[str, int]) -> list[str]:
         above = sub[sub["length"] > d_h]
         if len(below):
             ok = bool((below["identical"] == 1.0).all())
+            full = below[below["full_rank"] > 0]
+            ok_full = bool((full["identical_if_full_rank"] == 1.0).all()) if len(full) else False
+            deficient = below[below["full_rank"] < 1.0]
+            where = ", ".join(f"{int(r.length)} tok L{int(r.layer)} ({1 - r.full_rank:.0%} of heads, mean rank "
+                              f"{r.mean_rank:.1f}, {r.distinct_tokens:.0f} distinct tokens)"
+                              for r in deficient.itertuples())
             out.append(f"- **{model}** (d_h = {d_h}), claim 1a, A_eff == A up to {d_h} tokens: "
-                       f"{'AGREES' if ok else 'DISAGREES'} (share of identical heads at lengths <= {d_h}: "
-                       f"min {below['identical'].min():.3f}; largest |A_eff - A| {below['max_abs_diff'].max():.1e}).")
+                       + ("AGREES" if ok else ("AGREES where rank(T) = n" if ok_full else "DISAGREES"))
+                       + f" (share of identical heads at lengths <= {d_h}: min {below['identical'].min():.3f}; "
+                       f"every head whose T has full rank n is identical: {'yes' if ok_full else 'no'}"
+                       + (f"; T is rank-deficient (numerically, default tolerance) in: {where}" if len(deficient) else "")
+                       + ").")
         if len(above):
             by_len = above.groupby("length")["corr"].mean()
             mono = bool(np.all(np.diff(by_len.to_numpy()) <= 0.02))
@@ -281,12 +307,14 @@ def main(argv: list[str] | None = None) -> dict:
         wide = sub.pivot_table(index=["length", "null_dim"], columns="layer", values="corr").reset_index()
         wide.columns = [c if isinstance(c, str) else f"corr L{c}" for c in wide.columns]
         agg = sub.groupby("length").agg(corr_mean=("corr", "mean"), corr_readout=("corr_readout", "mean"),
-                                        identical=("identical", "mean"), max_abs_diff=("max_abs_diff", "max")).reset_index()
+                                        identical=("identical", "mean"), full_rank=("full_rank", "mean"),
+                                        max_abs_diff=("max_abs_diff", "max")).reset_index()
         wide = wide.merge(agg, on="length")
         sections.append((f"{model} (head dim {dh[model]}): Pearson correlation of raw and effective attention",
                          C.md_table(wide, headers={"null_dim": "null-space dim (n - d_h)", "corr_mean": "corr mean",
                                                    "corr_readout": "corr readout row",
-                                                   "identical": "identical heads", "max_abs_diff": "max abs(A_eff - A)"})
+                                                   "identical": "identical heads", "full_rank": "heads with rank(T) = n",
+                                                   "max_abs_diff": "max abs(A_eff - A)"})
 ))
         sections[-1] = (sections[-1][0], _sci(sections[-1][1], wide))
     for model, sub in mdf.groupby("model", sort=False):

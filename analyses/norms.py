@@ -126,14 +126,14 @@ def verdicts(df, rdf) -> list[str]:
         sp = sub[sub.category.isin(["[CLS]", "[SEP]", "punct"])]
         g = sp.groupby("category")[["raw", "norm", "f_ratio"]].mean()
         lower = [c for c in g.index if g.loc[c, "norm"] < g.loc[c, "raw"]]
-        small_f = [c for c in g.index if g.loc[c, "f_ratio"] < 1]
+        small_f = [c for c in g.index if g.loc[c, "f_ratio"] < 0.5]
         layers_lower = (sp.groupby("layer").apply(lambda t: (t["norm"] < t["raw"]).all(), include_groups=False)).mean()
         out.append(f"- **{model} on {dataset}**, claim 1 (norm-based share of [CLS]/[SEP]/punctuation below the raw "
                    f"share; their ||f(x)|| below average), mean over layers: "
                    + "; ".join(f"{c}: raw {g.loc[c, 'raw']:.3f} -> norm {g.loc[c, 'norm']:.3f}, "
                                f"||f|| ratio {g.loc[c, 'f_ratio']:.2f}" for c in g.index)
-                   + f". Lower in {len(lower)}/{len(g)} categories (all three lower in {layers_lower:.0%} of layers); "
-                   f"small ||f|| in {len(small_f)}/{len(g)} -> "
+                   + f". Norm share lower in {len(lower)}/{len(g)} categories (all three lower in {layers_lower:.0%} of "
+                   f"layers); small ||f|| (ratio < 0.5) in {len(small_f)}/{len(g)} -> "
                    + ("AGREES" if len(lower) == len(g) and len(small_f) == len(g)
                       else "PARTLY" if lower else "DISAGREES") + ".")
         r = rdf[(rdf.model == model) & (rdf.dataset == dataset)]
