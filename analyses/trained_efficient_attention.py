@@ -235,7 +235,11 @@ def figure(df, path: Path, inline_js: bool) -> None:
                                      marker_color=colour, legendgroup=src, showlegend=metric == "comp"), 2, col)
     fig.update_layout(title="Trained efficient-attention classifiers: same data, same budget", barmode="group",
                       height=750, width=1250)
-    fig.write_html(path, include_plotlyjs=True if inline_js else "cdn")
+    # offline: plotly.js next to the page (copied from the installed plotly package, git-ignored),
+    # or embedded with --inline-plotlyjs; never a CDN link
+    fig.write_html(path, include_plotlyjs=True if inline_js else "directory")
+    if not inline_js:
+        (Path(path).parent / ".gitignore").write_text("plotly.min.js\n")
 
 
 def _versions() -> dict:
@@ -275,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models-dir", default=None, help="parent folder of the model folders (default cache_dir()/models)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
-    p.add_argument("--inline-plotlyjs", action="store_true", help="embed plotly.js (~4.7 MB) instead of the CDN link")
+    p.add_argument("--inline-plotlyjs", action="store_true", help="embed plotly.js (~4.7 MB) instead of loading plotly.min.js from the output folder")
     args = p.parse_args(argv)
 
     import pandas as pd
