@@ -310,3 +310,19 @@ def test_dense_backend_paths_agree_on_causal_calls_without_mask():
         out, probs = dense.attention(call)
         assert torch.allclose(out, dense.forward(call), atol=1e-6)
         assert probs[..., :, :].triu(diagonal=1 + 6 - n).abs().max() == 0
+
+
+def test_top_level_public_api():
+    """Every re-exported name resolves; the package verbs are callable like the functions."""
+    import attnexplain
+
+    for name in attnexplain.__all__:
+        assert getattr(attnexplain, name) is not None, name
+    lm = tiny_model("bert")
+    via_package = attnexplain.capture(lm, ["hello there"])
+    via_function = capture(lm, ["hello there"])
+    assert torch.equal(via_package.attention(0), via_function.attention(0))
+    out = attnexplain.explain(lm, ["hello there"], methods=["raw_attention"])
+    assert len(out["raw_attention"].scores[0]) == len(via_package.tokens[0])
+    with pytest.raises(AttributeError, match="no attribute"):
+        attnexplain.no_such_thing

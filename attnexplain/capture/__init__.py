@@ -20,3 +20,17 @@ __all__ = [
     "session", "use_backend", "CaptureResult", "ExampleView", "NothingCapturedError", "capture",
     "mark_attention_site", "report_attention", "unmark_attention_site",
 ]
+
+
+# ``attnexplain.capture`` is both this package and the verb: calling the package calls
+# :func:`capture` (``attnexplain.capture(lm, texts)``), like ``from attnexplain.capture import capture``.
+import sys as _sys
+import types as _types
+
+
+class _CallablePackage(_types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return capture(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallablePackage

@@ -90,3 +90,16 @@ def explain(
             out[m.name].scores.extend(scores[m.name])
             out[m.name].target.extend(tgt.tolist())
     return out
+
+
+# ``attnexplain.explain`` is both this package and the verb: calling the package calls :func:`explain`.
+import sys as _sys
+import types as _types
+
+
+class _CallablePackage(_types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return explain(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallablePackage
