@@ -30,13 +30,6 @@ from attnexplain.efficient_models import (
 MECHS = list(ATTENTION_MECHANISMS)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP contention (10x faster here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _inputs(b=3, n=7, d=16, seed=0, dtype=torch.float64):

@@ -20,13 +20,6 @@ LONG = "an utterly gorgeous mess"  # 26 tokens with [CLS]/[SEP]
 SHORT = ["dull", "a witty one"]  # 6 and 13 tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the test machine is shared: two intra-op threads under load make tiny forwards 20x slower
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 _MODELS: dict[tuple[str, str], object] = {}

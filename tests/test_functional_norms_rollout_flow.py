@@ -14,13 +14,6 @@ from hypothesis import strategies as st
 from attnexplain.functional import attention_flow, attention_rollout, augmented_attention, norm_based_attention
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation cost on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def gen(seed):

@@ -11,12 +11,6 @@ from hypothesis import strategies as st
 from attnexplain.functional import aggregate, token_importance
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def att(*shape, seed=0):

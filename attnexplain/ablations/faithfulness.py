@@ -507,24 +507,15 @@ def faithfulness_for_methods(
     go through the model in one batched :func:`faithfulness` pass. ``target`` defaults to the
     predicted class. Other arguments as :func:`faithfulness`.
     """
-    from ..explain import explain_batch, get_method
+    from ..explain import explain
 
     texts = [texts] if isinstance(texts, str) else list(texts)
-    built = [get_method(m) for m in methods]
-    scores: dict[str, list[np.ndarray]] = {m.name: [] for m in built}
-    targets: list[int] = []
-    starts = range(0, len(texts), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="explain", unit="batch")
-    for start in starts:
-        enc = lm.tokenize(texts[start : start + batch_size])
-        tgt = None if target is None else torch.as_tensor(list(target)[start : start + batch_size])
-        sc, tgt, _ = explain_batch(lm, enc, built, target=tgt)
-        for m in built:
-            scores[m.name].extend(np.asarray(s, dtype=np.float64) for s in sc[m.name])
-        targets.extend(int(t) for t in tgt.tolist())
+    attributions = explain(lm, texts, list(methods), target=target, batch_size=batch_size, progress=progress)
+    scores: dict[str, list[np.ndarray]] = {
+        name: [np.asarray(s, dtype=np.float64) for s in a.scores] for name, a in attributions.items()
+    }
+    # no method given (random baseline only): faithfulness() explains the predicted class
+    targets = next(iter(attributions.values())).target if attributions else target
     batch = lm.tokenize(texts)
     rankings = None
     if random_baseline and "random" not in scores:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -215,17 +216,12 @@ def _select_heads(call: AttentionCall, heads: list[int]) -> AttentionCall:
     mask = call.mask
     if mask is not None and mask.shape[1] > 1:
         mask = mask.index_select(1, idx)
-    return AttentionCall(
+    return dataclasses.replace(
+        call,
         query=call.query.index_select(1, idx),
         key=call.key.index_select(1, idx),
         value=call.value.index_select(1, idx),
         mask=mask,
-        scaling=call.scaling,
-        causal=call.causal,
-        key_padding_mask=call.key_padding_mask,
-        dropout=call.dropout,
-        training=call.training,
-        extras=call.extras,
     )
 
 
