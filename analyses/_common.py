@@ -175,6 +175,17 @@ def write_table(out: Path, title: str, header: Sequence[str], sections: Sequence
     return path
 
 
+def load(name: str):
+    """A model by name for an analysis; ``testing:<arch>`` gives a tiny random model (tests)."""
+    if name.startswith("testing:"):
+        from attnexplain.testing import tiny_model
+
+        return tiny_model(name.split(":", 1)[1])
+    from attnexplain.runs.analyze import load_model_for_run
+
+    return load_model_for_run(name)
+
+
 def plotly_js_path() -> Path:
     import plotly
 

@@ -58,16 +58,6 @@ REFERENCES = ("integrated_gradients", "gradient_x_input", "occlusion")
 ABSOLUTE = {"integrated_gradients", "gradient_x_input", "occlusion"}
 
 
-def load(name: str):
-    if name.startswith("testing:"):
-        from attnexplain.testing import tiny_model
-
-        return tiny_model(name.split(":", 1)[1])
-    from attnexplain.runs.analyze import load_model_for_run
-
-    return load_model_for_run(name)
-
-
 def content_mask(lm, tokens_ids: list[int]) -> list[bool]:
     specials = set(getattr(lm.tokenizer, "all_special_ids", None) or [])
     if not specials:  # the tiny test tokenizer: [CLS]/[SEP]/pad ids
@@ -286,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     from attnexplain.data import load_dataset
 
     ds = load_dataset(args.dataset, split=args.split, limit=args.n)
-    lm = load(args.model)
+    lm = C.load(args.model)
     texts = list(ds.texts)
     if args.quick:
         texts = [t[:30] for t in texts]

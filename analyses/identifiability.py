@@ -58,17 +58,6 @@ NAME = "identifiability"
 CATEGORIES = ("[CLS]", "[SEP]", "punct", "other")
 
 
-def load(name: str):
-    """A model by name; ``testing:<arch>`` gives a tiny random model (tests)."""
-    if name.startswith("testing:"):
-        from attnexplain.testing import tiny_model
-
-        return tiny_model(name.split(":", 1)[1])
-    from attnexplain.runs.analyze import load_model_for_run
-
-    return load_model_for_run(name)
-
-
 def pearson(a, b):
     """Pearson correlation over the last axis (torch, float64); NaN for a constant vector."""
     import torch
@@ -88,7 +77,7 @@ def analyse_model(name: str, texts: list[str], lengths: list[int], layers: list[
     from attnexplain.explain.attention_methods import is_causal_model
     from attnexplain.functional import effective_attention_from_values, effective_rank
 
-    lm = load(name)
+    lm = C.load(name)
     causal = is_causal_model(lm)
     d_h = lm.head_dim
     specials = C.special_token_strings(lm.tokenizer) if lm.tokenizer is not None else set()

@@ -74,16 +74,6 @@ DEFAULT_TASKS = ("rotten-tomatoes:minilm-rotten-tomatoes:64:40,bbc-news:minilm-b
                  "drug-reviews:minilm-rotten-tomatoes:128:24,synthetic-negation:tiny-synthetic-negation:64:60")
 
 
-def load(name: str):
-    if name.startswith("testing:"):
-        from attnexplain.testing import tiny_model
-
-        return tiny_model(name.split(":", 1)[1])
-    from attnexplain.runs.analyze import load_model_for_run
-
-    return load_model_for_run(name)
-
-
 def interventions(lm, texts, n_dist: int, batch_size: int):
     from attnexplain.ablations import intervention_effects
 
@@ -293,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
             dataset, model, max_tokens, n = parts[0], ":".join(parts[1:-1]), int(parts[-1]), args.n
         task = f"{dataset} / {model}"
         try:
-            lm = load(model)
+            lm = C.load(model)
         except ModelNotFoundError as exc:
             skipped.append(f"{task}: {exc}")
             C.log(f"skipped {task}: {exc}")

@@ -46,16 +46,6 @@ NAME = "norms"
 CATEGORIES = ("[CLS]", "[SEP]", "punct", "other")
 
 
-def load(name: str):
-    if name.startswith("testing:"):
-        from attnexplain.testing import tiny_model
-
-        return tiny_model(name.split(":", 1)[1])
-    from attnexplain.runs.analyze import load_model_for_run
-
-    return load_model_for_run(name)
-
-
 def _spearman_rows(x, y):
     """Spearman correlation of each row pair (numpy (k, p) arrays), average ranks for ties."""
     import numpy as np
@@ -199,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = {d: load_dataset(d, split=args.split) for d in args.datasets.split(",")}
     for name in args.models.split(","):
         try:
-            lm = load(name)
+            lm = C.load(name)
         except ModelNotFoundError as exc:
             skipped.append(f"{name}: {exc}")
             continue

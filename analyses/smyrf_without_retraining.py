@@ -52,16 +52,6 @@ NAME = "smyrf_without_retraining"
 PAPER = {"GLUE avg (BERT-base, 128)": (82.69, 82.98, 81.74), "SST-2 (BERT-base, 128)": (93.46, 93.23, 93.12)}
 
 
-def load(name: str):
-    if name.startswith("testing:"):
-        from attnexplain.testing import tiny_model
-
-        return tiny_model(name.split(":", 1)[1])
-    from attnexplain.runs.analyze import load_model_for_run
-
-    return load_model_for_run(name)
-
-
 def _forward_probs(lm, batch):
     import torch
 
@@ -106,7 +96,7 @@ def run_task(model: str, dataset: str, split: str, n_acc: int, n_explain: int, m
     from attnexplain.metrics import bootstrap_ci
     from attnexplain.runs.analyze import resolve_label_map
 
-    lm = load(model)
+    lm = C.load(model)
     ds = load_dataset(dataset, split=split)
     texts = list(ds.texts)
     if quick_chars:
