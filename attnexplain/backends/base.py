@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from .._registry import Registry
+
 __all__ = [
     "AttentionCall",
     "AttentionBackend",
@@ -29,7 +31,7 @@ __all__ = [
     "BACKENDS",
 ]
 
-BACKENDS: dict[str, type["AttentionBackend"]] = {}
+BACKENDS = Registry("attention backend")  # name -> AttentionBackend subclass
 
 
 @dataclass
@@ -157,17 +159,12 @@ class AttentionBackend:
 
 def register_backend(cls: type[AttentionBackend]) -> type[AttentionBackend]:
     """Class decorator: add a backend to the registry under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a non-empty `name`")
-    if cls.name in BACKENDS and BACKENDS[cls.name] is not cls:
-        raise ValueError(f"an attention backend named {cls.name!r} is already registered")
-    BACKENDS[cls.name] = cls
-    return cls
+    return BACKENDS.register(cls)
 
 
 def available_backends() -> list[str]:
     """Names of all registered backends."""
-    return sorted(BACKENDS)
+    return BACKENDS.names()
 
 
 def get_backend(name: str | AttentionBackend, **options: Any) -> AttentionBackend:
@@ -180,10 +177,4 @@ def get_backend(name: str | AttentionBackend, **options: Any) -> AttentionBacken
         if options:
             raise TypeError("options cannot be given together with a backend instance")
         return name
-    try:
-        cls = BACKENDS[name]
-    except KeyError:
-        raise KeyError(
-            f"unknown attention backend {name!r}; available: {', '.join(available_backends())}"
-        ) from None
-    return cls(**options)
+    return BACKENDS.build(name, **options)

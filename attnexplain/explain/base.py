@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from .._registry import Registry
+
 __all__ = [
     "Attribution",
     "ExplanationMethod",
@@ -26,7 +28,7 @@ __all__ = [
     "rank_tokens",
 ]
 
-METHODS: dict[str, type["ExplanationMethod"]] = {}
+METHODS = Registry("explanation method")  # name -> ExplanationMethod subclass
 
 
 def rank_tokens(scores: np.ndarray) -> np.ndarray:
@@ -126,24 +128,15 @@ class ExplanationMethod:
 
 def register_method(cls: type[ExplanationMethod]) -> type[ExplanationMethod]:
     """Class decorator: add an explanation method to the registry under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} needs a non-empty `name`")
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        raise ValueError(f"an explanation method named {cls.name!r} is already registered")
-    METHODS[cls.name] = cls
-    return cls
+    return METHODS.register(cls)
 
 
 def available_methods() -> list[str]:
-    return sorted(METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str | ExplanationMethod, **options: Any) -> ExplanationMethod:
     """Build the method registered as ``name`` (KeyError listing the known ones otherwise)."""
     if isinstance(name, ExplanationMethod):
         return name
-    try:
-        cls = METHODS[name]
-    except KeyError:
-        raise KeyError(f"unknown explanation method {name!r}; available: {', '.join(available_methods())}") from None
-    return cls(**options)
+    return METHODS.build(name, **options)
