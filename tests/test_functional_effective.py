@@ -15,8 +15,11 @@ from attnexplain.functional import (
     effective_attention_from_values,
     effective_rank,
     null_attention,
+    value_space_basis,
+    effective_attention_from_basis,
     value_transforms,
 )
+import attnexplain.functional.effective as eff_module
 
 
 
@@ -290,6 +293,70 @@ def test_property_from_values_equals_generic(batch, H, n, m, dh, d, dtype, seed,
     # the two bases span the same space unless a singular value sits within round-off of the
     # threshold, which random Gaussian data does not produce
     assert amax(fast.double() - slow.double()) <= 1e3 * eps
+
+
+def _projector(U):
+    return U @ U.transpose(-1, -2)
+
+
+@pytest.mark.parametrize("left_padding", [False, True])
+def test_certified_basis_equals_exact_route_and_only_hard_cases_take_it(monkeypatch, left_padding):
+    """value_space_basis settles float32 inputs by certificates (full column rank of tall V,
+    full row rank of short V); only examples a certificate refuses take the exact QR/SVD route,
+    and every projector equals the SVD reference of T (float64 T, float32 rank tolerance)."""
+    g = gen(21)
+    B, H, m, dv, d = 7, 3, 40, 8, 24
+    lengths = [3, 5, 12, 40, 40, 40, 6]
+    V = torch.randn(B, H, m, dv, generator=g, dtype=torch.float64)
+    V[3, 1, :, 7] = V[3, 1, :, 2]  # tall example, one head rank-deficient (rank 7)
+    V[4, 2] = 0.0  # tall example, one zero head (rank 0)
+    km = torch.zeros(B, m, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        if left_padding:
+            km[b, m - n :] = True
+        else:
+            km[b, :n] = True
+    p0, p1 = km[6].nonzero().flatten()[:2].tolist()
+    V[6, 0, p1] = V[6, 0, p0]  # short example with two identical real keys (rank 5 of 6)
+    V = V.float()
+    W = torch.randn(H, dv, d, generator=g).float()
+    calls = []
+    exact = eff_module._basis_from_values_exact
+    monkeypatch.setattr(eff_module, "_basis_from_values_exact", lambda V64, W64, tol: calls.append(V64.shape[0]) or exact(V64, W64, tol))
+    U, rank = value_space_basis(V, W, key_mask=km)
+    assert calls == [3]  # examples 3, 4 and 6 only
+    tol = eff_module._default_rtol(m, d, torch.float32, None)
+    U_ref, r_ref = column_space_basis(value_transforms(V.double(), W.double()), key_mask=km[:, None, :], rtol=tol)
+    assert rank.tolist() == r_ref.tolist()
+    assert rank[3, 1] == 7 and rank[4, 2] == 0 and rank[6, 0] == 5 and rank[0].tolist() == [3, 3, 3]
+    torch.testing.assert_close(_projector(U), _projector(U_ref), rtol=0, atol=1e-10)
+    assert float(U[~km[:, None, :].expand(B, H, m)].abs().max()) == 0.0  # nothing at padding keys
+    # effective attention from the basis == the generic SVD path
+    A = rand_attention(B, H, 5, m, gen=g).float()
+    got = effective_attention_from_basis(A, U, key_mask=km[:, None, :])
+    ref = effective_attention(A.double(), value_transforms(V.double(), W.double()), key_mask=km[:, None, :], rtol=tol)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-6)
+    # short examples of full row rank: effective attention is the attention itself
+    torch.testing.assert_close(got[[0, 1]], (A * km[:, None, None, :])[[0, 1]], rtol=0, atol=1e-6)
+
+
+def test_value_space_basis_broadcasts_and_checks():
+    g = gen(22)
+    V = torch.randn(2, 30, 4, generator=g).float()  # (H, m, dv) shared by the batch
+    W = torch.randn(2, 4, 16, generator=g).float()
+    km = torch.ones(3, 30, dtype=torch.bool)
+    km[1, 10:] = False
+    km[2, 2:] = False
+    U, rank = value_space_basis(V, W, key_mask=km)
+    assert U.shape[:3] == (3, 2, 30) and rank.tolist() == [[4, 4], [4, 4], [2, 2]]
+    ref = torch.stack([_projector(column_space_basis(value_transforms(V.double(), W.double()), key_mask=km[b][None, :],
+                                                      rtol=eff_module._default_rtol(30, 16, torch.float32, None))[0])
+                       for b in range(3)])
+    torch.testing.assert_close(_projector(U), ref, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="d_v=5"):
+        value_space_basis(V, torch.randn(2, 5, 16))
+    with pytest.raises(ValueError, match="keys"):
+        effective_attention_from_basis(rand_attention(2, 3, 29), U[0])
 
 
 def test_basis_is_orthonormal_and_never_m_by_m():

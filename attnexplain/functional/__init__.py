@@ -6,7 +6,8 @@ heads) and works on CPU and GPU. Formulas and papers are in each docstring and i
 
 * effective attention (Brunner et al., ICLR 2020): :func:`effective_attention`,
   :func:`effective_attention_from_values`, :func:`null_attention`, :func:`effective_rank`,
-  :func:`value_transforms`, :func:`column_space_basis`
+  :func:`value_transforms`, :func:`column_space_basis`, :func:`value_space_basis`,
+  :func:`effective_attention_from_basis`
 * attention as a distribution keeping the output (after Naim & Asher, ECAI 2024; the project's
   own formulation): :func:`attention_distribution`
 * norm-based attention (Kobayashi et al., EMNLP 2020): :func:`norm_based_attention`
@@ -21,7 +22,9 @@ from .effective import (
     effective_attention,
     effective_attention_from_values,
     effective_rank,
+    effective_attention_from_basis,
     null_attention,
+    value_space_basis,
     value_transforms,
 )
 from .flow import attention_flow
@@ -36,6 +39,8 @@ __all__ = [
     "null_attention",
     "effective_rank",
     "column_space_basis",
+    "value_space_basis",
+    "effective_attention_from_basis",
     "DistributionResult",
     "attention_distribution",
     "NormAttention",

@@ -30,6 +30,8 @@ __all__ = [
     "null_attention",
     "effective_rank",
     "column_space_basis",
+    "value_space_basis",
+    "effective_attention_from_basis",
 ]
 
 _FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -316,12 +318,11 @@ def _thin_qr(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _basis_from_values(V, W, key_mask, rtol, with_ones):
-    """Exact thin SVD of T = V W without forming T.
+    """Orthonormal basis of the column space of T = V W (float64, rank tolerance ``rtol``).
 
-    V = Q R (reduced QR, Q: m x k1) and W^T = Q_w R_w (Q_w: d x k_w), so
-    T = Q (R R_w^T) Q_w^T with orthonormal Q and Q_w^T: the left singular vectors of T are
-    Q U_s and its singular values those of the small k1 x k_w matrix R R_w^T = U_s S V_s^T.
-    All in float64.
+    Exact route: :func:`_basis_from_values_exact`. For tolerances of float32 inputs (``tol >=
+    1e-6``) most examples are settled by a cheap certificate instead (:func:`_certified_basis`);
+    only the rest take the exact route. Both give the same rank decisions and subspaces.
     """
     m, d_v = V.shape[-2:]
     d = W.shape[-1]
@@ -332,6 +333,108 @@ def _basis_from_values(V, W, key_mask, rtol, with_ones):
     _check_finite(V64, "V")
     W64 = W.to(device=V.device, dtype=torch.float64)
     _check_finite(W64, "W_O_blocks")
+    if tol >= 1e-6 and V64.dim() >= 3 and V64.numel() > 0:
+        U, rank = _certified_basis(V64, W64, key_mask, tol)
+    else:
+        U, rank = _basis_from_values_exact(V64, W64, tol)
+    return _finish_basis(U, rank, key_mask, tol, with_ones)
+
+
+def _full_rank_certified(S: torch.Tensor, real: torch.Tensor, tol: float) -> torch.Tensor:
+    """True where the PSD Gram matrix ``S`` (..., k, k) of a matrix ``X`` certainly has every
+    singular value of ``X`` above ``tol * s_max``: Cholesky of ``S - 2 tol^2 tr(S) I`` succeeds
+    (``tr(S) >= s_max^2``; the factor 2 keeps float64 round-off, ~1e-16 tr(S), far from the
+    decision since ``tol^2 >= 1e-12``). ``real`` (..., k) bool: padding rows/cols of ``S`` are
+    zero and get a unit diagonal instead."""
+    tr = torch.diagonal(S, dim1=-2, dim2=-1).sum(-1)  # (...)
+    shift = (2 * tol * tol) * tr[..., None] * real.to(S.dtype)
+    G = S - torch.diag_embed(shift) + torch.diag_embed((~real).to(S.dtype))
+    _, info = torch.linalg.cholesky_ex(G)
+    return (info == 0) & (tr > 0)
+
+
+def _certified_basis(V64: torch.Tensor, W64: torch.Tensor, key_mask: torch.Tensor | None, tol: float):
+    """The basis of :func:`_basis_from_values_exact`, certified cheaply where possible.
+
+    Per example (all heads together), with ``m_r`` real keys and ``W W^T`` (H, d_v, d_v):
+
+    * ``m_r >= d_v``: ``V = Q R`` (CholeskyQR2); ``T = Q (R W)`` so the singular values of ``T``
+      are those of ``R W``. If the Gram matrix ``R W W^T R^T`` certifies full rank d_v
+      (:func:`_full_rank_certified`), span(T) = span(Q) and ``U_r = Q``.
+    * ``m_r < d_v``: the real rows ``T_r`` (m_r x d); if ``T_r T_r^T = V_r W W^T V_r^T`` certifies
+      full row rank m_r, span(T) is every vector over the real keys and ``U_r`` is the identity
+      on them (effective attention then equals the attention: Brunner et al.'s m <= d_h case).
+    * examples where a head is not certified: the exact route, for those examples only.
+    """
+    lead, H, m, d_v = V64.shape[:-3], V64.shape[-3], V64.shape[-2], V64.shape[-1]
+    if key_mask is not None:
+        km = key_mask[..., 0, :]  # drop the head dim added by the callers
+        lead = torch.broadcast_shapes(lead, km.shape[:-1])
+        km = torch.broadcast_to(km, lead + (m,)).reshape(-1, m)
+    else:
+        km = torch.ones(math.prod(lead), m, dtype=torch.bool, device=V64.device)
+    V = torch.broadcast_to(V64, lead + (H, m, d_v)).reshape(-1, H, m, d_v)
+    N = V.shape[0]
+    WWt = W64 @ W64.transpose(-1, -2)  # (H, d_v, d_v)
+    m_real = km.sum(-1)  # (N,)
+    ok = torch.zeros(N, dtype=torch.bool, device=V.device)
+    Q_full = R_full = None
+
+    tall = (m_real >= d_v).nonzero().flatten()
+    if tall.numel():
+        Q_full, R = _thin_qr(V[tall])  # (nt, H, m, d_v), (nt, H, d_v, d_v)
+        S = R @ WWt @ R.transpose(-1, -2)
+        real = torch.ones(S.shape[:-1], dtype=torch.bool, device=V.device)
+        ok[tall] = _full_rank_certified(S, real, tol).all(-1)
+
+    short = (m_real < d_v).nonzero().flatten()
+    pos = k = None
+    if short.numel():
+        k = int(m_real[short].max())
+        pos = torch.argsort((~km[short]).to(torch.int8), dim=-1, stable=True)[:, :k]  # real positions first
+        valid = torch.arange(k, device=V.device)[None, :] < m_real[short][:, None]  # (ns, k)
+        Vr = torch.gather(V[short], -2, pos[:, None, :, None].expand(-1, H, k, d_v))
+        Vr = Vr * valid[:, None, :, None].to(Vr.dtype)
+        K = Vr @ WWt @ Vr.transpose(-1, -2)  # (ns, H, k, k)
+        ok[short] = _full_rank_certified(K, valid[:, None, :].expand(-1, H, -1), tol).all(-1) & (m_real[short] > 0)
+
+    rank = torch.zeros(N, H, dtype=torch.long, device=V.device)
+    rank[tall] = d_v
+    if short.numel():
+        rank[short] = m_real[short][:, None]
+    rest = (~ok).nonzero().flatten()
+    U_rest = None
+    if rest.numel():
+        U_rest, rank_rest = _basis_from_values_exact(V[rest], W64, tol)
+        rank[rest] = rank_rest
+    r_max = int(rank.max()) if rank.numel() else 0
+    U = torch.zeros(N, H, m, r_max, dtype=V.dtype, device=V.device)
+    if tall.numel():
+        sel = ok[tall]
+        if bool(sel.any()):  # certified: rank d_v, so r_max >= d_v
+            U[tall[sel], :, :, :d_v] = Q_full[sel]
+    if short.numel():
+        sel = ok[short]
+        if bool(sel.any()):
+            rows = short[sel]
+            E = torch.zeros(rows.numel(), m, k, dtype=V.dtype, device=V.device)
+            v = (torch.arange(k, device=V.device)[None, :] < m_real[rows][:, None]).to(V.dtype)
+            E.scatter_(1, pos[sel][:, None, :], v[:, None, :])  # E[b, pos[b, c], c] = 1 for the real keys
+            U[rows, :, :, :k] = E[:, None]
+    if U_rest is not None:
+        U[rest, :, :, : U_rest.shape[-1]] = U_rest[..., :r_max]
+    return U.reshape(lead + (H, m, r_max)), rank.reshape(lead + (H,))
+
+
+def _basis_from_values_exact(V64, W64, tol):
+    """Exact thin SVD of T = V W without forming T.
+
+    V = Q R (reduced QR, Q: m x k1) and W^T = Q_w R_w (Q_w: d x k_w), so
+    T = Q (R R_w^T) Q_w^T with orthonormal Q and Q_w^T: the left singular vectors of T are
+    Q U_s and its singular values those of the small k1 x k_w matrix R R_w^T = U_s S V_s^T.
+    All in float64; ``V64`` has its padding rows zeroed. Returns ``(U_r, rank)``.
+    """
+    m, d_v = V64.shape[-2:]
     if m >= d_v:
         Q, R = _thin_qr(V64)  # (..., H, m, d_v), (..., H, d_v, d_v)
     else:
@@ -347,7 +450,7 @@ def _basis_from_values(V, W, key_mask, rtol, with_ones):
         Us, S, _ = torch.linalg.svd(M, full_matrices=False)  # (..., H, k1, k2)
         U, rank = _truncate(Us, S, tol)  # truncate in the small space, then lift
         U = Q @ U
-    return _finish_basis(U, rank, key_mask, tol, with_ones)
+    return U, rank
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,6 +610,69 @@ def effective_attention_from_values(
     A = _prepare_A(A, key_mask, check_stochastic)
     U, _ = _basis_from_values(V, W_O_blocks, key_mask, rtol, preserve_row_sums)
     return _project(A, U, _out_dtype(A.dtype, V.dtype, W_O_blocks.dtype))
+
+
+def value_space_basis(
+    V: torch.Tensor,
+    W_O_blocks: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+    rtol: float | None = None,
+    with_ones: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal basis ``U_r`` of the column space of ``T = V W_O`` per head, and its rank.
+
+    The basis :func:`effective_attention_from_values` projects onto (same formulas, QRs of ``V``
+    and ``W_O^T`` and a d_v x d_v SVD, float64), returned so that it can be computed once and
+    reused: ``A_eff = effective_attention_from_basis(A, U_r)`` for any attention over the same
+    keys (the full matrix, or only some query rows).
+
+    Args:
+        V: ``(..., H, m, d_v)`` value vectors per head.
+        W_O_blocks: ``(H, d_v, d)`` output projection split per head.
+        key_mask: ``(..., m)`` bool without the head dim; masked keys' rows of ``U_r`` are 0.
+        rtol, with_ones: as ``rtol`` / ``preserve_row_sums`` of :func:`effective_attention`.
+
+    Returns:
+        ``(U_r, rank)``: ``(..., H, m, r_max)`` float64 (zero columns beyond each rank) and
+        ``(..., H)`` long.
+    """
+    _check_tensor(V, "V", 3, "(..., H, m, d_v)")
+    _check_tensor(W_O_blocks, "W_O_blocks", 3, "(H, d_v, d)")
+    if W_O_blocks.ndim != 3:
+        raise ValueError(f"W_O_blocks must have shape (H, d_v, d), got {tuple(W_O_blocks.shape)}")
+    H, d_v, _ = W_O_blocks.shape
+    if V.shape[-3] != H or V.shape[-1] != d_v:
+        raise ValueError(f"V {tuple(V.shape)} must be (..., H={H}, m, d_v={d_v}) to match W_O_blocks {tuple(W_O_blocks.shape)}")
+    m = V.shape[-2]
+    key_mask = _check_key_mask(key_mask, m)
+    if key_mask is not None:
+        _broadcast({"V": V.shape[:-3], "key_mask": key_mask.shape[:-1]},
+                   "V (..., H, m, d_v), key_mask (..., m) without the head dim")
+        key_mask = key_mask[..., None, :]
+    return _basis_from_values(V, W_O_blocks, key_mask, rtol, with_ones)
+
+
+def effective_attention_from_basis(A: torch.Tensor, U: torch.Tensor, *, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``A_eff = (A @ U_r) @ U_r^T`` for a precomputed basis (Brunner et al., ICLR 2020).
+
+    ``U_r`` from :func:`value_space_basis` or :func:`column_space_basis` (orthonormal columns,
+    zero rows at masked keys); ``A``: ``(..., n, m)`` over the same ``m`` keys, leading dims
+    broadcasting with ``U``'s. ``key_mask`` ``(..., m)`` (``A``'s leading dims without the query
+    dim, e.g. ``(B, 1, m)`` for ``A`` of shape ``(B, H, n, m)``) zeroes ``A``'s masked columns
+    first, which also clears NaN there.
+
+    Returns:
+        ``(..., n, m)`` in ``promote_types(A.dtype, float32)`` (projected in float64 for a
+        float64 ``A``, else float32).
+    """
+    _check_attention(A)
+    _check_tensor(U, "U", 2, "(..., m, r)")
+    if U.shape[-2] != A.shape[-1]:
+        raise ValueError(f"A {tuple(A.shape)} has m = {A.shape[-1]} keys but the basis U {tuple(U.shape)} has {U.shape[-2]} rows")
+    key_mask = _check_key_mask(key_mask, A.shape[-1])
+    A = _mask_cols(A, key_mask)
+    return _project(A, U, _out_dtype(A.dtype, torch.float32))
 
 
 def null_attention(A: torch.Tensor, T: torch.Tensor, **kwargs) -> torch.Tensor:
