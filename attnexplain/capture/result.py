@@ -57,6 +57,7 @@ class CaptureResult:
     sites: dict[str, AttentionSite]
     out_proj: dict[str, torch.Tensor] = field(default_factory=dict)
     backend: str = ""
+    _bases: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # -- predictions ------------------------------------------------------------------------
     @property
@@ -139,7 +140,51 @@ class CaptureResult:
         """T = V_h W_O^h (B, H_captured, m, d): what each key adds to the output per unit of attention."""
         v = self.values(layer, stack=stack, kind=kind, step=step)
         w = self.out_proj_blocks(layer, stack=stack, kind=kind).to(v.dtype)
-        return torch.einsum("bhmv,hvd->bhmd", v, w)
+        return v @ w  # (B, H, m, d_v) @ (H, d_v, d): one batched GEMM
+
+    def _site_key_mask(self, layer: int, stack: str | None, kind: str, step: int = 0) -> torch.Tensor | None:
+        """(B, m) key mask of a site: the padding mask for self-attention over the input tokens."""
+        km = self.key_mask
+        if km is None or kind != "self":
+            return None
+        rec = self.records[self._key(layer, stack, kind)][step]
+        return km.to(rec.probs.device) if km.shape[-1] == rec.probs.shape[-1] else None
+
+    def effective_basis(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0,
+                        rtol: float | None = None, preserve_row_sums: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Orthonormal basis of the column space of the value transforms, ``(U_r, rank)``.
+
+        :func:`attnexplain.functional.value_space_basis` of this layer's values and output
+        projection (padding keys masked): ``(B, H, m, r_max)`` float64 and ``(B, H)``. Computed
+        once per (layer, options) and kept with the result, so every consumer of effective
+        attention (explanations, head statistics, the dashboard) shares one factorisation.
+        """
+        from ..functional import value_space_basis
+
+        key = (self._key(layer, stack, kind), step, rtol, bool(preserve_row_sums))
+        if key not in self._bases:
+            V = self.values(layer, stack=stack, kind=kind, step=step)
+            W = self.out_proj_blocks(layer, stack=stack, kind=kind)
+            self._bases[key] = value_space_basis(V, W, key_mask=self._site_key_mask(layer, stack, kind, step), rtol=rtol,
+                                                 with_ones=preserve_row_sums)
+        return self._bases[key]
+
+    def effective_attention(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0,
+                            rtol: float | None = None, preserve_row_sums: bool = False) -> torch.Tensor:
+        """Effective attention ``A U_r U_r^T`` of one layer, (B, H, n, m) float32 (Brunner et al., ICLR 2020).
+
+        Equal to :func:`attnexplain.functional.effective_attention_from_values` on this layer's
+        attention, values and output projection; the basis comes from :meth:`effective_basis`.
+        Padding keys' columns are 0.
+        """
+        from ..functional import effective_attention_from_basis
+
+        U, _ = self.effective_basis(layer, stack=stack, kind=kind, step=step, rtol=rtol,
+                                    preserve_row_sums=preserve_row_sums)
+        A = self.records[self._key(layer, stack, kind)][step].probs
+        A = A.to_dense() if A.is_sparse else A
+        km = self._site_key_mask(layer, stack, kind, step)
+        return effective_attention_from_basis(A.to(U.device), U, key_mask=None if km is None else km[:, None, :])
 
     @property
     def key_mask(self) -> torch.Tensor | None:

@@ -183,10 +183,15 @@ class AttentionMethod(ExplanationMethod):
         if self.head_reduction not in self._head_reductions:
             raise ValueError(f"head_reduction must be one of {self._head_reductions}, got {self.head_reduction!r}")
 
-    # subclasses: scores of the readout rows of one layer of one example
+    # subclasses: per-key data of one layer, and scores of the readout rows of one example
+    def _layer_data(self, capture: Any, layer: int) -> torch.Tensor | None:
+        """(B, H, m, *) per-key data of a layer handed to :meth:`_layer_scores` (rows of the
+        example's real keys): the value transforms ``T`` when ``_needs_values``, else None."""
+        return capture.value_transforms(layer) if self._needs_values else None
+
     def _layer_scores(self, A: torch.Tensor, T: torch.Tensor | None, rows: list[int]) -> torch.Tensor:
-        """``A`` (H, n_i, n_i) real tokens only, ``T`` (H, n_i, d) or None -> (H, len(rows), n_i)
-        per-head scores, or (len(rows), n_i) when the method reduces heads itself."""
+        """``A`` (H, n_i, n_i) real tokens only, ``T`` (H, n_i, *) from :meth:`_layer_data` or None
+        -> (H, len(rows), n_i) per-head scores, or (len(rows), n_i) when the method reduces heads itself."""
         raise NotImplementedError
 
     def _finish_layer(self, s: torch.Tensor) -> torch.Tensor:
@@ -203,7 +208,7 @@ class AttentionMethod(ExplanationMethod):
         sums: list[torch.Tensor | None] = []
         for li, layer in enumerate(layer_ids):
             A = capture.attention(layer)
-            T = capture.value_transforms(layer) if self._needs_values else None
+            T = self._layer_data(capture, layer)
             B, n = A.shape[0], A.shape[-1]
             if li == 0:
                 sums = [None] * B
@@ -254,8 +259,11 @@ class EffectiveAttention(AttentionMethod):
         A_eff = A - Proj_LN(T)(A) = A U_r U_r^T        (only the readout row(s) are projected)
         score_j = mean_{l} reduce_h A_eff^{l,h}[r, j]
 
-    computed by :func:`attnexplain.functional.effective_attention` on the example's real tokens
-    only. **Signed**: effective weights can be negative; the score is the signed value as is
+    with ``U_r`` from :meth:`CaptureResult.effective_basis
+    <attnexplain.capture.CaptureResult.effective_basis>` (the exact basis of
+    :func:`attnexplain.functional.value_space_basis`, padding keys excluded, computed once per
+    layer and batch and shared with every other consumer of the capture), restricted to each
+    example's real tokens. **Signed**: effective weights can be negative; the score is the signed value as is
     (averaged over heads and layers; ``absolute=True`` takes ``|A_eff|`` before the reductions).
     Rows need not sum to 1 (``preserve_row_sums=True`` projects onto ``[T, 1]`` instead, which
     keeps the row sums). Equal to ``raw_attention`` when an example has at most ``rank(T)``
@@ -276,10 +284,14 @@ class EffectiveAttention(AttentionMethod):
     preserve_row_sums: bool = False
     absolute: bool = False
 
-    def _layer_scores(self, A, T, rows):
-        from ..functional import effective_attention
+    def _layer_data(self, capture, layer):
+        U, _ = capture.effective_basis(layer, rtol=self.rtol, preserve_row_sums=self.preserve_row_sums)
+        return U  # (B, H, m, r): orthonormal columns, zero rows at padding keys
 
-        s = effective_attention(A[:, rows, :], T, rtol=self.rtol, preserve_row_sums=self.preserve_row_sums)
+    def _layer_scores(self, A, U, rows):
+        from ..functional import effective_attention_from_basis
+
+        s = effective_attention_from_basis(A[:, rows, :], U)
         return s.abs() if self.absolute else s
 
 
