@@ -46,6 +46,21 @@ def test_norms_match_materialised(dtype, tol):
     torch.testing.assert_close(norm_based_attention(A, T, chunk_size=100).summed, res.summed)
 
 
+@pytest.mark.parametrize("n,chunk", [(1, 128), (3, 2), (5, 2)])
+def test_norms_both_routes_match_materialised(n, chunk):
+    # n < H sums the vectors directly, n >= H goes through the per-key Gram matrices
+    H = 4
+    A = rand_att(2, H, n, 9, seed=5 + n)
+    T = torch.randn(2, H, 9, 6, generator=gen(6), dtype=torch.float64)
+    res = norm_based_attention(A, T, chunk_size=chunk)
+    ph, sm = np_norms(A.numpy(), T.numpy())
+    np.testing.assert_allclose(res.summed.numpy(), sm, rtol=1e-12, atol=1e-12)
+    # the first rows alone (n < H: direct route) equal those rows of the full (Gram) result
+    full = norm_based_attention(rand_att(2, H, 6, 9, seed=11), T).summed
+    rows = norm_based_attention(rand_att(2, H, 6, 9, seed=11)[..., :1, :], T).summed
+    torch.testing.assert_close(rows, full[..., :1, :], rtol=1e-12, atol=1e-12)
+
+
 def test_norms_cancellation_and_mask():
     # two heads moving opposite vectors cancel exactly: summed norm 0, per-head norms not
     A = torch.full((2, 1, 2), 0.5, dtype=torch.float64)

@@ -53,9 +53,11 @@ def norm_based_attention(
         summed[i, j]      = || sum_h A^h_ij T^h_j ||_2
                           = sqrt( sum_{h,h'} A^h_ij A^h'_ij <T^h_j, T^h'_j> )
 
-    ``summed`` is evaluated through the per-key Gram matrices ``G_j = [<T^h_j, T^h'_j>]_{hh'}``
-    (H x H), in float64, ``chunk_size`` queries at a time: it never materialises the
-    ``(n, m, d)`` vectors and costs O(n m H^2) instead of O(n m H d).
+    ``summed`` is evaluated ``chunk_size`` queries at a time: through the per-key Gram matrices
+    ``G_j = [<T^h_j, T^h'_j>]_{hh'}`` (H x H, float64: the quadratic form cancels), which never
+    materialises the ``(n, m, d)`` vectors and costs O(m H^2 d + n m H^2) instead of O(n m H d);
+    with fewer query rows than heads (``n < H``, e.g. one readout row) the vectors are summed
+    directly (in float32, float64 for float64 inputs), which is then cheaper.
 
     Args:
         A: ``(..., H, n, m)`` attention per head.
@@ -96,9 +98,15 @@ def norm_based_attention(
     tnorm = torch.linalg.vector_norm(T.to(cdt), dim=-1)  # (..., H, m)
     per_head = (A.to(cdt).abs() * tnorm[..., None, :]).to(out_dtype)
 
+    parts = []
+    if n < H:  # few query rows (a readout row): sum the vectors directly, O(n m H d) < O(m H^2 d)
+        Ac, Tc = A.to(cdt), T.to(cdt)  # a plain sum of H vectors: no cancellation-prone quadratic form
+        for s in range(0, n, chunk_size):
+            vec = torch.einsum("...hcm,...hmd->...cmd", Ac[..., s : s + chunk_size, :], Tc)  # (..., c, m, d)
+            parts.append(torch.linalg.vector_norm(vec, dim=-1).to(out_dtype))
+        return NormAttention(per_head=per_head, summed=torch.cat(parts, dim=-2))
     T64 = T.to(torch.float64)
     G = torch.einsum("...hmd,...kmd->...mhk", T64, T64)  # (..., m, H, H)
-    parts = []
     for s in range(0, n, chunk_size):
         Ac = A[..., s : s + chunk_size, :].to(torch.float64)  # (..., H, c, m)
         B = torch.einsum("...hcm,...mhk->...kcm", Ac, G)  # (..., H, c, m)
