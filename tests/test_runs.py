@@ -121,7 +121,9 @@ def test_analyze_writes_the_run_format(reference, data, lm):
                 "max_length", "store_attention", "versions", "status", "n_examples"):
         assert key in m, key
     assert m["format_version"] == 1 and m["methods"] == METHODS and m["n_examples"] == N
-    assert m["faithfulness"] == {"bins": list(DEFAULT_BINS), "removal": "delete"}
+    from attnexplain.ablations.faithfulness import resolve_precision
+
+    assert m["faithfulness"] == {"bins": list(DEFAULT_BINS), "removal": "delete", "precision": resolve_precision("auto")}
     assert {"python", "torch", "transformers"} <= set(m["versions"])
     assert not (run.path / "shards").exists()
 

@@ -30,6 +30,14 @@ Conventions (recorded in :class:`FaithfulnessResult`):
   tokens, as :func:`attnexplain.explain.explain_batch` returns them: special positions are
   dropped before ranking) or per content token; any other length is a ``ValueError`` naming
   the example and both accepted lengths.
+* **Precision** (``precision``): ``"float32"`` (default) runs the perturbed inputs as the model
+  is; ``"bfloat16"`` runs them under ``torch.autocast`` (matrix products in bfloat16 with float32
+  accumulation; layer norms and softmax stay float32), ~2.3x faster on CPUs with native bfloat16
+  (AVX512-BF16 / AMX) and on recent GPUs. ``p_full`` is computed in the same precision, so both
+  sides of every difference share the rounding: on the rotten-tomatoes classifier per-example
+  AOPC moved by 7e-4 on average (max 9e-3) and the mean AOPC of each method by <= 1e-4 (per-example
+  spread 0.18). ``"auto"`` picks bfloat16 where the hardware runs it natively, else float32
+  (:func:`resolve_precision`). The precision used is in ``FaithfulnessResult.precision``.
 * **Batched**: every distinct perturbed input (2 metrics x bins x methods per example, plus the
   full input; identical ones are evaluated once) goes through the model in batched forward
   passes of at most ``max_batch`` rows, sorted by length and cut where padding would cost more
@@ -51,6 +59,9 @@ from ..metrics import ERASER_BINS, aopc as _aopc, bootstrap_ci
 
 __all__ = [
     "REMOVAL_MODES",
+    "PRECISIONS",
+    "resolve_precision",
+    "native_bfloat16",
     "FaithfulnessResult",
     "faithfulness",
     "faithfulness_for_methods",
@@ -62,6 +73,36 @@ __all__ = [
 
 REMOVAL_MODES = ("delete", "mask")
 METRICS = ("comprehensiveness", "sufficiency")
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def native_bfloat16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` runs bfloat16 matrix products natively (CUDA with bf16 support; a CPU
+    with AVX512-BF16 or AMX), i.e. whether autocast to bfloat16 is faster there rather than emulated."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        try:
+            if fn is not None and bool(fn()):
+                return True
+        except Exception:  # pragma: no cover - a private probe that changed
+            continue
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """``"auto"`` -> ``"bfloat16"`` where :func:`native_bfloat16` says so, else ``"float32"``;
+    ``"float32"`` / ``"bfloat16"`` are returned as they are. Anything else: ``ValueError``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return precision
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,6 +121,7 @@ class FaithfulnessResult:
             ``target``, ``p_full`` (m(x)_c), ``p_perturbed`` (m(x \\ r_k)_c or m(r_k)_c), ``value``.
         aopc: one row per (example, method, metric): ``aopc`` = mean of ``value`` over the bins.
         mode / rounding / bins: the conventions used (see the module docstring).
+        precision: ``"float32"`` or ``"bfloat16"``, what the perturbed forwards ran in.
         n_forward: forward passes run; n_sequences: distinct inputs evaluated.
     """
 
@@ -92,6 +134,7 @@ class FaithfulnessResult:
     p_full: np.ndarray
     n_forward: int = 0
     n_sequences: int = 0
+    precision: str = "float32"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -279,12 +322,13 @@ def _chunks(lengths: Sequence[int], max_batch: int, forward_cost_tokens: float) 
 
 
 def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_batch: int,
-                   forward_cost_tokens: float = 64.0) -> tuple[np.ndarray, int]:
-    """Class probabilities for each sequence (length-bucketed batches); returns (probs, forwards)."""
+                   forward_cost_tokens: float = 64.0, precision: str = "float32") -> tuple[np.ndarray, int]:
+    """Class probabilities for each sequence (length-bucketed batches); returns (probs, forwards).
+    ``precision="bfloat16"`` runs the model under ``torch.autocast`` to bfloat16."""
     tokenizer = lm.tokenizer
     pad = _pad_id(tokenizer)
     left = getattr(tokenizer, "padding_side", "right") == "left"
-    device = lm.device if hasattr(lm, "device") else torch.device("cpu")
+    device = torch.device(lm.device if hasattr(lm, "device") else "cpu")
     order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]))
     out: np.ndarray | None = None
     forwards = 0
@@ -305,7 +349,8 @@ def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_
         kw = {"input_ids": ids.to(device), "attention_mask": att.to(device)}
         if tt is not None:
             kw["token_type_ids"] = tt.to(device)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device.type if device.type in ("cpu", "cuda") else "cpu",
+                                                    dtype=torch.bfloat16, enabled=precision == "bfloat16"):
             res = lm.model(**kw)
         logits = res.logits if hasattr(res, "logits") else res[0]
         if logits.dim() != 2:
@@ -348,6 +393,7 @@ def faithfulness(
     dedupe: bool = True,
     method_name: str = "method",
     forward_cost_tokens: float = 64.0,
+    precision: str = "float32",
 ) -> FaithfulnessResult:
     """ERASER comprehensiveness, sufficiency and AOPC of explanations, batched.
 
@@ -371,12 +417,15 @@ def faithfulness(
             ``float("inf")`` gives the fewest forwards (``ceil(N / max_batch)``).
         dedupe: evaluate identical perturbed inputs once (e.g. bins sharing a k, or methods
             agreeing on the top tokens). Results are the same either way.
+        precision: ``"float32"`` (default), ``"bfloat16"`` (autocast; ~2.3x faster where
+            native, values within ~1e-3) or ``"auto"`` (bfloat16 where native, see the module
+            docstring and :func:`resolve_precision`).
 
     Returns:
         :class:`FaithfulnessResult` (long ``table``, per-example ``aopc``, ``summary()``).
 
     Raises:
-        ValueError: unknown ``mode``, scores/rankings of the wrong length or count (the message
+        ValueError: unknown ``mode`` or ``precision``, scores/rankings of the wrong length or count (the message
             names the example, the method and the lengths), NaN scores, an example without
             content tokens, or no methods given.
     """
@@ -386,6 +435,7 @@ def faithfulness(
         raise ValueError(f"mode must be one of {REMOVAL_MODES}, got {mode!r}")
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    precision = resolve_precision(precision, lm.device if hasattr(lm, "device") else "cpu")
     bins = tuple(float(b) for b in bins)
     if not bins:
         raise ValueError("give at least one bin")
@@ -434,7 +484,7 @@ def faithfulness(
                 plan.append((i, name, "sufficiency", f, k, slot(i, frozenset(r[k:].tolist()))))
 
     # -- run ----------------------------------------------------------------------------------
-    probs, forwards = _forward_probs(lm, seqs, max_batch, forward_cost_tokens)
+    probs, forwards = _forward_probs(lm, seqs, max_batch, forward_cost_tokens, precision)
     p_full_all = probs[full_slot]  # (N, C)
     if target is None:
         tgt = p_full_all.argmax(-1)
@@ -470,7 +520,7 @@ def faithfulness(
     )
     return FaithfulnessResult(
         table=table, aopc=aopc, mode=mode, rounding=rounding, bins=bins, targets=tgt, p_full=p_full,
-        n_forward=forwards, n_sequences=len(seqs),
+        n_forward=forwards, n_sequences=len(seqs), precision=precision,
     )
 
 
@@ -497,6 +547,7 @@ def faithfulness_for_methods(
     rounding: str = "ceil",
     max_batch: int = 256,
     forward_cost_tokens: float = 64.0,
+    precision: str = "float32",
     progress: bool = False,
 ) -> FaithfulnessResult:
     """Explain ``texts`` with each method (via ``explain_batch``) and score them all at once.
@@ -522,6 +573,7 @@ def faithfulness_for_methods(
         lengths = [len(e.content) for e in _examples_from_batch(lm, batch)]
         rankings = {"random": random_rankings(lengths, seed)}
     res = faithfulness(lm, batch, scores, rankings=rankings, target=targets, bins=bins, mode=mode,
-                       rounding=rounding, max_batch=max_batch, forward_cost_tokens=forward_cost_tokens)
+                       rounding=rounding, max_batch=max_batch, forward_cost_tokens=forward_cost_tokens,
+                       precision=precision)
     res.extra["seed"] = seed
     return res

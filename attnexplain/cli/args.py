@@ -181,6 +181,7 @@ class AnalyzeArgs:
     store_attention: int = 50
     removal: str = "delete"
     head_ablation: bool = False
+    faithfulness_precision: str = "auto"
     shard: str | None = None
     backend: str = "dense"
     backend_options: dict[str, Any] = field(default_factory=dict)

@@ -181,6 +181,11 @@ def analyze(
                                                        help="Backend option key=value (repeatable), e.g. n_hashes=2."),
     store_attention: int = typer.Option(50, "--store-attention", help="Keep attention arrays of the first N examples."),
     removal: str = typer.Option("delete", help="Faithfulness perturbation: delete | mask."),
+    faithfulness_precision: str = typer.Option(
+        "auto", "--faithfulness-precision",
+        help="auto | float32 | bfloat16: what the faithfulness forward passes run in. auto = bfloat16 autocast where "
+             "the hardware runs it natively (AVX512-BF16/AMX CPUs, recent GPUs; ~2.3x faster, AOPC within ~1e-3), "
+             "else float32. Capture and explanations are always float32."),
     head_ablation: bool = typer.Option(False, "--head-ablation", help="Also zero-ablate every head (L extra forwards per batch)."),
     shard: Optional[str] = typer.Option(None, help="i/n: only the i-th (0-based) of n contiguous parts; merge them later."),
     label_map: Optional[List[str]] = typer.Option(None, "--label-map",
@@ -198,7 +203,8 @@ def analyze(
     args = AnalyzeArgs(
         dataset=dataset, out=out, model=model, split=split, limit=limit, methods=parse_list(methods),
         batch_size=batch_size, store_attention=store_attention, removal=removal, head_ablation=head_ablation,
-        shard=shard, backend=backend, backend_options=_kv(backend_option, "--backend-option"), force=force,
+        faithfulness_precision=faithfulness_precision, shard=shard, backend=backend,
+        backend_options=_kv(backend_option, "--backend-option"), force=force,
         label_map=_kv(label_map, "--label-map", typed=False) or None, max_length=max_length, seed=seed,
         text_column=text_column, label_column=label_column, threads=threads, progress=not no_progress,
     )
