@@ -230,6 +230,32 @@ def test_batched_equals_one_forward_per_bin(mode):
     np.testing.assert_allclose(big.table.value.to_numpy(), ref, atol=2e-6)
 
 
+def test_bfloat16_precision_close_to_float32_and_recorded(monkeypatch):
+    from attnexplain.ablations import faithfulness as _f  # noqa: F401  (the function)
+    import sys
+
+    fmod = sys.modules["attnexplain.ablations.faithfulness"]
+    lm = sensitive_tiny_bert()
+    texts = ["the quick brown fox", "a", "jumps over the lazy dog again and again", "hello"]
+    rng = np.random.default_rng(3)
+    scores = [rng.normal(size=len(t)) for t in texts]
+    ref = naive_faithfulness(lm, texts, scores, mode="delete")
+    f32 = faithfulness(lm, texts, {"m": scores})
+    b16 = faithfulness(lm, texts, {"m": scores}, precision="bfloat16")
+    assert f32.precision == "float32" and b16.precision == "bfloat16"
+    np.testing.assert_allclose(f32.table.value.to_numpy(), ref, atol=2e-6)
+    diff = np.abs(b16.table.value.to_numpy() - ref)
+    assert diff.max() > 0  # the perturbed forwards really ran in bfloat16 ...
+    assert diff.max() < 0.02  # ... and stay close to float32 (bfloat16 keeps ~3 significant digits)
+    # "auto" follows the hardware probe
+    monkeypatch.setattr(fmod, "native_bfloat16", lambda device="cpu": True)
+    assert faithfulness(lm, texts, {"m": scores}, precision="auto").precision == "bfloat16"
+    monkeypatch.setattr(fmod, "native_bfloat16", lambda device="cpu": False)
+    assert faithfulness(lm, texts, {"m": scores}, precision="auto").precision == "float32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        faithfulness(lm, texts, {"m": scores}, precision="float16")
+
+
 def test_length_buckets():
     from attnexplain.ablations.faithfulness import _chunks
 

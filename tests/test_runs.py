@@ -513,4 +513,6 @@ def test_bad_input_gives_clear_errors(lm, tmp_path):
         _run(lm, data, tmp_path / "a", methods=["nope"])
     with pytest.raises(AnalyzeError, match="removal"):
         _run(lm, data, tmp_path / "a", removal="zero")
+    with pytest.raises(AnalyzeError, match="--faithfulness-precision must be one of float32, bfloat16, auto"):
+        _run(lm, data, tmp_path / "a", faithfulness_precision="half")
     assert not (tmp_path / "a").exists()
