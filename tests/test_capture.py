@@ -326,3 +326,42 @@ def test_top_level_public_api():
     assert len(out["raw_attention"].scores[0]) == len(via_package.tokens[0])
     with pytest.raises(AttributeError, match="no attribute"):
         attnexplain.no_such_thing
+
+
+# ------------------------------------------------------------------------- first-token readout
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("pad", ["right", "left"])
+def test_first_token_readout_keeps_the_logits(arch, pad):
+    from attnexplain.capture import first_token_readout, first_token_readout_supported
+
+    model = tiny_hf_model(arch)
+    assert first_token_readout_supported(model)
+    inputs = tiny_inputs(arch, batch=3, length=9, pad=pad)
+    seen = []
+    last_ffn_input = {"bert": lambda m: m.bert.encoder.layer[-1].intermediate,
+                      "roberta": lambda m: m.roberta.encoder.layer[-1].intermediate,
+                      "distilbert": lambda m: m.distilbert.transformer.layer[-1].ffn}[arch](model)
+    h = last_ffn_input.register_forward_hook(lambda _m, inp, _o: seen.append(tuple(inp[0].shape)))
+    with torch.no_grad():
+        full = model(**inputs).logits
+        with first_token_readout(model):
+            cut = model(**inputs).logits
+        again = model(**inputs).logits
+    h.remove()
+    assert seen[0][1] == 9 and seen[1][1] == 1 and seen[2][1] == 9  # the cut is real, and undone after the block
+    torch.testing.assert_close(cut, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(again, full, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bart", "t5"])
+def test_first_token_readout_refuses_other_readouts(arch):
+    from attnexplain.capture import first_token_readout, first_token_readout_supported
+
+    model = tiny_hf_model(arch)  # last-token / <eos> classification heads
+    assert not first_token_readout_supported(model)
+    with pytest.raises(ValueError, match="not a first-token sequence classifier"):
+        with first_token_readout(model):
+            pass
+    assert not first_token_readout_supported(tiny_hf_model("bert", task="base"))  # not a classifier

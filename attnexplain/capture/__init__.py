@@ -11,6 +11,7 @@ from .attention import (
     session,
     use_backend,
 )
+from .readout import first_token_readout, first_token_readout_supported
 from .result import CaptureResult, ExampleView, NothingCapturedError, capture
 from .sites import mark_attention_site, report_attention, unmark_attention_site
 
@@ -18,7 +19,8 @@ __all__ = [
     "ADAPTER_RULES", "AdapterRule", "AttentionSite", "UnsupportedArchitectureError", "find_attention_sites",
     "CaptureSpec", "Intervention", "Session", "active_session", "backend_of", "register_backend_function",
     "session", "use_backend", "CaptureResult", "ExampleView", "NothingCapturedError", "capture",
-    "mark_attention_site", "report_attention", "unmark_attention_site",
+    "mark_attention_site", "report_attention", "unmark_attention_site", "first_token_readout",
+    "first_token_readout_supported",
 ]
 
 

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["AdapterRule", "ADAPTER_RULES", "AttentionSite", "find_attention_sites", "UnsupportedArchitectureError"]
+__all__ = [
+    "AdapterRule", "ADAPTER_RULES", "FIRST_TOKEN_CLASSIFIERS", "AttentionSite", "find_attention_sites",
+    "UnsupportedArchitectureError",
+]
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -37,19 +40,28 @@ class AdapterRule:
     out_proj_path: str
     #: "linear" (weight is (out, in)) or "conv1d" (weight is (in, out), GPT-2)
     layout: str = "linear"
+    #: path from that module to the module whose output is its layer's hidden states after the
+    #: attention block (residual and norm included), (B, n, d) or a tuple starting with them;
+    #: what :func:`attnexplain.capture.first_token_readout` cuts to position 0. None: unknown.
+    post_attention_path: str | None = None
 
 
 # The table. Order matters: the first rule whose markers all exist on a module wins.
 ADAPTER_RULES: tuple[AdapterRule, ...] = (
-    AdapterRule("bert-style", ("query", "key", "value"), "../output.dense"),  # BERT, RoBERTa, ELECTRA, XLM-R
+    AdapterRule("bert-style", ("query", "key", "value"), "../output.dense", post_attention_path=".."),  # BERT, RoBERTa, ELECTRA, XLM-R
     AdapterRule("llama-style", ("q_proj", "k_proj", "v_proj", "o_proj"), "o_proj"),  # Llama, Mistral, Qwen, ViT (5.x)
     AdapterRule("bart-style", ("q_proj", "k_proj", "v_proj", "out_proj"), "out_proj"),  # BART, mBART, Whisper
-    AdapterRule("distilbert", ("q_lin", "k_lin", "v_lin", "out_lin"), "out_lin"),
+    AdapterRule("distilbert", ("q_lin", "k_lin", "v_lin", "out_lin"), "out_lin", post_attention_path="../sa_layer_norm"),
     AdapterRule("t5", ("q", "k", "v", "o"), "o"),
     AdapterRule("gpt2", ("c_attn", "c_proj"), "c_proj", layout="conv1d"),
 )
 
 _CROSS_MARKERS = ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")
+
+#: sequence classifiers (``config.model_type``) whose head reads the last hidden states at
+#: position 0 only (the pooler's / head's ``hidden[:, 0]``): BERT, RoBERTa, ELECTRA, XLM-R,
+#: CamemBERT, DistilBERT. Used with ``post_attention_path`` by ``first_token_readout``.
+FIRST_TOKEN_CLASSIFIERS: frozenset[str] = frozenset({"bert", "roberta", "electra", "xlm-roberta", "camembert", "distilbert"})
 
 
 @dataclass
