@@ -256,6 +256,42 @@ def test_bfloat16_precision_close_to_float32_and_recorded(monkeypatch):
         faithfulness(lm, texts, {"m": scores}, precision="float16")
 
 
+def test_first_token_classifier_skips_unread_positions_and_falls_back(monkeypatch):
+    import contextlib
+
+    import attnexplain.capture as capture_pkg
+
+    lm = sensitive_tiny_bert(seed=4)
+    texts = ["the quick brown fox", "jumps over the lazy dog"]
+    rng = np.random.default_rng(5)
+    scores = [rng.normal(size=len(t)) for t in texts]
+    ref = naive_faithfulness(lm, texts, scores)
+    widths = []
+    h = lm.model.bert.encoder.layer[-1].intermediate.register_forward_hook(lambda _m, inp, _o: widths.append(inp[0].shape[1]))
+    res = faithfulness(lm, texts, {"m": scores}, forward_cost_tokens=float("inf"))
+    np.testing.assert_allclose(res.table.value.to_numpy(), ref, atol=2e-6)
+    assert widths[-1] == 1  # the last layer's feed-forward block ran on position 0 only
+    widths.clear()
+    faithfulness(lm, texts, {"m": scores}, forward_cost_tokens=float("inf"), skip_unread=False)
+    assert widths[-1] > 1
+    h.remove()
+
+    # a cut that changes the output is caught by the one-time check: warning, full forwards
+    @contextlib.contextmanager
+    def broken(model):
+        hh = model.bert.encoder.layer[-1].attention.register_forward_hook(lambda _m, _i, out: (out[0][:, :1] * 3,) + out[1:])
+        try:
+            yield
+        finally:
+            hh.remove()
+
+    monkeypatch.setattr(capture_pkg, "first_token_readout", broken)
+    other = sensitive_tiny_bert(seed=4)  # a new model object: checked afresh
+    with pytest.warns(UserWarning, match="running its faithfulness forwards in full"):
+        res = faithfulness(other, texts, {"m": scores})
+    np.testing.assert_allclose(res.table.value.to_numpy(), ref, atol=2e-6)
+
+
 def test_length_buckets():
     from attnexplain.ablations.faithfulness import _chunks
 

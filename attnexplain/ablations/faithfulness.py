@@ -38,6 +38,12 @@ Conventions (recorded in :class:`FaithfulnessResult`):
   AOPC moved by 7e-4 on average (max 9e-3) and the mean AOPC of each method by <= 1e-4 (per-example
   spread 0.18). ``"auto"`` picks bfloat16 where the hardware runs it natively, else float32
   (:func:`resolve_precision`). The precision used is in ``FaithfulnessResult.precision``.
+* **First-token classifiers** (BERT, RoBERTa, ELECTRA, XLM-R, DistilBERT sequence classifiers,
+  whose head reads position 0 only): the perturbed inputs run inside
+  :func:`attnexplain.capture.first_token_readout`, which skips the last layer's work on the other
+  positions (``skip_unread=True``, default). The first time a model is used this way the first
+  batch is also run in full and the probabilities compared (within 1e-4); a model that
+  disagrees is run in full from then on, with a warning.
 * **Batched**: every distinct perturbed input (2 metrics x bins x methods per example, plus the
   full input; identical ones are evaluated once) goes through the model in batched forward
   passes of at most ``max_batch`` rows, sorted by length and cut where padding would cost more
@@ -47,7 +53,10 @@ Conventions (recorded in :class:`FaithfulnessResult`):
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -321,10 +330,40 @@ def _chunks(lengths: Sequence[int], max_batch: int, forward_cost_tokens: float) 
     return out[::-1]
 
 
+#: models checked for ``first_token_readout``: model -> whether its cut forward matched the full one
+_READOUT_CHECKED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+
+
+def _readout_context(model: Any, run: Any) -> Any:
+    """A factory of ``first_token_readout(model)`` contexts when supported and (checked once per
+    model: ``run(context, float32=True)`` gives the first batch's probabilities) equal to the
+    full forward; else a factory of null contexts."""
+    from ..capture import first_token_readout, first_token_readout_supported
+
+    ok = _READOUT_CHECKED.get(model)
+    if ok is None:
+        if not first_token_readout_supported(model):
+            ok = False
+        else:  # in float32: the check is about the cut, not about bfloat16 rounding
+            full = run(contextlib.nullcontext(), float32=True)
+            cut = run(first_token_readout(model), float32=True)
+            ok = bool(np.abs(full - cut).max() <= 1e-4)
+            if not ok:
+                warnings.warn(f"first_token_readout changed the probabilities of {type(model).__name__} by "
+                              f"{np.abs(full - cut).max():.3g}; running its faithfulness forwards in full", stacklevel=3)
+        try:
+            _READOUT_CHECKED[model] = ok
+        except TypeError:  # pragma: no cover - not weak-referenceable
+            pass
+    return (lambda: first_token_readout(model)) if ok else contextlib.nullcontext
+
+
 def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_batch: int,
-                   forward_cost_tokens: float = 64.0, precision: str = "float32") -> tuple[np.ndarray, int]:
+                   forward_cost_tokens: float = 64.0, precision: str = "float32",
+                   skip_unread: bool = True) -> tuple[np.ndarray, int]:
     """Class probabilities for each sequence (length-bucketed batches); returns (probs, forwards).
-    ``precision="bfloat16"`` runs the model under ``torch.autocast`` to bfloat16."""
+    ``precision="bfloat16"`` runs the model under ``torch.autocast`` to bfloat16; ``skip_unread``
+    uses :func:`attnexplain.capture.first_token_readout` where it applies (see the module docstring)."""
     tokenizer = lm.tokenizer
     pad = _pad_id(tokenizer)
     left = getattr(tokenizer, "padding_side", "right") == "left"
@@ -332,6 +371,7 @@ def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_
     order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]))
     out: np.ndarray | None = None
     forwards = 0
+    make_ctx = None
     has_tt = any(s[1] is not None for s in seqs)
     for a, b in _chunks([len(seqs[j][0]) for j in order], max_batch, forward_cost_tokens):
         idx = order[a:b]
@@ -349,15 +389,22 @@ def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_
         kw = {"input_ids": ids.to(device), "attention_mask": att.to(device)}
         if tt is not None:
             kw["token_type_ids"] = tt.to(device)
-        with torch.inference_mode(), torch.autocast(device.type if device.type in ("cpu", "cuda") else "cpu",
-                                                    dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-            res = lm.model(**kw)
-        logits = res.logits if hasattr(res, "logits") else res[0]
-        if logits.dim() != 2:
-            raise ValueError(
-                f"faithfulness needs a classifier returning (batch, classes) logits, got shape {tuple(logits.shape)}"
-            )
-        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
+
+        def run(ctx, kw=kw, float32=False):
+            with torch.inference_mode(), ctx, torch.autocast(
+                    device.type if device.type in ("cpu", "cuda") else "cpu", dtype=torch.bfloat16,
+                    enabled=precision == "bfloat16" and not float32):
+                res = lm.model(**kw)
+            logits = res.logits if hasattr(res, "logits") else res[0]
+            if logits.dim() != 2:
+                raise ValueError(
+                    f"faithfulness needs a classifier returning (batch, classes) logits, got shape {tuple(logits.shape)}"
+                )
+            return torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
+
+        if make_ctx is None:
+            make_ctx = _readout_context(lm.model, run) if skip_unread else contextlib.nullcontext
+        probs = run(make_ctx())
         if out is None:
             out = np.empty((len(seqs), probs.shape[1]), dtype=np.float64)
         out[idx] = probs
@@ -394,6 +441,7 @@ def faithfulness(
     method_name: str = "method",
     forward_cost_tokens: float = 64.0,
     precision: str = "float32",
+    skip_unread: bool = True,
 ) -> FaithfulnessResult:
     """ERASER comprehensiveness, sufficiency and AOPC of explanations, batched.
 
@@ -420,6 +468,8 @@ def faithfulness(
         precision: ``"float32"`` (default), ``"bfloat16"`` (autocast; ~2.3x faster where
             native, values within ~1e-3) or ``"auto"`` (bfloat16 where native, see the module
             docstring and :func:`resolve_precision`).
+        skip_unread: for first-token classifiers, skip the last layer's work on positions the
+            head never reads (same probabilities; see the module docstring).
 
     Returns:
         :class:`FaithfulnessResult` (long ``table``, per-example ``aopc``, ``summary()``).
@@ -484,7 +534,7 @@ def faithfulness(
                 plan.append((i, name, "sufficiency", f, k, slot(i, frozenset(r[k:].tolist()))))
 
     # -- run ----------------------------------------------------------------------------------
-    probs, forwards = _forward_probs(lm, seqs, max_batch, forward_cost_tokens, precision)
+    probs, forwards = _forward_probs(lm, seqs, max_batch, forward_cost_tokens, precision, skip_unread)
     p_full_all = probs[full_slot]  # (N, C)
     if target is None:
         tgt = p_full_all.argmax(-1)
