@@ -114,6 +114,28 @@ def test_one_finite_score_per_real_token_left_padding_and_batch_independent(arch
     np.testing.assert_allclose(batched[0], other[1], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch,pad", [("bert", "right"), ("gpt2", "left")])
+@pytest.mark.parametrize("method,opts", [("raw_attention", {}), ("effective_attention", {}),
+                                         ("effective_attention", {"absolute": True, "preserve_row_sums": True}),
+                                         ("norm", {}), ("norm", {"head_reduction": "max"})])
+def test_batched_readout_rows_equal_the_per_example_path(monkeypatch, arch, pad, method, opts):
+    """One readout row per example is scored for the whole batch at once (_rows_scores); the
+    per-example path on each example's real tokens must give the same scores."""
+    from attnexplain.capture import capture
+    from attnexplain.explain.attention_methods import AttentionMethod
+
+    lm = _lm(arch, pad)
+    enc = lm.tokenize([SHORT[0], LONG, SHORT[1]])
+    cap = capture(lm, enc)
+    target = cap.probs.argmax(-1)
+    m = get_method(method, **opts)
+    fast = m.attribute(lm, enc, target=target, capture=cap)
+    monkeypatch.setattr(type(m), "_rows_scores", AttentionMethod._rows_scores)  # back to per example
+    slow = m.attribute(lm, enc, target=target, capture=cap)
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_explain_runs_every_registered_method_on_bert_and_gpt2():
     for arch in ("bert", "gpt2"):
         lm = _lm(arch)

@@ -194,6 +194,13 @@ class AttentionMethod(ExplanationMethod):
         -> (H, len(rows), n_i) per-head scores, or (len(rows), n_i) when the method reduces heads itself."""
         raise NotImplementedError
 
+    def _rows_scores(self, rows: torch.Tensor, T: torch.Tensor | None) -> torch.Tensor:
+        """Optional batched form of :meth:`_layer_scores` for one readout row per example:
+        ``rows`` (B, H, 1, n) over the padded keys, ``T`` the whole batch's :meth:`_layer_data`
+        -> (B, H, 1, n) or (B, 1, n); only the real keys of each example are read. Methods whose
+        score of a key depends only on that key's column (and per-key data) can implement it."""
+        raise NotImplementedError
+
     def _finish_layer(self, s: torch.Tensor) -> torch.Tensor:
         """(H, k, n_i) or (k, n_i) -> (n_i,): mean over readout rows, then the head reduction."""
         if s.dim() == 3:
@@ -206,12 +213,22 @@ class AttentionMethod(ExplanationMethod):
         layer_ids = select_layers(self.layers, capture.layers())
         mask = capture.attention_mask if capture.attention_mask is not None else batch.get("attention_mask")
         sums: list[torch.Tensor | None] = []
+        batched = readout != "mean" and type(self)._rows_scores is not AttentionMethod._rows_scores
         for li, layer in enumerate(layer_ids):
             A = capture.attention(layer)
             T = self._layer_data(capture, layer)
             B, n = A.shape[0], A.shape[-1]
             if li == 0:
                 sums = [None] * B
+            if batched:  # one readout row per example: score the whole batch at once
+                idxs = [real_positions(mask, i, n).to(A.device) for i in range(B)]
+                pos = torch.stack([idx[readout_rows(readout, idx.numel())[0]] for idx in idxs])
+                rows = A[torch.arange(B, device=A.device), :, pos, :].unsqueeze(-2).float()  # (B, H, 1, n)
+                S = self._rows_scores(rows, T)  # (B, H, 1, n) or (B, 1, n)
+                for i, idx in enumerate(idxs):
+                    s = self._finish_layer(S[i].index_select(-1, idx.to(S.device)))
+                    sums[i] = s if sums[i] is None else sums[i] + s
+                continue
             for i in range(B):
                 idx = real_positions(mask, i, n).to(A.device)
                 Ai = A[i].index_select(-2, idx).index_select(-1, idx).float()
@@ -246,6 +263,9 @@ class RawAttention(AttentionMethod):
 
     def _layer_scores(self, A, T, rows):
         return A[:, rows, :]
+
+    def _rows_scores(self, rows, T):
+        return rows
 
 
 @register_method
@@ -292,6 +312,12 @@ class EffectiveAttention(AttentionMethod):
         from ..functional import effective_attention_from_basis
 
         s = effective_attention_from_basis(A[:, rows, :], U)
+        return s.abs() if self.absolute else s
+
+    def _rows_scores(self, rows, U):  # U's padding rows are 0, so padded keys add nothing
+        from ..functional import effective_attention_from_basis
+
+        s = effective_attention_from_basis(rows, U)
         return s.abs() if self.absolute else s
 
 
@@ -368,6 +394,12 @@ class NormAttentionMethod(AttentionMethod):
         from ..functional import norm_based_attention
 
         res = norm_based_attention(A[:, rows, :], T)
+        return res.summed if self.head_reduction == "summed" else res.per_head
+
+    def _rows_scores(self, rows, T):  # per key: ||sum_h A_rj T_j|| reads only key j's column
+        from ..functional import norm_based_attention
+
+        res = norm_based_attention(rows, T)
         return res.summed if self.head_reduction == "summed" else res.per_head
 
 
