@@ -11,7 +11,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attnexplain.functional import attention_flow, attention_rollout, augmented_attention, norm_based_attention
+from attnexplain.functional import (
+    attention_flow,
+    attention_rollout,
+    augmented_attention,
+    norm_based_attention,
+    norm_based_attention_from_values,
+    value_transforms,
+)
 
 
 
@@ -59,6 +66,25 @@ def test_norms_both_routes_match_materialised(n, chunk):
     full = norm_based_attention(rand_att(2, H, 6, 9, seed=11), T).summed
     rows = norm_based_attention(rand_att(2, H, 6, 9, seed=11)[..., :1, :], T).summed
     torch.testing.assert_close(rows, full[..., :1, :], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("n", [1, 3])
+def test_norms_from_values_equal_the_T_route(dtype, tol, n):
+    g = gen(31)
+    A = rand_att(2, 4, n, 9, seed=32).to(dtype)
+    V = torch.randn(2, 4, 9, 3, generator=g, dtype=torch.float64).to(dtype)
+    W = torch.randn(4, 3, 10, generator=g, dtype=torch.float64).to(dtype)
+    km = torch.ones(2, 9, dtype=torch.bool)
+    km[1, 6:] = False
+    got = norm_based_attention_from_values(A, torch.where(km[:, None, :, None], V, float("nan")), W, key_mask=km)
+    ref = norm_based_attention(A, value_transforms(V, W), key_mask=km)
+    assert got.summed.dtype == dtype and got.summed.shape == (2, n, 9) and got.per_head.shape == (2, 4, n, 9)
+    torch.testing.assert_close(got.summed, ref.summed, rtol=tol, atol=tol)
+    torch.testing.assert_close(got.per_head, ref.per_head, rtol=tol, atol=tol)
+    assert float(got.summed[1, :, 6:].abs().max()) == 0.0  # masked keys (NaN values there) contribute 0
+    with pytest.raises(ValueError, match="H=4"):
+        norm_based_attention_from_values(A, V, W[:3])
 
 
 def test_norms_cancellation_and_mask():

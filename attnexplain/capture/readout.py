@@ -18,6 +18,7 @@ others. Hidden states of the last layer (``output_hidden_states``) have length 1
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -28,7 +29,17 @@ from .adapters import FIRST_TOKEN_CLASSIFIERS, _resolve, find_attention_sites
 __all__ = ["first_token_readout", "first_token_readout_supported"]
 
 
+_FOUND: "weakref.WeakKeyDictionary[nn.Module, nn.Module | None]" = weakref.WeakKeyDictionary()
+
+
 def _last_post_attention_module(model: nn.Module) -> nn.Module | None:
+    """The module to cut (found once per model: walking the modules is not free)."""
+    if model not in _FOUND:
+        _FOUND[model] = _find_last_post_attention_module(model)
+    return _FOUND[model]
+
+
+def _find_last_post_attention_module(model: nn.Module) -> nn.Module | None:
     try:
         sites = find_attention_sites(model)
     except ValueError:

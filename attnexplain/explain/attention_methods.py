@@ -194,6 +194,10 @@ class AttentionMethod(ExplanationMethod):
         -> (H, len(rows), n_i) per-head scores, or (len(rows), n_i) when the method reduces heads itself."""
         raise NotImplementedError
 
+    def _rows_data(self, capture: Any, layer: int) -> Any:
+        """What :meth:`_rows_scores` receives for a layer (default: :meth:`_layer_data`)."""
+        return self._layer_data(capture, layer)
+
     def _rows_scores(self, rows: torch.Tensor, T: torch.Tensor | None) -> torch.Tensor:
         """Optional batched form of :meth:`_layer_scores` for one readout row per example:
         ``rows`` (B, H, 1, n) over the padded keys, ``T`` the whole batch's :meth:`_layer_data`
@@ -216,11 +220,12 @@ class AttentionMethod(ExplanationMethod):
         batched = readout != "mean" and type(self)._rows_scores is not AttentionMethod._rows_scores
         for li, layer in enumerate(layer_ids):
             A = capture.attention(layer)
-            T = self._layer_data(capture, layer)
+            T = None if batched else self._layer_data(capture, layer)
             B, n = A.shape[0], A.shape[-1]
             if li == 0:
                 sums = [None] * B
             if batched:  # one readout row per example: score the whole batch at once
+                T = self._rows_data(capture, layer)
                 idxs = [real_positions(mask, i, n).to(A.device) for i in range(B)]
                 pos = torch.stack([idx[readout_rows(readout, idx.numel())[0]] for idx in idxs])
                 rows = A[torch.arange(B, device=A.device), :, pos, :].unsqueeze(-2).float()  # (B, H, 1, n)
@@ -376,8 +381,10 @@ class NormAttentionMethod(AttentionMethod):
         head_reduction="mean" / "max":     score_j = mean_l reduce_h  A^{l,h}[r, j] ||f^{l,h}(x_j)||
 
     ``"summed"`` is the paper's layer-level measure (the norm of the vector the whole attention
-    block moves from ``j`` to ``r``). Computed by :func:`attnexplain.functional.norm_based_attention`
-    for the readout row(s) only. Non-negative; not normalised.
+    block moves from ``j`` to ``r``). Computed for the readout row(s) only, by
+    :func:`attnexplain.functional.norm_based_attention_from_values` (one readout row per example,
+    the whole batch at once) or :func:`attnexplain.functional.norm_based_attention` (``"mean"``
+    readout). Non-negative; not normalised.
 
     Paper: G. Kobayashi, T. Kuribayashi, S. Yokoi, K. Inui, "Attention is Not Only a Weight:
     Analyzing Transformers with Vector Norms", EMNLP 2020.
@@ -396,10 +403,14 @@ class NormAttentionMethod(AttentionMethod):
         res = norm_based_attention(A[:, rows, :], T)
         return res.summed if self.head_reduction == "summed" else res.per_head
 
-    def _rows_scores(self, rows, T):  # per key: ||sum_h A_rj T_j|| reads only key j's column
-        from ..functional import norm_based_attention
+    def _rows_data(self, capture, layer):  # the readout rows need no T = V W_O (one GEMM instead)
+        return capture.values(layer), capture.out_proj_blocks(layer)
 
-        res = norm_based_attention(rows, T)
+    def _rows_scores(self, rows, VW):  # per key: ||sum_h A_rj V_j W_h|| reads only key j's column
+        from ..functional import norm_based_attention_from_values
+
+        V, W = VW
+        res = norm_based_attention_from_values(rows, V.to(rows.device), W.to(rows.device))
         return res.summed if self.head_reduction == "summed" else res.per_head
 
 

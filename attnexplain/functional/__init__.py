@@ -10,7 +10,8 @@ heads) and works on CPU and GPU. Formulas and papers are in each docstring and i
   :func:`effective_attention_from_basis`
 * attention as a distribution keeping the output (after Naim & Asher, ECAI 2024; the project's
   own formulation): :func:`attention_distribution`
-* norm-based attention (Kobayashi et al., EMNLP 2020): :func:`norm_based_attention`
+* norm-based attention (Kobayashi et al., EMNLP 2020): :func:`norm_based_attention`,
+  :func:`norm_based_attention_from_values`
 * rollout and flow (Abnar & Zuidema, ACL 2020): :func:`attention_rollout`,
   :func:`attention_flow`, :func:`augmented_attention`
 * readouts: :func:`token_importance`, :func:`aggregate`
@@ -28,7 +29,7 @@ from .effective import (
     value_transforms,
 )
 from .flow import attention_flow
-from .norms import NormAttention, norm_based_attention
+from .norms import NormAttention, norm_based_attention, norm_based_attention_from_values
 from .readouts import aggregate, token_importance
 from .rollout import attention_rollout, augmented_attention
 
@@ -45,6 +46,7 @@ __all__ = [
     "attention_distribution",
     "NormAttention",
     "norm_based_attention",
+    "norm_based_attention_from_values",
     "augmented_attention",
     "attention_rollout",
     "attention_flow",

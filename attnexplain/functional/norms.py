@@ -22,7 +22,7 @@ from .effective import (
     _out_dtype,
 )
 
-__all__ = ["NormAttention", "norm_based_attention"]
+__all__ = ["NormAttention", "norm_based_attention", "norm_based_attention_from_values"]
 
 
 @dataclass
@@ -114,3 +114,56 @@ def norm_based_attention(
         parts.append(sq.sqrt().to(out_dtype))
     summed = torch.cat(parts, dim=-2)
     return NormAttention(per_head=per_head, summed=summed)
+
+
+def norm_based_attention_from_values(
+    A: torch.Tensor,
+    V: torch.Tensor,
+    W_O_blocks: torch.Tensor,
+    *,
+    key_mask: torch.Tensor | None = None,
+) -> NormAttention:
+    """:func:`norm_based_attention` from values and output-projection blocks, for few query rows.
+
+    Same formulas (Kobayashi et al., EMNLP 2020) without forming ``T^h = V_h W_O^h``::
+
+        summed[i, j]      = || [A^1_ij V^1_j, ..., A^H_ij V^H_j] @ W_O ||      (one (H d_v) x d GEMM)
+        per_head[h, i, j] = |A^h_ij| * sqrt( V^h_j (W_O^h W_O^h^T) V^h_j^T )
+
+    Cost O(n m H d_v d): the cheaper route when ``n`` is small (a readout row) and ``T`` would
+    otherwise be built only for it.
+
+    Args:
+        A: ``(..., H, n, m)``; V: ``(..., H, m, d_v)``; W_O_blocks: ``(H, d_v, d)``;
+        key_mask: ``(..., m)`` without the head dim; masked keys contribute 0.
+
+    Returns:
+        :class:`NormAttention` in ``promote_types(A.dtype, V.dtype, W_O_blocks.dtype)`` (computed
+        in float32, float64 for float64 inputs).
+    """
+    _check_tensor(A, "A", 3, "(..., H, n, m)")
+    _check_tensor(V, "V", 3, "(..., H, m, d_v)")
+    _check_tensor(W_O_blocks, "W_O_blocks", 3, "(H, d_v, d)")
+    H, n, m = A.shape[-3:]
+    if W_O_blocks.ndim != 3 or V.shape[-3] != H or V.shape[-2] != m or V.shape[-1] != W_O_blocks.shape[1] \
+            or W_O_blocks.shape[0] != H:
+        raise ValueError(f"V {tuple(V.shape)} must be (..., H={H}, m={m}, d_v) and W_O_blocks {tuple(W_O_blocks.shape)} "
+                         f"(H={H}, d_v, d) to match A {tuple(A.shape)}")
+    key_mask = _check_key_mask(key_mask, m)
+    km = key_mask[..., None, :] if key_mask is not None else None
+    out_dtype = _out_dtype(A.dtype, V.dtype, W_O_blocks.dtype)
+    cdt = torch.float64 if out_dtype == torch.float64 else torch.float32
+    A = _mask_cols(A, km).to(cdt)
+    V = _mask_rows(V, km).to(cdt)
+    W = W_O_blocks.to(device=V.device, dtype=cdt)
+    _check_finite(A, "A")
+    _check_finite(V, "V")
+    d_v, d = W.shape[-2:]
+    # per head: ||V_j W_h|| from the d_v x d_v Gram matrix of W_h
+    vnorm = torch.einsum("...hmv,hvw,...hmw->...hm", V, W @ W.transpose(-1, -2), V).clamp_min(0).sqrt()
+    per_head = (A.abs() * vnorm[..., None, :]).to(out_dtype)
+    # summed: for each query row, [A_h,ij V_h,j]_h (m x H d_v) times the stacked W_O
+    X = A.unsqueeze(-1) * V.unsqueeze(-3)  # (..., H, n, m, d_v)
+    X = X.movedim(-4, -2).flatten(-2)  # (..., n, m, H d_v)
+    summed = torch.linalg.vector_norm(X @ W.reshape(H * d_v, d), dim=-1)  # (..., n, m)
+    return NormAttention(per_head=per_head, summed=summed.to(out_dtype))
