@@ -11,7 +11,9 @@ Per batch (``batch_size`` examples; see docs/run-format.md for the tables):
    capture (attention methods) or running the model (gradient methods, the random baseline);
 3. ERASER faithfulness (comprehensiveness and sufficiency at each ``k`` in ``bins``, AOPC = mean
    over the bins) for every method at once: all perturbed inputs of the batch (examples x methods
-   x bins x 2, identical ones only once) run in a few large forward passes sorted by length;
+   x bins x 2, identical ones only once) run in a few large forward passes sorted by length, in
+   bfloat16 autocast where the hardware runs it natively (``faithfulness_precision="auto"``) and,
+   for BERT-family classifiers, without the last layer's unread positions;
 4. per-head statistics (readout-row entropy; raw vs effective attention JSD and L1, vectorised
    over the batch) and, with ``head_ablation``, the output change when each head is zeroed (one
    forward pass per layer over the batch repeated once per head);
