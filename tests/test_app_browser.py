@@ -133,15 +133,28 @@ def open_select(page, label: str, search: str | None = None) -> None:
         box.locator('input[role="combobox"]').fill(search)
 
 
-def click_option(page, option: str, *, prefix: bool = False) -> None:
+def click_option(page, option: str, *, prefix: bool = False, timeout: float | None = None) -> None:
     pattern = re.compile("^" + re.escape(option) + ("" if prefix else "$"))
-    page.locator('[role="option"]').filter(has_text=pattern).first.click()
+    page.locator('[role="option"]').filter(has_text=pattern).first.click(timeout=timeout)
 
 
-def select_option(page, label: str, option: str, *, prefix: bool = False) -> None:
-    """Pick ``option`` (or the first option starting with it) in the select box labelled ``label...``."""
-    open_select(page, label, search=option.strip() if prefix else None)
-    click_option(page, option, prefix=prefix)
+def select_option(page, label: str, option: str, *, prefix: bool = False, attempts: int = 3) -> None:
+    """Pick ``option`` (or the first option starting with it) in the select box labelled ``label...``.
+
+    A rerun triggered by the previous widget can redraw the page while the drop-down is open (the
+    option is detached under the cursor): then close it, let the app settle and open it again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(attempts):
+        try:
+            open_select(page, label, search=option.strip() if prefix else None)
+            click_option(page, option, prefix=prefix, timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
+            page.keyboard.press("Escape")
+            settled(page)
 
 
 def no_exception(page) -> None:
