@@ -552,6 +552,18 @@ def effective_attention(
     return _project(A, U, _out_dtype(A.dtype, T.dtype))
 
 
+def _check_values(V: torch.Tensor, W_O_blocks: torch.Tensor) -> int:
+    """Check V (..., H, m, d_v) against W_O_blocks (H, d_v, d); returns H."""
+    _check_tensor(V, "V", 3, "(..., H, m, d_v)")
+    _check_tensor(W_O_blocks, "W_O_blocks", 3, "(H, d_v, d)")
+    if W_O_blocks.ndim != 3:
+        raise ValueError(f"W_O_blocks must have shape (H, d_v, d), got {tuple(W_O_blocks.shape)}")
+    H, d_v, _ = W_O_blocks.shape
+    if V.shape[-3] != H or V.shape[-1] != d_v:
+        raise ValueError(f"V {tuple(V.shape)} must be (..., H={H}, m, d_v={d_v}) to match W_O_blocks {tuple(W_O_blocks.shape)}")
+    return H
+
+
 def effective_attention_from_values(
     A: torch.Tensor,
     V: torch.Tensor,
@@ -589,14 +601,8 @@ def effective_attention_from_values(
         ``(..., H, n, m)`` in ``promote_types(A.dtype, V.dtype, W_O_blocks.dtype)``.
     """
     _check_tensor(A, "A", 3, "(..., H, n, m)")
-    _check_tensor(V, "V", 3, "(..., H, m, d_v)")
-    _check_tensor(W_O_blocks, "W_O_blocks", 3, "(H, d_v, d)")
-    if W_O_blocks.ndim != 3:
-        raise ValueError(f"W_O_blocks must have shape (H, d_v, d), got {tuple(W_O_blocks.shape)}")
-    H, d_v, _ = W_O_blocks.shape
+    H = _check_values(V, W_O_blocks)
     n, m = A.shape[-2:]
-    if V.shape[-3] != H or V.shape[-1] != d_v:
-        raise ValueError(f"V {tuple(V.shape)} must be (..., H={H}, m, d_v={d_v}) to match W_O_blocks {tuple(W_O_blocks.shape)}")
     if V.shape[-2] != m:
         raise ValueError(f"A {tuple(A.shape)} has m = {m} keys (last dim) but V {tuple(V.shape)} has {V.shape[-2]} rows (dim -2)")
     if A.shape[-3] != H:
@@ -637,13 +643,7 @@ def value_space_basis(
         ``(U_r, rank)``: ``(..., H, m, r_max)`` float64 (zero columns beyond each rank) and
         ``(..., H)`` long.
     """
-    _check_tensor(V, "V", 3, "(..., H, m, d_v)")
-    _check_tensor(W_O_blocks, "W_O_blocks", 3, "(H, d_v, d)")
-    if W_O_blocks.ndim != 3:
-        raise ValueError(f"W_O_blocks must have shape (H, d_v, d), got {tuple(W_O_blocks.shape)}")
-    H, d_v, _ = W_O_blocks.shape
-    if V.shape[-3] != H or V.shape[-1] != d_v:
-        raise ValueError(f"V {tuple(V.shape)} must be (..., H={H}, m, d_v={d_v}) to match W_O_blocks {tuple(W_O_blocks.shape)}")
+    _check_values(V, W_O_blocks)
     m = V.shape[-2]
     key_mask = _check_key_mask(key_mask, m)
     if key_mask is not None:
