@@ -352,6 +352,7 @@ def test_report_writes_summary_and_figures(reference, tmp_path):
     assert (tmp_path / "rep" / "plotly.min.js").is_file()
     text = (tmp_path / "rep" / "summary.md").read_text()
     assert "accuracy" in text and "AOPC" in text and "Kendall" in text
+    assert f"perturbed forwards in {reference.manifest['faithfulness']['precision']}" in text
     for m in METHODS:
         assert m in text
     acc = reference.examples()["correct"].mean()

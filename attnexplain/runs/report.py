@@ -188,7 +188,8 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
                  + (f", shard {man['shard']}" if man.get("shard") else "")
                  + f"; {n} examples" + ("" if run.is_complete else f" of {man.get('n_examples')} (run not complete)"))
     faith = man.get("faithfulness") or {}
-    lines.append(f"- faithfulness: removal `{faith.get('removal')}`, bins {faith.get('bins')}")
+    lines.append(f"- faithfulness: removal `{faith.get('removal')}`, bins {faith.get('bins')}, perturbed forwards in "
+                 f"{faith.get('precision', 'float32')}")
     acc = None
     if n and ex["correct"].notna().any():
         corr = ex["correct"].dropna().astype(float).to_numpy()
