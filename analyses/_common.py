@@ -152,10 +152,10 @@ def _load() -> float | None:
         return None
 
 
-def md_table(df: Any, *, headers: Mapping[str, str] | None = None, digits: int = 3) -> str:
+def md_table(df: Any, *, headers: Mapping[str, str] | None = None, digits: int = 3, sci: Sequence[str] = ()) -> str:
     from attnexplain.compare import format_markdown_table
 
-    return format_markdown_table(df, headers=headers, digits=digits)
+    return format_markdown_table(df, headers=headers, digits=digits, sci=sci)
 
 
 def write_table(out: Path, title: str, header: Sequence[str], sections: Sequence[tuple[str, str]],

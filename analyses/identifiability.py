@@ -303,9 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
                          C.md_table(wide, headers={"null_dim": "null-space dim (n - d_h)", "corr_mean": "corr mean",
                                                    "corr_readout": "corr readout row",
                                                    "identical": "identical heads", "full_rank": "heads with rank(T) = n",
-                                                   "max_abs_diff": "max abs(A_eff - A)"})
-))
-        sections[-1] = (sections[-1][0], _sci(sections[-1][1], wide))
+                                                   "max_abs_diff": "max abs(A_eff - A)"},
+                                    sci=["max_abs_diff"])))  # 3 decimals would hide 1e-7
     for model, sub in mdf.groupby("model", sort=False):
         L = int(df[df.model == model]["length"].max())
         wide = sub.pivot_table(index="layer", columns="category", values=["raw", "effective"]).reset_index()
@@ -341,20 +340,6 @@ def main(argv: list[str] | None = None) -> dict:
                        skipped=skipped)
     C.log(f"wrote {out} in {run.seconds:.0f} s")
     return {"out": out, "results": df, "mass": mdf, "manifest": man}
-
-
-def _sci(table: str, wide) -> str:
-    """Show the max |A_eff - A| column in scientific notation (the 3-decimal format hides 1e-7)."""
-    lines = table.splitlines()
-    head = [h.strip() for h in lines[0].strip("|").split("|")]
-    if "max abs(A_eff - A)" not in head:
-        return table
-    k = head.index("max abs(A_eff - A)")
-    for i, v in enumerate(wide["max_abs_diff"].tolist()):
-        cells = lines[2 + i].strip().strip("|").split("|")
-        cells[k] = f" {v:.1e} "
-        lines[2 + i] = "|" + "|".join(cells) + "|"
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

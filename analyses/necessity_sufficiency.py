@@ -325,8 +325,8 @@ def main(argv: list[str] | None = None) -> dict:
         {t: i for i, t in enumerate(dict.fromkeys(iv.task))})).reset_index(drop=True)
     t1["kind"] = t1["kind"].astype(str)
     t1_md = C.md_table(t1, headers={"mean_tvd": "mean output TVD", "max_tvd": "max output TVD", "flip_rate": "flip rate",
-                                    "attention_change": "mean row change (half L1)"}, digits=4)
-    t1_md = _sci_cols(t1_md, t1, ["mean_tvd", "max_tvd"], ["mean output TVD", "max output TVD"])
+                                    "attention_change": "mean row change (half L1)"}, digits=4,
+                      sci=["mean_tvd", "max_tvd"])  # 4 decimals hide 1e-7 vs 0
     t2 = lp.groupby("task", sort=False).agg(rows=("support", "size"), n_keys=("n_keys", "mean"), rank=("rank", "mean"),
                                             support=("support", "mean"), support_max=("support", "max"),
                                             residual_max=("residual", "max")).reset_index()
@@ -385,21 +385,6 @@ def main(argv: list[str] | None = None) -> dict:
     C.log(f"wrote {out} in {run.seconds:.0f} s")
     return {"out": out, "interventions": iv, "lp": lp, "minimal_k": mk, "faithfulness": faith, "plausibility": plaus,
             "manifest": man}
-
-
-def _sci_cols(table: str, df, cols, headers) -> str:
-    """Print the TVD columns in scientific notation (4 decimals hide 1e-7 vs 0)."""
-    lines = table.splitlines()
-    head = [h.strip() for h in lines[0].strip().strip("|").split("|")]
-    for col, h in zip(cols, headers):
-        if h not in head:
-            continue
-        k = head.index(h)
-        for i, v in enumerate(df[col].tolist()):
-            cells = lines[2 + i].strip().strip("|").split("|")
-            cells[k] = f" {v:.1e} "
-            lines[2 + i] = "|" + "|".join(cells) + "|"
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

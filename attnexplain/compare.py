@@ -312,9 +312,12 @@ class BackendComparison:
         return "\n".join(lines) + "\n"
 
 
-def format_markdown_table(df: Any, *, headers: Mapping[str, str] | None = None, digits: int = 3) -> str:
-    """A DataFrame as a GitHub Markdown table (floats to ``digits`` decimals, NaN as an empty cell)."""
+def format_markdown_table(df: Any, *, headers: Mapping[str, str] | None = None, digits: int = 3,
+                          sci: Sequence[str] = ()) -> str:
+    """A DataFrame as a GitHub Markdown table (floats to ``digits`` decimals, the columns in ``sci``
+    in scientific notation ``1.2e-07`` where decimals would hide small values; NaN as an empty cell)."""
     headers = dict(headers or {})
+    sci = set(sci)
     from pandas.api.types import is_numeric_dtype
 
     cols = list(df.columns)
@@ -333,7 +336,7 @@ def format_markdown_table(df: Any, *, headers: Mapping[str, str] | None = None, 
             elif c in ints:
                 cells.append(str(int(v)))
             elif isinstance(v, (float, np.floating)):
-                cells.append(f"{float(v):.{digits}f}")
+                cells.append(f"{float(v):.1e}" if c in sci else f"{float(v):.{digits}f}")
             else:
                 cells.append(str(v).replace("|", "\\|"))
         out.append("| " + " | ".join(cells) + " |")

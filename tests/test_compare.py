@@ -173,6 +173,19 @@ def test_to_markdown(lm):
     assert "accuracy" in lines[0]
 
 
+def test_format_markdown_table_digits_sci_and_nan():
+    import pandas as pd
+
+    from attnexplain.compare import format_markdown_table
+
+    df = pd.DataFrame({"name": ["a|b", "c"], "n": [1, 2], "x": [0.12345, float("nan")], "tiny": [1.234e-7, 0.0]})
+    lines = format_markdown_table(df, headers={"tiny": "max diff"}, digits=2, sci=["tiny"]).splitlines()
+    assert lines[0] == "| name | n | x | max diff |"
+    assert lines[1] == "|---|---:|---:|---:|"
+    assert lines[2] == "| a\\|b | 1 | 0.12 | 1.2e-07 |"
+    assert lines[3] == "| c | 2 |  | 0.0e+00 |"
+
+
 def test_cli_writes_outputs(tmp_path, monkeypatch):
     import attnexplain.runs.analyze as analyze
 
