@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .base import AttentionBackend, AttentionCall, register_backend
 
-__all__ = ["LinearAttention", "kernel_attention", "real_positions", "masked_softmax", "check_int"]
+__all__ = ["LinearAttention", "KernelFeatureAttention", "kernel_attention", "real_positions", "masked_softmax", "check_int"]
 
 #: queries per chunk in the causal prefix-sum loop
 CAUSAL_CHUNK = 128
@@ -166,9 +166,27 @@ def _elu1(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x) + 1.0
 
 
+class KernelFeatureAttention(AttentionBackend):
+    """Base of the kernelised backends: ``A = phi(Q) phi(K)^T / row sums``, computed by
+    :func:`kernel_attention` from the feature maps a subclass's :meth:`features` returns."""
+
+    def features(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(phi(Q) (B,H,n,R), phi(K) (B,H,m,R) with zero rows for padded keys, V) in the compute dtype."""
+        raise NotImplementedError
+
+    def attention(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+        phi_q, phi_k, v = self.features(call)
+        out, a = kernel_attention(phi_q, phi_k, v, call.causal, want_matrix=True)
+        return out.to(call.value.dtype), a
+
+    def forward(self, call: AttentionCall) -> torch.Tensor:
+        phi_q, phi_k, v = self.features(call)
+        return kernel_attention(phi_q, phi_k, v, call.causal)[0].to(call.value.dtype)
+
+
 @register_backend
 @dataclass
-class LinearAttention(AttentionBackend):
+class LinearAttention(KernelFeatureAttention):
     """Linear attention with phi(x) = elu(x) + 1 (no options)."""
 
     name = "linear"
@@ -176,22 +194,13 @@ class LinearAttention(AttentionBackend):
     def __post_init__(self) -> None:
         pass
 
-    def _features(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def features(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.check_extras(call)
         dt = compute_dtype(call)
         _, kreal = real_positions(call)
         phi_q = _elu1(call.query.to(dt))
         phi_k = _elu1(call.key.to(dt)) * kreal[:, None, :, None].to(dt)
         return phi_q, phi_k, call.value.to(dt)
-
-    def attention(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
-        phi_q, phi_k, v = self._features(call)
-        out, a = kernel_attention(phi_q, phi_k, v, call.causal, want_matrix=True)
-        return out.to(call.value.dtype), a
-
-    def forward(self, call: AttentionCall) -> torch.Tensor:
-        phi_q, phi_k, v = self._features(call)
-        return kernel_attention(phi_q, phi_k, v, call.causal)[0].to(call.value.dtype)
 
     def memory_fraction(self, n: int, m: int, causal: bool = False, *, head_dim: int = 64) -> float:
         """No score is computed; the (n + m) x d feature maps stand in for the n x m scores."""

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import AttentionBackend, AttentionCall, register_backend
-from .linear import check_int, compute_dtype, kernel_attention, real_positions
+from .base import AttentionCall, register_backend
+from .linear import KernelFeatureAttention, check_int, compute_dtype, real_positions
 
 __all__ = ["PerformerAttention", "orthogonal_gaussian"]
 
@@ -53,7 +53,7 @@ def orthogonal_gaussian(n_rows: int, dim: int, generator: torch.Generator, devic
 
 @register_backend
 @dataclass
-class PerformerAttention(AttentionBackend):
+class PerformerAttention(KernelFeatureAttention):
     """FAVOR+ with ``n_features`` positive orthogonal random features."""
 
     n_features: int = 64
@@ -105,15 +105,6 @@ class PerformerAttention(AttentionBackend):
         kmax = torch.where(torch.isfinite(kmax), kmax, torch.zeros_like(kmax))
         phi_k = torch.exp(lk - kmax).masked_fill(~kmask, 0.0) * inv_sqrt_r
         return phi_q, phi_k, call.value.to(dt)
-
-    def attention(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
-        phi_q, phi_k, v = self.features(call)
-        out, a = kernel_attention(phi_q, phi_k, v, call.causal, want_matrix=True)
-        return out.to(call.value.dtype), a
-
-    def forward(self, call: AttentionCall) -> torch.Tensor:
-        phi_q, phi_k, v = self.features(call)
-        return kernel_attention(phi_q, phi_k, v, call.causal)[0].to(call.value.dtype)
 
     def memory_fraction(self, n: int, m: int, causal: bool = False) -> float:
         """No score is computed; the (n + m) x R feature maps stand in for the n x m scores."""
