@@ -216,29 +216,29 @@ class AttentionMethod(ExplanationMethod):
         readout = resolve_readout(self.readout, lm, capture)
         layer_ids = select_layers(self.layers, capture.layers())
         mask = capture.attention_mask if capture.attention_mask is not None else batch.get("attention_mask")
-        sums: list[torch.Tensor | None] = []
+        # one readout row per example: the whole batch is scored at once (_rows_scores)
         batched = readout != "mean" and type(self)._rows_scores is not AttentionMethod._rows_scores
+        sums: list[torch.Tensor | None] = []
         for li, layer in enumerate(layer_ids):
             A = capture.attention(layer)
-            T = None if batched else self._layer_data(capture, layer)
-            B, n = A.shape[0], A.shape[-1]
             if li == 0:
-                sums = [None] * B
-            if batched:  # one readout row per example: score the whole batch at once
-                T = self._rows_data(capture, layer)
+                B, n = A.shape[0], A.shape[-1]
                 idxs = [real_positions(mask, i, n).to(A.device) for i in range(B)]
-                pos = torch.stack([idx[readout_rows(readout, idx.numel())[0]] for idx in idxs])
+                sums = [None] * B
+                if batched:  # the readout position of each example in the padded batch
+                    pos = torch.stack([idx[readout_rows(readout, idx.numel())[0]] for idx in idxs])
+            if batched:
                 rows = A[torch.arange(B, device=A.device), :, pos, :].unsqueeze(-2).float()  # (B, H, 1, n)
-                S = self._rows_scores(rows, T)  # (B, H, 1, n) or (B, 1, n)
-                for i, idx in enumerate(idxs):
-                    s = self._finish_layer(S[i].index_select(-1, idx.to(S.device)))
-                    sums[i] = s if sums[i] is None else sums[i] + s
-                continue
-            for i in range(B):
-                idx = real_positions(mask, i, n).to(A.device)
-                Ai = A[i].index_select(-2, idx).index_select(-1, idx).float()
-                Ti = T[i].index_select(-2, idx.to(T.device)) if T is not None else None
-                s = self._finish_layer(self._layer_scores(Ai, Ti, readout_rows(readout, idx.numel())))
+                S = self._rows_scores(rows, self._rows_data(capture, layer))  # (B, H, 1, n) or (B, 1, n)
+                scores = (S[i].index_select(-1, idx.to(S.device)) for i, idx in enumerate(idxs))
+            else:
+                T = self._layer_data(capture, layer)
+                scores = (self._layer_scores(A[i].index_select(-2, idx).index_select(-1, idx).float(),
+                                             T[i].index_select(-2, idx.to(T.device)) if T is not None else None,
+                                             readout_rows(readout, idx.numel()))
+                          for i, idx in enumerate(idxs))
+            for i, s in enumerate(scores):
+                s = self._finish_layer(s)
                 sums[i] = s if sums[i] is None else sums[i] + s
         return [(s / len(layer_ids)).detach().double().cpu().numpy() for s in sums]
 

@@ -378,7 +378,7 @@ def _certified_basis(V64: torch.Tensor, W64: torch.Tensor, key_mask: torch.Tenso
     WWt = W64 @ W64.transpose(-1, -2)  # (H, d_v, d_v)
     m_real = km.sum(-1)  # (N,)
     ok = torch.zeros(N, dtype=torch.bool, device=V.device)
-    Q_full = R_full = None
+    Q_full = None
 
     tall = (m_real >= d_v).nonzero().flatten()
     if tall.numel():
