@@ -41,6 +41,20 @@ OUT_ROOT = ROOT / "analyses" / "out"
 PUNCTUATION = set(".,;:!?'\"`()[]{}-–—/\\…")
 
 
+def analysis_parser(doc: str, *, batch_size: int) -> "argparse.ArgumentParser":
+    """The command line every analysis shares (its own options are added after): ``--split``,
+    ``--batch-size``, ``--threads``, ``--out`` and ``--quick`` (tiny settings for the smoke test)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--split", default="test")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--quick", action="store_true", help="tiny settings for the smoke test")
+    return p
+
+
 def out_dir(name: str, override: str | os.PathLike | None = None) -> Path:
     path = Path(override) if override else OUT_ROOT / name
     path.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,6 @@ manifest.json).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -255,17 +254,12 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import pandas as pd
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = C.analysis_parser(__doc__, batch_size=16)
     p.add_argument("--model", default="minilm-rotten-tomatoes")
     p.add_argument("--dataset", default="rotten-tomatoes")
-    p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=100)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--permutations", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.model, args.n, args.permutations, args.max_length = "testing:bert", 4, 2, 40

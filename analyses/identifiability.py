@@ -45,7 +45,6 @@ Outputs: ``analyses/out/identifiability/`` (table.md, figures.html, manifest.jso
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -237,7 +236,7 @@ def figures(df, mdf):
 def main(argv: list[str] | None = None) -> dict:
     import pandas as pd
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = C.analysis_parser(__doc__, batch_size=8)
     p.add_argument("--models", default="minilm,minilm-rotten-tomatoes",
                    help="comma-separated MiniLM-like models (all layers), default: the packaged encoder and the "
                         "fine-tuned rotten-tomatoes classifier (skipped with a note when not prepared)")
@@ -248,11 +247,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--smollm2-n", type=int, default=6)
     p.add_argument("--smollm2-layers", default="0,5,11,17,23,29")
     p.add_argument("--dataset", default="bbc-news")
-    p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--quick", action="store_true", help="tiny settings for the smoke test")
     args = p.parse_args(argv)
     if args.quick:
         args.models = "testing:bert"

@@ -57,7 +57,6 @@ Outputs: ``analyses/out/necessity_sufficiency/`` (table.md, CSVs, figures.html, 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -245,20 +244,15 @@ def main(argv: list[str] | None = None) -> dict:
     import numpy as np
     import pandas as pd
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = C.analysis_parser(__doc__, batch_size=8)
     p.add_argument("--tasks", default=DEFAULT_TASKS,
                    help="dataset:model:max_tokens[:n], comma-separated (n defaults to --n)")
-    p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=40, help="examples per task when the task does not say")
     p.add_argument("--n-distribution", type=int, default=6)
     p.add_argument("--n-lp", type=int, default=8)
     p.add_argument("--ks", default="1,2,4,8,16,32")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.tasks = "rotten-tomatoes:testing:bert:24:3,synthetic-negation:testing:bert:24:3"

@@ -33,7 +33,6 @@ Outputs: ``analyses/out/norms/`` (table.md, results.csv, figures.html, manifest.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -165,16 +164,11 @@ def figures(df, rdf):
 def main(argv: list[str] | None = None) -> dict:
     import pandas as pd
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = C.analysis_parser(__doc__, batch_size=16)
     p.add_argument("--models", default="minilm,minilm-rotten-tomatoes")
     p.add_argument("--datasets", default="bbc-news,rotten-tomatoes")
-    p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=64, help="texts per data set")
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.datasets, args.n, args.max_length = "testing:bert", "rotten-tomatoes", 4, 32

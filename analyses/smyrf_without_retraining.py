@@ -38,7 +38,6 @@ note. ``--quick`` for the smoke test. Outputs: ``analyses/out/smyrf_without_retr
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import warnings
@@ -211,19 +210,14 @@ def figures(acc, cmps):
 def main(argv: list[str] | None = None) -> dict:
     import pandas as pd
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = C.analysis_parser(__doc__, batch_size=16)
     p.add_argument("--tasks", default="minilm-rotten-tomatoes:rotten-tomatoes:0:128,minilm-bbc-news:bbc-news:256:256",
                    help="model:dataset:min_tokens:max_length, comma-separated")
-    p.add_argument("--split", default="test")
     p.add_argument("--n-accuracy", default="1294,185", help="examples for accuracy, per task (default: the whole "
                    "rotten-tomatoes test split, and every BBC test article with >= 256 tokens)")
     p.add_argument("--n-explain", default="100,48", help="examples for the explanation comparison, per task")
     p.add_argument("--shares", default="0.5,0.25")
     p.add_argument("--n-hashes", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     quick_chars = None
     if args.quick:
