@@ -18,7 +18,7 @@ Claims tested.
 
 Method (public API only).
 
-* Rankings: ``attnexplain.explain.explain`` with ``raw_attention``, ``effective_attention``
+* Rankings: ``attnexplain.methods.explain`` with ``raw_attention``, ``effective_attention``
   (readout row [CLS], mean over heads and layers), ``integrated_gradients`` (20 steps, pad
   baseline), ``gradient_x_input``, ``occlusion`` (LOO with [MASK] replacement) and ``random``
   (seeded baseline). Kendall tau-b (``attnexplain.metrics.kendall_tau``) between two methods'
@@ -26,7 +26,7 @@ Method (public API only).
   gradient / occlusion methods by design). Gradient and LOO scores are compared by magnitude
   (``|score|``), as Jain & Wallace did (their LOO importance is the output change, a TVD);
   effective attention is signed and compared as is.
-* Permutation: inside ``attnexplain.capture.session`` an intervention replaces every attention
+* Permutation: inside ``attnexplain.capturing.session`` an intervention replaces every attention
   row by a random permutation of its weights among the real keys (each head and row its own
   permutation, ``--permutations`` draws per example). Output change = TVD between the class
   distributions with and without the permutation; flip = the predicted class changes. We report
@@ -70,7 +70,7 @@ def rank_agreement(lm, texts: list[str], methods: list[str], max_length: int, ba
 
     import torch
 
-    from attnexplain.explain import explain_batch
+    from attnexplain.methods import explain_batch
     from attnexplain.metrics import kendall_tau
 
     scores: dict[str, list] = {m: [] for m in methods}
@@ -147,7 +147,7 @@ def permutation_test(lm, texts: list[str], n_perm: int, batch_size: int, max_len
     import numpy as np
     import torch
 
-    from attnexplain.capture import capture, session
+    from attnexplain.capturing import capture, session
     from attnexplain.metrics import tvd
 
     model = lm.model

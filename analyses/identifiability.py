@@ -72,8 +72,8 @@ def analyse_model(name: str, texts: list[str], lengths: list[int], layers: list[
     import numpy as np
     import torch
 
-    from attnexplain.capture import capture
-    from attnexplain.explain.attention_methods import is_causal_model
+    from attnexplain.capturing import capture
+    from attnexplain.methods.attention_methods import is_causal_model
     from attnexplain.functional import effective_attention_from_values, effective_rank
 
     lm = C.load(name)

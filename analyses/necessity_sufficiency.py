@@ -33,7 +33,7 @@ Data and models (``--tasks``):
   dimension 16, word-level tokenizer, gold rationales). Its inputs are ~16 tokens, at most the
   head dimension, so there ``A_eff == A`` (no null space): claims 1-2 are trivial there.
 
-Method (public API: ``attnexplain.ablations``, ``attnexplain.explain``, ``attnexplain.capture``,
+Method (public API: ``attnexplain.ablations``, ``attnexplain.methods``, ``attnexplain.capturing``,
 ``attnexplain.functional``, ``attnexplain.data.synthetic``):
 
 * ``intervention_effects`` at all layers and heads: effective, null_perturbation,
@@ -90,8 +90,8 @@ def key_sets(lm, texts, n_lp: int, ks, batch_size: int):
     import numpy as np
 
     from attnexplain.ablations import minimal_k, topk_sweep
-    from attnexplain.capture import capture
-    from attnexplain.explain.attention_methods import readout_rows, resolve_readout
+    from attnexplain.capturing import capture
+    from attnexplain.methods.attention_methods import readout_rows, resolve_readout
     from attnexplain.functional import attention_distribution
 
     rows = []
@@ -125,7 +125,7 @@ def explanations(lm, texts, methods, batch_size: int, seed: int):
     import numpy as np
 
     from attnexplain.ablations import content_positions, faithfulness, random_rankings, special_token_ids
-    from attnexplain.explain import explain_batch
+    from attnexplain.methods import explain_batch
 
     scores = {m: [] for m in methods}
     targets = []

@@ -9,7 +9,7 @@ Expected (Kobayashi et al. 2020, Sec. 4-5, on BERT-base):
 2. ``A_ij`` and ``||f(x_j)||`` are negatively correlated (the model "cancels" the high weights
    on frequent, uninformative tokens by shrinking their value vectors).
 
-Method (public API only): ``attnexplain.capture.capture`` (all layers and heads with values),
+Method (public API only): ``attnexplain.capturing.capture`` (all layers and heads with values),
 ``CaptureResult.value_transforms`` for ``f^h(x_j)`` (= T^h_j), and
 ``attnexplain.functional.norm_based_attention``. Per layer, averaged over real query rows,
 heads and examples:
@@ -63,7 +63,7 @@ def analyse(lm, model_name: str, dataset: str, texts: list[str], max_length: int
     import numpy as np
     import torch
 
-    from attnexplain.capture import capture
+    from attnexplain.capturing import capture
     from attnexplain.functional import norm_based_attention
 
     specials = C.special_token_strings(lm.tokenizer)

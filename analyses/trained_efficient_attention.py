@@ -19,7 +19,7 @@ faithfulness of *raw attention* as a token ranking against a seeded random ranki
 * comprehensiveness(k) = m(x)_c - m(x \\ r_k)_c, sufficiency(k) = m(x)_c - m(r_k)_c with r_k the
   top-k % content tokens ([CLS]/[SEP] never removed), tokens *deleted* (sequence re-packed),
   c = the predicted class; AOPC = mean over k in {1, 5, 10, 20, 50} % (ceil, at least 1 token).
-  Computed with ``attnexplain.ablations.faithfulness.faithfulness`` when that module is
+  Computed with ``attnexplain.ablations.eraser.faithfulness`` when that module is
   importable; otherwise with the small local function ``local_eraser_aopc`` below (same
   conventions). The manifest records which one ran.
 
@@ -53,7 +53,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from attnexplain.capture.attention import CaptureSpec, session  # noqa: E402
+from attnexplain.capturing.attention import CaptureSpec, session  # noqa: E402
 from attnexplain.efficient_models import ATTENTION_MECHANISMS, load_efficient_classifier, train_efficient_classifier  # noqa: E402
 from attnexplain.efficient_models.train import TextEncoder, load_texts  # noqa: E402
 
@@ -111,7 +111,7 @@ def local_eraser_aopc(model, rows, rankings: dict[str, list[np.ndarray]], specia
                       bins=BINS) -> dict[str, dict[str, float]]:
     """ERASER comprehensiveness / sufficiency AOPC per method (mean over examples), deletion.
 
-    Local stand-in for ``attnexplain.ablations.faithfulness`` (used only when that module cannot
+    Local stand-in for ``attnexplain.ablations.eraser`` (used only when that module cannot
     be imported). ``rankings[method][i]`` ranks the content (non-special) tokens of example i,
     most important first (indices into the content positions)."""
     full = _probs(model, rows)
@@ -138,7 +138,7 @@ def local_eraser_aopc(model, rows, rankings: dict[str, list[np.ndarray]], specia
 
 
 class _LMShim:
-    """What ``attnexplain.ablations.faithfulness`` reads from a LoadedModel, for our classifier."""
+    """What ``attnexplain.ablations.eraser`` reads from a LoadedModel, for our classifier."""
 
     def __init__(self, model, encoder: TextEncoder) -> None:
         specials = encoder.special_ids()
@@ -166,7 +166,7 @@ def faithfulness_columns(model, encoder: TextEncoder, rows, seed: int) -> tuple[
     content = [[j for j, t in enumerate(r) if t not in specials] for r in rows]
     rng_rank = [np.random.default_rng([seed, i]).permutation(len(c)) for i, c in enumerate(content)]
     try:
-        from attnexplain.ablations.faithfulness import faithfulness
+        from attnexplain.ablations.eraser import faithfulness
     except ImportError:
         faithfulness = None
     if faithfulness is not None:
@@ -175,7 +175,7 @@ def faithfulness_columns(model, encoder: TextEncoder, rows, seed: int) -> tuple[
                            {"attention": scores}, rankings={"random": rng_rank}, bins=BINS, mode="delete")
         piv = res.pivot()
         vals = {m: {k: float(piv.loc[m, k]) for k in ("comprehensiveness", "sufficiency")} for m in piv.index}
-        impl = "attnexplain.ablations.faithfulness.faithfulness"
+        impl = "attnexplain.ablations.eraser.faithfulness"
     else:
         att_rank = [np.argsort(-s[c], kind="stable") for s, c in zip(scores, content)]
         vals = local_eraser_aopc(model, rows, {"attention": att_rank, "random": rng_rank}, specials)

@@ -22,10 +22,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "attnexplain.models",
     "LoadedModel": "attnexplain.models",
-    "capture": "attnexplain.capture",
-    "CaptureResult": "attnexplain.capture",
-    "mark_attention_site": "attnexplain.capture",
-    "report_attention": "attnexplain.capture",
+    "capture": "attnexplain.capturing",
+    "CaptureResult": "attnexplain.capturing",
+    "mark_attention_site": "attnexplain.capturing",
+    "report_attention": "attnexplain.capturing",
     "get_backend": "attnexplain.backends",
     "available_backends": "attnexplain.backends",
     "effective_attention": "attnexplain.functional",
@@ -33,9 +33,9 @@ _EXPORTS = {
     "norm_based_attention": "attnexplain.functional",
     "attention_rollout": "attnexplain.functional",
     "attention_flow": "attnexplain.functional",
-    "explain": "attnexplain.explain",
-    "get_method": "attnexplain.explain",
-    "available_methods": "attnexplain.explain",
+    "explain": "attnexplain.methods",
+    "get_method": "attnexplain.methods",
+    "available_methods": "attnexplain.methods",
     "load_dataset": "attnexplain.data",
     "open_run": "attnexplain.runs",
 }
@@ -43,7 +43,7 @@ _EXPORTS = {
 
 def use_backend(model: Any, backend: str = "dense", **options: Any) -> str:
     """Switch a model (LoadedModel or HF model) to an attnexplain attention backend in place."""
-    from .capture.attention import use_backend as _use
+    from .capturing.attention import use_backend as _use
 
     return _use(getattr(model, "model", model), backend, **options)
 

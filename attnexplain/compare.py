@@ -21,7 +21,7 @@ end, also after an error):
   approximation itself, and inputs that already moved in the layers below (this is what a user of
   the efficient model sees). ``jsd_mean`` is the mean over layers.
 * ``tau_<method>``: Kendall tau-b between the token scores of ``<method>`` (default the readout
-  row of raw and of effective attention, as registered in :mod:`attnexplain.explain`) under dense
+  row of raw and of effective attention, as registered in :mod:`attnexplain.methods`) under dense
   attention and under the backend (1 = same ranking; ties, e.g. the zero weights of keys outside
   a SMYRF cluster, are handled by tau-b; NaN when a score vector is constant).
 * ``memory``: ``backend.memory_fraction(n, n)``: the share of the n x n dense scores the backend
@@ -389,7 +389,7 @@ def _effective_scores(lm: Any, cap: Any, batch: Mapping[str, Any]) -> list[np.nd
     registry method in tests/test_compare.py."""
     import torch
 
-    from .explain.attention_methods import readout_rows, resolve_readout
+    from .methods.attention_methods import readout_rows, resolve_readout
     from .functional import effective_attention_from_values
 
     readout = resolve_readout("auto", lm, cap)
@@ -418,7 +418,7 @@ _FAST_METHODS = {"effective_attention": _effective_scores}
 
 
 def _scores(lm: Any, batch: Mapping[str, Any], methods: Sequence[str], cap: Any) -> dict[str, list[np.ndarray]]:
-    from .explain import explain_batch
+    from .methods import explain_batch
 
     slow = [m for m in methods if m not in _FAST_METHODS]
     out: dict[str, list[np.ndarray]] = {}
@@ -476,8 +476,8 @@ def compare_backends(
     import torch
 
     from .backends import get_backend
-    from .capture import capture
-    from .explain import get_method
+    from .capturing import capture
+    from .methods import get_method
     from .metrics import kendall_tau, tvd
 
     texts = list(texts)

@@ -18,7 +18,7 @@ Faithfulness (ERASER, DeYoung et al., ACL 2020): with ``m(x)_c`` the probability
     sufficiency       = m(x)_c - m(r_k)_c          (lower = more faithful)
     AOPC              = mean over the bins k in {1, 5, 10, 20, 50} %   (no k = 0 term)
 
-:mod:`attnexplain.ablations.faithfulness` computes the probabilities; the functions here only
+:mod:`attnexplain.ablations.eraser` computes the probabilities; the functions here only
 combine them.
 """
 

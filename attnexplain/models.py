@@ -166,7 +166,7 @@ class LoadedModel:
 
     def use_backend(self, backend: str = "dense", **options: Any) -> str:
         """Switch the attention backend in place (no reload); returns the registered name."""
-        from .capture.attention import use_backend
+        from .capturing.attention import use_backend
 
         return use_backend(self.model, backend, **options)
 

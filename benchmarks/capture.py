@@ -31,7 +31,7 @@ def main() -> None:
     from transformers import AutoModel
 
     import attnexplain
-    from attnexplain.capture import capture
+    from attnexplain.capturing import capture
 
     lm = attnexplain.load_model("minilm")
     path = lm.extra["path"]

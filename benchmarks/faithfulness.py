@@ -114,7 +114,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from attnexplain.ablations import faithfulness, special_token_ids
-    from attnexplain.explain import explain_batch, rank_tokens
+    from attnexplain.methods import explain_batch, rank_tokens
     from attnexplain.metrics import ERASER_BINS
 
     texts, data_desc = load_texts(args.n)

@@ -8,8 +8,8 @@ import torch
 from attnexplain.ablations import (
     ablation_table,
     build_intervention,
-    distribution,
-    effective,
+    distribution_variant,
+    effective_part,
     head_ablation,
     head_means,
     identity,
@@ -30,7 +30,7 @@ from attnexplain.ablations import (
     uniform,
     zero,
 )
-from attnexplain.capture import capture, find_attention_sites
+from attnexplain.capturing import capture, find_attention_sites
 from attnexplain.models import LoadedModel
 from attnexplain.testing import CharTokenizer, tiny_config, tiny_hf_model
 
@@ -74,7 +74,7 @@ def test_identity_matches_the_plain_model(lm, base):
     torch.testing.assert_close(run_with_interventions(lm, LONG, _all(identity(), lm)), plain, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("fn", [effective(), effective(preserve_row_sums=True), effective([1, 2]),
+@pytest.mark.parametrize("fn", [effective_part(), effective_part(preserve_row_sums=True), effective_part([1, 2]),
                                 null_perturbation(), null_perturbation(nonnegative=False, scale=0.5)],
                          ids=["effective", "effective_rowsum", "effective_heads", "null_hit_and_run", "null_scaled"])
 def test_output_preserving_interventions(lm, base, fn):
@@ -93,7 +93,7 @@ def test_output_preserving_ones_do_change_attention(lm):
 
 def test_distribution_variant_keeps_output(lm, base):
     # one layer, two heads: the per-row solver costs milliseconds per row
-    out = run_with_interventions(lm, LONG, {"main.1.self": distribution([0, 3])})
+    out = run_with_interventions(lm, LONG, {"main.1.self": distribution_variant([0, 3])})
     assert (out - base).abs().max() < 1e-4
     df = intervention_effects(lm, LONG[:1], kinds=[("distribution", {"mode": "sparsest"})], layers=[0], heads=[2])
     assert df.max_abs_logit_change.max() < 1e-4 and df.attention_change.iloc[0] > 0.01
@@ -319,7 +319,7 @@ def test_minilm_effective_and_null_perturbation_keep_logits(minilm):
     assert by.loc["effective", "attention_change"] > 0.01  # A_eff really differs from A here
     assert by.loc["null_perturbation", "attention_change"] > 0.01
     assert by.loc["uniform", "max_abs_logit_change"] > 1e-3
-    out = run_with_interventions(minilm, enc, {k: effective() for k in site_keys(minilm)})
+    out = run_with_interventions(minilm, enc, {k: effective_part() for k in site_keys(minilm)})
     assert (out - base).abs().max() < 1e-4
 
 

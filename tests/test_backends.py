@@ -394,7 +394,7 @@ TEXTS = ["The film was a quiet, moving portrait of a family.", "Dull."]
                                         ("performer", {}), ("linear", {}), ("nystrom", dict(n_landmarks=4)),
                                         ("local", dict(window=3))])
 def test_backends_run_inside_minilm_and_capture_records_the_matrix(minilm, name, opts):
-    from attnexplain.capture.attention import CaptureSpec, session
+    from attnexplain.capturing.attention import CaptureSpec, session
 
     enc = minilm.tokenize(TEXTS)
     real = enc["attention_mask"].bool()
@@ -439,7 +439,7 @@ def _tiny_llama():
 
 
 def test_local_backend_inside_a_tiny_gqa_llama_is_causal_and_banded():
-    from attnexplain.capture.attention import CaptureSpec, session, use_backend
+    from attnexplain.capturing.attention import CaptureSpec, session, use_backend
 
     model = _tiny_llama()
     ids = torch.randint(3, 100, (2, 10))
@@ -469,7 +469,7 @@ def test_local_backend_inside_a_tiny_gqa_llama_is_causal_and_banded():
 @pytest.mark.parametrize("name, opts", [("smyrf", dict(q_cluster_size=4, k_cluster_size=4)), ("lsh", dict(bucket_size=4)),
                                         ("performer", {}), ("linear", {})])
 def test_causal_backends_run_inside_a_tiny_gqa_llama(name, opts):
-    from attnexplain.capture.attention import CaptureSpec, session, use_backend
+    from attnexplain.capturing.attention import CaptureSpec, session, use_backend
 
     model = _tiny_llama()
     ids = torch.randint(3, 100, (2, 12))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnexplain.capture import (
+from attnexplain.capturing import (
     NothingCapturedError,
     UnsupportedArchitectureError,
     capture,
@@ -334,7 +334,7 @@ def test_top_level_public_api():
 @pytest.mark.parametrize("arch", ["bert", "roberta", "distilbert"])
 @pytest.mark.parametrize("pad", ["right", "left"])
 def test_first_token_readout_keeps_the_logits(arch, pad):
-    from attnexplain.capture import first_token_readout, first_token_readout_supported
+    from attnexplain.capturing import first_token_readout, first_token_readout_supported
 
     model = tiny_hf_model(arch)
     assert first_token_readout_supported(model)
@@ -357,7 +357,7 @@ def test_first_token_readout_keeps_the_logits(arch, pad):
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "bart", "t5"])
 def test_first_token_readout_refuses_other_readouts(arch):
-    from attnexplain.capture import first_token_readout, first_token_readout_supported
+    from attnexplain.capturing import first_token_readout, first_token_readout_supported
 
     model = tiny_hf_model(arch)  # last-token / <eos> classification heads
     assert not first_token_readout_supported(model)

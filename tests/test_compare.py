@@ -116,7 +116,7 @@ def test_bad_backend_specs_fail_clearly(spec, match):
 
 
 def test_bad_spec_fails_before_running(lm, monkeypatch):
-    import attnexplain.capture as cap
+    import attnexplain.capturing as cap
 
     called = []
     monkeypatch.setattr(cap, "capture", lambda *a, **k: called.append(1))
@@ -207,9 +207,9 @@ def test_cli_writes_outputs(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_fast_effective_scores_match_the_registry_method(arch):
-    from attnexplain.capture import capture
+    from attnexplain.capturing import capture
     from attnexplain.compare import _effective_scores
-    from attnexplain.explain import explain_batch
+    from attnexplain.methods import explain_batch
 
     m = tiny_model(arch)
     batch = m.tokenize(["a fairly long input text that exceeds the head dimension", "short one"])

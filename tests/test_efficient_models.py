@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnexplain.capture.attention import CaptureSpec, session
-from attnexplain.capture.sites import mark_attention_site
+from attnexplain.capturing.attention import CaptureSpec, session
+from attnexplain.capturing.sites import mark_attention_site
 from attnexplain.efficient_models import (
     ATTENTION_MECHANISMS,
     EfficientAttention,

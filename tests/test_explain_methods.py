@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from attnexplain.capture import AttentionSite, CaptureResult
-from attnexplain.capture.attention import Record
-from attnexplain.explain import available_methods, explain, explain_batch, get_method
+from attnexplain.capturing import AttentionSite, CaptureResult
+from attnexplain.capturing.attention import Record
+from attnexplain.methods import available_methods, explain, explain_batch, get_method
 from attnexplain.testing import tiny_model
 
 ALL_METHODS = [
@@ -121,8 +121,8 @@ def test_one_finite_score_per_real_token_left_padding_and_batch_independent(arch
 def test_batched_readout_rows_equal_the_per_example_path(monkeypatch, arch, pad, method, opts):
     """One readout row per example is scored for the whole batch at once (_rows_scores); the
     per-example path on each example's real tokens must give the same scores."""
-    from attnexplain.capture import capture
-    from attnexplain.explain.attention_methods import AttentionMethod
+    from attnexplain.capturing import capture
+    from attnexplain.methods.attention_methods import AttentionMethod
 
     lm = _lm(arch, pad)
     enc = lm.tokenize([SHORT[0], LONG, SHORT[1]])
@@ -251,7 +251,7 @@ def test_attention_distribution_is_a_distribution_and_equals_raw_when_identifiab
 
 
 def test_norm_summed_equals_hand_computed_norm_of_summed_vectors():
-    from attnexplain.capture import capture
+    from attnexplain.capturing import capture
 
     lm = _lm("bert")
     enc = lm.tokenize([SHORT[0], LONG])
@@ -273,7 +273,7 @@ def test_norm_summed_equals_hand_computed_norm_of_summed_vectors():
 
 
 def test_rollout_and_flow_read_the_readout_row_of_the_last_layer():
-    from attnexplain.capture import capture
+    from attnexplain.capturing import capture
 
     lm = _lm("bert")
     enc = lm.tokenize([SHORT[0], SHORT[1]])

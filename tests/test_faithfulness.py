@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from attnexplain.ablations import bin_sizes, faithfulness, faithfulness_for_methods, special_token_ids
-from attnexplain.explain import ExplanationMethod, explain_batch, get_method, rank_tokens
+from attnexplain.methods import ExplanationMethod, explain_batch, get_method, rank_tokens
 from attnexplain.models import LoadedModel
 from attnexplain.testing import CharTokenizer, tiny_config, tiny_hf_model
 
@@ -234,7 +234,7 @@ def test_bfloat16_precision_close_to_float32_and_recorded(monkeypatch):
     from attnexplain.ablations import faithfulness as _f  # noqa: F401  (the function)
     import sys
 
-    fmod = sys.modules["attnexplain.ablations.faithfulness"]
+    fmod = sys.modules["attnexplain.ablations.eraser"]
     lm = sensitive_tiny_bert()
     texts = ["the quick brown fox", "a", "jumps over the lazy dog again and again", "hello"]
     rng = np.random.default_rng(3)
@@ -259,7 +259,7 @@ def test_bfloat16_precision_close_to_float32_and_recorded(monkeypatch):
 def test_first_token_classifier_skips_unread_positions_and_falls_back(monkeypatch):
     import contextlib
 
-    import attnexplain.capture as capture_pkg
+    import attnexplain.capturing as capture_pkg
 
     lm = sensitive_tiny_bert(seed=4)
     texts = ["the quick brown fox", "jumps over the lazy dog"]
@@ -293,7 +293,7 @@ def test_first_token_classifier_skips_unread_positions_and_falls_back(monkeypatc
 
 
 def test_length_buckets():
-    from attnexplain.ablations.faithfulness import _chunks
+    from attnexplain.ablations.eraser import _chunks
 
     # short inputs are not padded to the long ones; equal lengths share a forward
     assert _chunks([3] * 10 + [4] * 5 + [30] * 20 + [31] * 3 + [60], 256, 64) == [(0, 15), (15, 38), (38, 39)]

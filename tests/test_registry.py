@@ -3,7 +3,7 @@
 import pytest
 
 from attnexplain.backends import BACKENDS, AttentionBackend, get_backend, register_backend
-from attnexplain.explain import METHODS, ExplanationMethod, get_method, register_method
+from attnexplain.methods import METHODS, ExplanationMethod, get_method, register_method
 
 
 @pytest.mark.parametrize("register,base,registry,kind", [

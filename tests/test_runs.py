@@ -121,7 +121,7 @@ def test_analyze_writes_the_run_format(reference, data, lm):
                 "max_length", "store_attention", "versions", "status", "n_examples"):
         assert key in m, key
     assert m["format_version"] == 1 and m["methods"] == METHODS and m["n_examples"] == N
-    from attnexplain.ablations.faithfulness import resolve_precision
+    from attnexplain.ablations.eraser import resolve_precision
 
     assert m["faithfulness"] == {"bins": list(DEFAULT_BINS), "removal": "delete", "precision": resolve_precision("auto")}
     assert {"python", "torch", "transformers"} <= set(m["versions"])

@@ -60,8 +60,8 @@ def _analyse(model: str, backend: str, text: str, methods: tuple[str, ...]) -> d
     import torch
 
     from attnexplain import functional as F
-    from attnexplain.capture import capture
-    from attnexplain.explain import explain_batch
+    from attnexplain.capturing import capture
+    from attnexplain.methods import explain_batch
 
     lm, _ = _load(model, backend)
     enc = lm.tokenize([text])
@@ -101,7 +101,7 @@ def _distribution(model: str, backend: str, text: str, methods: tuple[str, ...],
 
 
 from attnexplain.backends import available_backends  # noqa: E402
-from attnexplain.explain import available_methods  # noqa: E402
+from attnexplain.methods import available_methods  # noqa: E402
 
 models = [DEFAULT_MODEL, FALLBACK_MODEL, "minilm-bbc-news", *_extra_models()]
 all_methods = available_methods()

@@ -1,13 +1,13 @@
 """Ablations: attention-level interventions (head-level) and token-level faithfulness (ERASER).
 
-* :mod:`.interventions`: pure ``A -> A'`` functions for :func:`attnexplain.capture.session`
+* :mod:`.interventions`: pure ``A -> A'`` functions for :func:`attnexplain.capturing.session`
   (effective part, distribution variant, null-space perturbation, A - A_eff, uniform, permuted,
   keep/remove top-k keys, zero- and mean-ablation of heads) and runners that report the output
   change (TVD, max |logit change|, prediction flips).
-* :mod:`.faithfulness`: comprehensiveness, sufficiency and AOPC of token rankings, batched.
+* :mod:`.eraser`: comprehensiveness, sufficiency and AOPC of token rankings, batched.
 """
 
-from .faithfulness import (
+from .eraser import (
     REMOVAL_MODES,
     FaithfulnessResult,
     bin_sizes,
@@ -21,8 +21,8 @@ from .interventions import (
     KINDS,
     ablation_table,
     build_intervention,
-    distribution,
-    effective,
+    distribution_variant,
+    effective_part,
     head_ablation,
     head_means,
     identity,
@@ -47,7 +47,7 @@ from .interventions import (
 __all__ = [
     "REMOVAL_MODES", "FaithfulnessResult", "bin_sizes", "content_positions", "faithfulness",
     "faithfulness_for_methods", "random_rankings", "special_token_ids",
-    "KINDS", "ablation_table", "build_intervention", "distribution", "effective", "head_ablation", "head_means",
+    "KINDS", "ablation_table", "build_intervention", "distribution_variant", "effective_part", "head_ablation", "head_means",
     "identity", "intervention_effects", "mean", "minimal_k", "minus_effective", "null_perturbation",
     "null_space_perturbation", "permute", "permute_rows", "run_conditions", "run_with_interventions", "site_keys",
     "topk", "topk_mask", "topk_sweep", "uniform", "zero",

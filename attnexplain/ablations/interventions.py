@@ -1,7 +1,7 @@
 """Head-level interventions on attention matrices, and runners that measure their effect.
 
 An intervention is a pure function ``fn(A, call, site) -> A'`` on the attention probabilities
-``A`` (B, H, n, m) of one attention site, used with :func:`attnexplain.capture.session`
+``A`` (B, H, n, m) of one attention site, used with :func:`attnexplain.capturing.session`
 (``interventions={"main.3.self": fn}``): the registered attention function builds ``A``, calls
 ``fn`` and computes the head outputs as ``A' @ V``. No model code is forked, so the same
 interventions work for every architecture capture supports. Each builder below takes
@@ -58,15 +58,15 @@ import numpy as np
 import torch
 
 from ..backends import AttentionCall
-from ..capture.adapters import AttentionSite, find_attention_sites
-from ..capture.attention import session
+from ..capturing.adapters import AttentionSite, find_attention_sites
+from ..capturing.attention import session
 
 __all__ = [
     "Intervention",
     "KINDS",
     "identity",
-    "effective",
-    "distribution",
+    "effective_part",
+    "distribution_variant",
     "null_perturbation",
     "minus_effective",
     "uniform",
@@ -297,7 +297,7 @@ def identity() -> Intervention:
     return fn
 
 
-def effective(heads: Sequence[int] | None = None, *, preserve_row_sums: bool = False) -> Intervention:
+def effective_part(heads: Sequence[int] | None = None, *, preserve_row_sums: bool = False) -> Intervention:
     """A' = A_eff = A U_r U_r^T (Brunner et al., ICLR 2020): the output is unchanged.
 
     ``preserve_row_sums``: project on the column space of [T, 1] (keeps the row sums too).
@@ -310,7 +310,7 @@ def effective(heads: Sequence[int] | None = None, *, preserve_row_sums: bool = F
     return fn
 
 
-def distribution(heads: Sequence[int] | None = None, *, mode: str = "nearest") -> Intervention:
+def distribution_variant(heads: Sequence[int] | None = None, *, mode: str = "nearest") -> Intervention:
     """A' = the distribution variant of A (``functional.attention_distribution``, after Naim &
     Asher 2024; project's own formulation): a' >= 0, sum 1, a'T = aT. Output unchanged.
 
@@ -489,8 +489,8 @@ def mean(means: torch.Tensor, heads: Sequence[int] | None = None, *, residuals: 
 #: builders by name (for ``intervention_effects(kinds=...)``)
 KINDS: dict[str, Callable[..., Intervention]] = {
     "identity": identity,
-    "effective": effective,
-    "distribution": distribution,
+    "effective": effective_part,
+    "distribution": distribution_variant,
     "null_perturbation": null_perturbation,
     "minus_effective": minus_effective,
     "uniform": uniform,

@@ -116,7 +116,7 @@ class ExplainArgs:
         import numpy as np
         import torch
 
-        from ..explain import explain_batch, get_method
+        from ..methods import explain_batch, get_method
         from ..runs.analyze import AnalyzeError, load_model_for_run, resolve_methods
 
         try:

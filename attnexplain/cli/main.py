@@ -62,7 +62,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
     types += [BackendSpecError, AnalyzeError, ModelNotFoundError, InputError, RunFormatError, RunMismatchError, RunLockedError, RunPathError]
     try:
-        from ..capture import UnsupportedArchitectureError
+        from ..capturing import UnsupportedArchitectureError
 
         types.append(UnsupportedArchitectureError)
     except ImportError:  # pragma: no cover
@@ -356,7 +356,7 @@ def datasets() -> None:
 @command
 def methods() -> None:
     """List explanation methods (* = run by analyze by default)."""
-    from ..explain import METHODS
+    from ..methods import METHODS
     from ..runs.analyze import DEFAULT_METHODS
 
     typer.echo(_listing({("* " if n in DEFAULT_METHODS else "  ") + n: METHODS[n].description for n in sorted(METHODS)}))

@@ -3,7 +3,7 @@
 All share the constructor ``(d_model, n_heads, *, causal=False, max_len=None, ...)`` and
 ``forward(x (B, n, d), key_padding_mask (B, n) bool, True = real token, or None) -> (B, n, d)``.
 Each computes its token-mixing matrix explicitly (no fused kernel, so that timings compare like
-with like) and hands it to :func:`attnexplain.capture.report_attention` together with the
+with like) and hands it to :func:`attnexplain.capturing.report_attention` together with the
 per-head values, such that (except for element-wise attention, see there)
 
     output = concat_h(M_h @ V_h) @ W_O^T + b_O          M_h: (n, n), V_h: (n, d_h)
@@ -33,8 +33,8 @@ import math
 import torch
 from torch import nn
 
-from ..capture.attention import active_session
-from ..capture.sites import report_attention
+from ..capturing.attention import active_session
+from ..capturing.sites import report_attention
 
 __all__ = [
     "StandardAttention",

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..capture.sites import mark_attention_site
+from ..capturing.sites import mark_attention_site
 from .attention import ATTENTION_MECHANISMS, count_parameters, make_attention
 
 __all__ = ["EfficientTransformerClassifier", "POOLINGS"]
@@ -51,7 +51,7 @@ class EfficientTransformerClassifier(nn.Module):
 
     Each attention module is registered as an attention site at construction
     (``mark_attention_site(block.attn, layer=i, out_proj=block.attn.out_proj)``), so
-    :func:`attnexplain.capture.attention.session` records its matrices.
+    :func:`attnexplain.capturing.attention.session` records its matrices.
 
     ``forward(input_ids (B, n) long, attention_mask (B, n) 0/1 or bool, optional) -> logits (B, C)``.
     """

@@ -7,7 +7,7 @@ Per batch (``batch_size`` examples; see docs/run-format.md for the tables):
 
 1. tokenize (truncating to ``max_length``; ``truncated`` records it), **one capture** (all layers
    and heads, value vectors) whose logits give the prediction and probabilities;
-2. every method's token scores through :func:`attnexplain.explain.explain_batch`, sharing that
+2. every method's token scores through :func:`attnexplain.methods.explain_batch`, sharing that
    capture (attention methods) or running the model (gradient methods, the random baseline);
 3. ERASER faithfulness (comprehensiveness and sufficiency at each ``k`` in ``bins``, AOPC = mean
    over the bins) for every method at once: all perturbed inputs of the batch (examples x methods
@@ -26,7 +26,7 @@ where it stopped. Randomness: the random baseline is seeded per example from its
 ``seed``; everything else is deterministic, so a resumed run equals an uninterrupted one.
 
 Faithfulness (DeYoung et al., ACL 2020, ERASER) is computed by
-:func:`attnexplain.ablations.faithfulness.faithfulness` (see its conventions): special tokens are
+:func:`attnexplain.ablations.eraser.faithfulness` (see its conventions): special tokens are
 never ranked or removed, ``k = min(n, max(1, ceil(f * n)))`` content tokens per bin ``f``, removal
 ``"delete"`` (drop the tokens) or ``"mask"`` (replace by [MASK], else pad), ``c`` = the predicted
 class; AOPC = mean over the bins. Ties in a ranking: earlier token first.
@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..ablations.faithfulness import PRECISIONS, resolve_precision
+from ..ablations.eraser import PRECISIONS, resolve_precision
 from .store import Run, RunWriter
 
 __all__ = [
@@ -90,7 +90,7 @@ def _log_stderr(msg: str) -> None:
 def resolve_methods(methods: Sequence[str] | str | None) -> list[str]:
     """Method names to run: None -> :data:`DEFAULT_METHODS` (those registered), ``"all"`` -> all
     registered methods (slow ones included only when named), else checked against the registry."""
-    from ..explain import available_methods
+    from ..methods import available_methods
 
     known = available_methods()
     if methods is None or (isinstance(methods, str) and methods == "default"):
@@ -243,7 +243,7 @@ class _Setup:
 
 def _readout(lm: Any, cap: Any) -> str:
     try:
-        from ..explain.attention_methods import resolve_readout
+        from ..methods.attention_methods import resolve_readout
 
         r = resolve_readout("auto", lm, cap)
         return r if r in ("cls", "last") else "cls"
@@ -254,12 +254,12 @@ def _readout(lm: Any, cap: Any) -> str:
 def _faithfulness(setup: _Setup, enc: dict[str, torch.Tensor], scores: dict[str, list[np.ndarray]],
                   pred: torch.Tensor) -> dict[str, np.ndarray]:
     """ERASER comprehensiveness / sufficiency of every method and bin of a batch, in one batched
-    call of :func:`attnexplain.ablations.faithfulness.faithfulness` (identical perturbed inputs run
+    call of :func:`attnexplain.ablations.eraser.faithfulness` (identical perturbed inputs run
     once, length-sorted chunks of at most ``token_budget`` tokens).
 
     Returns ``values[method] -> (B, 2, K)`` (0: comprehensiveness, 1: sufficiency).
     """
-    from ..ablations.faithfulness import faithfulness
+    from ..ablations.eraser import faithfulness
 
     B, K = int(pred.shape[0]), len(setup.bins)
     width = int(enc["input_ids"].shape[1])
@@ -320,7 +320,7 @@ def _head_stats(setup: _Setup, cap: Any, mask: torch.Tensor, readout_pos: torch.
 
 def _head_ablation(setup: _Setup, cap: Any, batch: dict[str, torch.Tensor], base_probs: torch.Tensor) -> torch.Tensor:
     """TVD of the output distribution when each head is zero-ablated: (L, B, H)."""
-    from ..capture import session
+    from ..capturing import session
 
     lm = setup.lm
     layers = cap.layers()
@@ -348,8 +348,8 @@ def analyze_batch(setup: _Setup, ids: list[str], positions: list[int], texts: li
                   labels: list[int | None] | None, label_names: list[str | None] | None,
                   text_pairs: list[str] | None, store: set[int]):
     """Everything for one batch: (tables dict of columns, attention arrays by example id)."""
-    from ..capture import capture
-    from ..explain import explain_batch
+    from ..capturing import capture
+    from ..methods import explain_batch
 
     lm = setup.lm
     with warnings.catch_warnings():
@@ -541,7 +541,7 @@ def analyze(
             e.g. CPUs with AVX512-BF16/AMX and recent GPUs, else float32), ``"float32"`` or
             ``"bfloat16"``. The capture, predictions and explanations are always float32. The
             resolved choice is in the manifest (``faithfulness.precision``); see
-            :mod:`attnexplain.ablations.faithfulness` for the measured effect (AOPC within ~1e-3).
+            :mod:`attnexplain.ablations.eraser` for the measured effect (AOPC within ~1e-3).
         threads: torch CPU threads (default: torch's choice; ``$ATTNEXPLAIN_THREADS``). On a
             machine shared with other jobs, 1 thread is often much faster than oversubscribing.
         on_batch: called as ``on_batch(batch_number, start, size)`` after each batch is written
@@ -552,7 +552,7 @@ def analyze(
     """
     from .. import __version__
     from ..data import TextDataset, load_dataset
-    from ..explain import get_method
+    from ..methods import get_method
     from ..models import DEFAULT_MODEL, LoadedModel
 
     log = log or _log_stderr

@@ -1,11 +1,11 @@
 """The explanation-method interface and its registry (one verb, ``attribute``, over a class hierarchy).
 
 Every method turns a batch into one importance score per real token of each example, for a
-target class. Attention-derived methods read a :class:`~attnexplain.capture.CaptureResult`
+target class. Attention-derived methods read a :class:`~attnexplain.capturing.CaptureResult`
 (captured once and shared by all of them); gradient and perturbation methods run the model.
 
 Adding a method means adding one file in this package with a subclass decorated with
-``@register_method``; ``attnexplain.explain`` imports every module in the package.
+``@register_method``; ``attnexplain.methods`` imports every module in the package.
 """
 
 from __future__ import annotations

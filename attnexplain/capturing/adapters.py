@@ -42,7 +42,7 @@ class AdapterRule:
     layout: str = "linear"
     #: path from that module to the module whose output is its layer's hidden states after the
     #: attention block (residual and norm included), (B, n, d) or a tuple starting with them;
-    #: what :func:`attnexplain.capture.first_token_readout` cuts to position 0. None: unknown.
+    #: what :func:`attnexplain.capturing.first_token_readout` cuts to position 0. None: unknown.
     post_attention_path: str | None = None
 
 
@@ -157,8 +157,8 @@ def find_attention_sites(model: nn.Module) -> dict[int, AttentionSite]:
         raise UnsupportedArchitectureError(
             f"no attention module of {type(model).__name__} matches the adapter table "
             f"({', '.join(r.name for r in ADAPTER_RULES)}). Mark the attention modules yourself with "
-            "attnexplain.capture.mark_attention_site(module, ...) or add a rule to "
-            "attnexplain.capture.adapters.ADAPTER_RULES."
+            "attnexplain.capturing.mark_attention_site(module, ...) or add a rule to "
+            "attnexplain.capturing.adapters.ADAPTER_RULES."
         )
     has_decoder = any(s.stack == "decoder" for _, s in found)
     sites: dict[int, AttentionSite] = {}

@@ -55,7 +55,7 @@ def _find_last_post_attention_module(model: nn.Module) -> nn.Module | None:
 
 def first_token_readout_supported(model: nn.Module) -> bool:
     """Whether ``model`` is a sequence classifier of a family in
-    :data:`~attnexplain.capture.adapters.FIRST_TOKEN_CLASSIFIERS` whose last attention block the
+    :data:`~attnexplain.capturing.adapters.FIRST_TOKEN_CLASSIFIERS` whose last attention block the
     adapter table can locate."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)

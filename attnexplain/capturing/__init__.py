@@ -1,4 +1,8 @@
-"""Capture: attention matrices (and what effective attention needs) from running models."""
+"""Capturing attention matrices (and what effective attention needs) from running models.
+
+The verb :func:`capture` lives in :mod:`.result` and is re-exported here and as
+``attnexplain.capture``.
+"""
 
 from .adapters import ADAPTER_RULES, AdapterRule, AttentionSite, UnsupportedArchitectureError, find_attention_sites
 from .attention import (
@@ -23,16 +27,3 @@ __all__ = [
     "first_token_readout_supported",
 ]
 
-
-# ``attnexplain.capture`` is both this package and the verb: calling the package calls
-# :func:`capture` (``attnexplain.capture(lm, texts)``), like ``from attnexplain.capture import capture``.
-import sys as _sys
-import types as _types
-
-
-class _CallablePackage(_types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return capture(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallablePackage

@@ -317,7 +317,7 @@ def use_backend(model: nn.Module, backend: AttentionBackend | str = "dense", **o
 
         raise UnsupportedArchitectureError(
             f"{type(model).__name__} does not accept custom attention functions ({exc}). "
-            "Mark its attention modules with attnexplain.capture.mark_attention_site instead."
+            "Mark its attention modules with attnexplain.capturing.mark_attention_site instead."
         ) from exc
     return name
 

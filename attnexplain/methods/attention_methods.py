@@ -1,7 +1,7 @@
 """Attention-derived explanation methods: one importance score per real token, read off a capture.
 
-Every method here reads the :class:`~attnexplain.capture.CaptureResult` of the batch (captured
-once by :func:`attnexplain.explain.explain_batch` and shared), removes padding per example
+Every method here reads the :class:`~attnexplain.capturing.CaptureResult` of the batch (captured
+once by :func:`attnexplain.methods.explain_batch` and shared), removes padding per example
 (``capture.key_mask``; left and right padding alike), and scores each real key token ``j`` by how
 much the *readout* query position attends to it. The maths lives in :mod:`attnexplain.functional`;
 this module only selects rows, layers and heads.
@@ -285,7 +285,7 @@ class EffectiveAttention(AttentionMethod):
         score_j = mean_{l} reduce_h A_eff^{l,h}[r, j]
 
     with ``U_r`` from :meth:`CaptureResult.effective_basis
-    <attnexplain.capture.CaptureResult.effective_basis>` (the exact basis of
+    <attnexplain.capturing.CaptureResult.effective_basis>` (the exact basis of
     :func:`attnexplain.functional.value_space_basis`, padding keys excluded, computed once per
     layer and batch and shared with every other consumer of the capture), restricted to each
     example's real tokens. **Signed**: effective weights can be negative; the score is the signed value as is

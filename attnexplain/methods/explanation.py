@@ -1,29 +1,14 @@
-"""Explanation methods, found by name, and the ``explain`` verb.
-
->>> attnexplain.explain(lm, ["a witty film"], methods=["raw_attention", "effective_attention", "integrated_gradients"])
-{'raw_attention': Attribution(...), ...}
-"""
+"""The ``explain`` verb: scores of named explanation methods for texts or tokenized batches."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from .base import METHODS, Attribution, ExplanationMethod, available_methods, get_method, rank_tokens, register_method
-
-for _mod in pkgutil.iter_modules(__path__):
-    if _mod.name not in {"base"} and not _mod.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_mod.name}")
-
-__all__ = [
-    "METHODS", "Attribution", "ExplanationMethod", "available_methods", "get_method", "rank_tokens",
-    "register_method", "explain", "explain_batch",
-]
+from .base import Attribution, ExplanationMethod, get_method
 
 
 def explain_batch(
@@ -39,7 +24,7 @@ def explain_batch(
     Captures attention once (all layers and heads, with values) when any method needs it and
     shares it. Returns ``(scores per method, target (B,), capture result or None)``.
     """
-    from ..capture import capture
+    from ..capturing import capture
 
     built = [get_method(m) for m in methods]
     cap = capture_result
@@ -90,16 +75,3 @@ def explain(
             out[m.name].scores.extend(scores[m.name])
             out[m.name].target.extend(tgt.tolist())
     return out
-
-
-# ``attnexplain.explain`` is both this package and the verb: calling the package calls :func:`explain`.
-import sys as _sys
-import types as _types
-
-
-class _CallablePackage(_types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return explain(*args, **kwargs)
-
-
-_sys.modules[__name__].__class__ = _CallablePackage

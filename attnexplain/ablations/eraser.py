@@ -25,9 +25,9 @@ Conventions (recorded in :class:`FaithfulnessResult`):
   - ``"mask"``: each removed token is replaced by the tokenizer's ``[MASK]`` id, or by its pad id
     when it has no mask token; ``attention_mask`` stays 1 at those positions (the model sees a
     mask/pad embedding at the same position, sequence length unchanged).
-* **Rankings**: from scores with :func:`attnexplain.explain.rank_tokens` (descending; ties:
+* **Rankings**: from scores with :func:`attnexplain.methods.rank_tokens` (descending; ties:
   earlier position first). Scores or rankings may be given per real token (including special
-  tokens, as :func:`attnexplain.explain.explain_batch` returns them: special positions are
+  tokens, as :func:`attnexplain.methods.explain_batch` returns them: special positions are
   dropped before ranking) or per content token; any other length is a ``ValueError`` naming
   the example and both accepted lengths.
 * **Precision** (``precision``): ``"float32"`` (default) runs the perturbed inputs as the model
@@ -40,7 +40,7 @@ Conventions (recorded in :class:`FaithfulnessResult`):
   (:func:`resolve_precision`). The precision used is in ``FaithfulnessResult.precision``.
 * **First-token classifiers** (BERT, RoBERTa, ELECTRA, XLM-R, DistilBERT sequence classifiers,
   whose head reads position 0 only): the perturbed inputs run inside
-  :func:`attnexplain.capture.first_token_readout`, which skips the last layer's work on the other
+  :func:`attnexplain.capturing.first_token_readout`, which skips the last layer's work on the other
   positions (``skip_unread=True``, default). The first time a model is used this way the first
   batch is also run in full and the probabilities compared (within 1e-4); a model that
   disagrees is run in full from then on, with a warning.
@@ -254,7 +254,7 @@ def _examples_from_batch(lm: Any, batch: Mapping[str, torch.Tensor]) -> list[_Ex
 
 def _content_ranking(ex: _Example, i: int, method: str, scores: Any = None, ranking: Any = None) -> np.ndarray:
     """Ranking of the content tokens (indices into ex.content), most important first."""
-    from ..explain import rank_tokens
+    from ..methods import rank_tokens
 
     n_real, n = len(ex.ids), len(ex.content)
     vals = np.asarray(scores if ranking is None else ranking)
@@ -338,7 +338,7 @@ def _readout_context(model: Any, run: Any) -> Any:
     """A factory of ``first_token_readout(model)`` contexts when supported and (checked once per
     model: ``run(context, float32=True)`` gives the first batch's probabilities) equal to the
     full forward; else a factory of null contexts."""
-    from ..capture import first_token_readout, first_token_readout_supported
+    from ..capturing import first_token_readout, first_token_readout_supported
 
     ok = _READOUT_CHECKED.get(model)
     if ok is None:
@@ -363,7 +363,7 @@ def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_
                    skip_unread: bool = True) -> tuple[np.ndarray, int]:
     """Class probabilities for each sequence (length-bucketed batches); returns (probs, forwards).
     ``precision="bfloat16"`` runs the model under ``torch.autocast`` to bfloat16; ``skip_unread``
-    uses :func:`attnexplain.capture.first_token_readout` where it applies (see the module docstring)."""
+    uses :func:`attnexplain.capturing.first_token_readout` where it applies (see the module docstring)."""
     tokenizer = lm.tokenizer
     pad = _pad_id(tokenizer)
     left = getattr(tokenizer, "padding_side", "right") == "left"
@@ -608,7 +608,7 @@ def faithfulness_for_methods(
     go through the model in one batched :func:`faithfulness` pass. ``target`` defaults to the
     predicted class. Other arguments as :func:`faithfulness`.
     """
-    from ..explain import explain
+    from ..methods import explain
 
     texts = [texts] if isinstance(texts, str) else list(texts)
     attributions = explain(lm, texts, list(methods), target=target, batch_size=batch_size, progress=progress)

@@ -325,7 +325,7 @@ def capture(
         raise NothingCapturedError(
             f"{type(torch_model).__name__} ran but no attention call reached attnexplain (attention implementation: "
             f"{impl!r}). Switch it with attnexplain.use_backend(model) if it uses transformers' attention registry, "
-            "or mark its attention modules with attnexplain.capture.mark_attention_site."
+            "or mark its attention modules with attnexplain.capturing.mark_attention_site."
         )
     records: dict[str, list[Record]] = defaultdict(list)
     sites: dict[str, AttentionSite] = {}
