@@ -34,6 +34,8 @@ _EXPORTS = {
     "attention_rollout": "attnexplain.functional",
     "attention_flow": "attnexplain.functional",
     "explain": "attnexplain.methods",
+    "generate": "attnexplain.generation",
+    "GenerationResult": "attnexplain.generation",
     "get_method": "attnexplain.methods",
     "available_methods": "attnexplain.methods",
     "load_dataset": "attnexplain.data",

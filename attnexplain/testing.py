@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["TINY_ARCHITECTURES", "tiny_config", "tiny_hf_model", "tiny_model", "tiny_inputs", "CharTokenizer"]
+__all__ = ["TINY_ARCHITECTURES", "tiny_config", "tiny_hf_model", "tiny_model", "tiny_inputs", "CharTokenizer",
+           "GENERATOR_ARCHITECTURES", "tiny_generator"]
 
 TINY_ARCHITECTURES = ("bert", "roberta", "distilbert", "gpt2", "llama", "bart", "t5", "vit")
 VOCAB = 100
@@ -149,3 +150,75 @@ def tiny_inputs(arch: str, *, batch: int = 2, length: int = 7, pad: str | None =
             real = mask[i].nonzero().flatten()
             ids[i, real[-1]] = eos
     return out
+
+
+#: architectures :func:`tiny_generator` builds: decoder-only (gpt2, llama with GQA) and encoder-decoder (bart, t5)
+GENERATOR_ARCHITECTURES = ("gpt2", "llama", "bart", "t5")
+
+
+class CharLMTokenizer(CharTokenizer):
+    """:class:`CharTokenizer` for generative models: no [SEP] after a prompt, left padding for
+    decoder-only models, ``decode`` and the special-token attributes ``generate`` reads."""
+
+    def __init__(self, *, eos_id: int = 2, bos_id: int | None = 1, padding_side: str = "left", **kw: Any):
+        super().__init__(**kw)
+        self.eos_token_id, self.bos_token_id, self.padding_side = eos_id, bos_id, padding_side
+        self.eos_token, self.pad_token = "</s>", "[PAD]"
+        self.all_special_ids = sorted({i for i in (self.pad_token_id, eos_id, bos_id) if i is not None})
+
+    def _ids(self, text: str) -> list[int]:
+        body = [5 + (ord(c) % (self.vocab_size - 5)) for c in text]
+        return ([self.bos_token_id] if self.bos_token_id is not None else []) + body
+
+    def __call__(self, texts, text_pair=None, padding=False, truncation=False, max_length=None,
+                 return_tensors=None, add_special_tokens=True):
+        out = super().__call__(texts, text_pair=text_pair, padding=padding, truncation=truncation,
+                               max_length=max_length, return_tensors=None, add_special_tokens=add_special_tokens)
+        if not add_special_tokens and self.bos_token_id is not None:
+            strip = lambda row: row[1:] if row and row[0] == self.bos_token_id else row  # noqa: E731
+            if not padding:
+                out["input_ids"] = [strip(r) for r in out["input_ids"]]
+        if return_tensors == "pt" and padding:
+            out = {k: torch.tensor(v) for k, v in out.items()}
+        return out
+
+    def convert_ids_to_tokens(self, ids):
+        special = {self.pad_token_id: "[PAD]", self.eos_token_id: "</s>", self.bos_token_id: "<s>"}
+        return [special.get(i, chr(ord("a") + (i - 5) % 26)) for i in ids]
+
+    def convert_tokens_to_string(self, tokens):
+        return "".join(tokens)
+
+    def decode(self, ids, skip_special_tokens: bool = False):
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self.all_special_ids]
+        return "".join(self.convert_ids_to_tokens(ids))
+
+
+def tiny_generator(arch: str = "llama", *, seed: int = 0, backend: str = "dense", attn_implementation: str = "sdpa"):
+    """A tiny random generative model (LM head) as a LoadedModel with a character tokenizer.
+
+    ``arch``: gpt2 / llama (decoder-only, task ``"causal-lm"``, left padding) or bart / t5
+    (encoder-decoder, task ``"seq2seq"``, right padding).
+    """
+    import transformers as tf
+
+    from .models import LoadedModel
+
+    if arch not in GENERATOR_ARCHITECTURES:
+        raise ValueError(f"unknown tiny generator {arch!r}; choose from {GENERATOR_ARCHITECTURES}")
+    cfg = copy.deepcopy(tiny_config(arch))
+    cls = {"gpt2": tf.GPT2LMHeadModel, "llama": tf.LlamaForCausalLM, "bart": tf.BartForConditionalGeneration,
+           "t5": tf.T5ForConditionalGeneration}[arch]
+    torch.manual_seed(seed)
+    model = cls._from_config(cfg, attn_implementation=attn_implementation).eval()
+    seq2seq = arch in ("bart", "t5")
+    if arch == "bart":
+        tok = CharLMTokenizer(pad_id=1, eos_id=2, bos_id=0, padding_side="right")
+    elif arch == "t5":
+        tok = CharLMTokenizer(pad_id=0, eos_id=1, bos_id=None, padding_side="right")
+    else:
+        tok = CharLMTokenizer(pad_id=0, eos_id=2, bos_id=1, padding_side="left")
+    return LoadedModel.from_model(model, tok, name=f"tiny-{arch}-lm", task="seq2seq" if seq2seq else "causal-lm",
+                                  backend=backend)

@@ -1,0 +1,164 @@
+"""attnexplain.generate: captured rows equal eager generate(output_attentions=True) and step-by-step
+forwards, step scores equal the model's own log-softmax, forced targets, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import attnexplain
+from attnexplain.generation.decoding import _tokenize_prompts
+from attnexplain.models import InputError
+from attnexplain.testing import tiny_generator, tiny_model
+
+PROMPTS = ["the cat sat on", "a dog"]  # different lengths: the second is left-padded (decoder-only)
+N = 5
+
+
+def _eager_copy(lm):
+    m = copy.deepcopy(lm.model)
+    m.set_attn_implementation("eager")
+    return m
+
+
+def _eager_generate(lm, n=N):
+    batch = _tokenize_prompts(lm, PROMPTS)
+    eager = _eager_copy(lm)
+    with torch.no_grad():
+        out = eager.generate(**batch, max_new_tokens=n, min_new_tokens=n, do_sample=False, output_attentions=True,
+                             output_logits=True, return_dict_in_generate=True,
+                             pad_token_id=lm.tokenizer.pad_token_id)
+    return batch, out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_decoder_only_rows_equal_eager_generate(arch):
+    lm = tiny_generator(arch)
+    batch, ref = _eager_generate(lm)
+    res = attnexplain.generate(lm, PROMPTS, max_new_tokens=N, min_new_tokens=N)
+    P = batch["input_ids"].shape[1]
+    assert batch["attention_mask"][1, 0] == 0  # the batch really is left-padded
+    assert torch.equal(res.generated_ids, ref.sequences[:, P:])
+    mask = batch["attention_mask"].bool()
+    for layer in range(lm.num_layers):
+        A = res.attention(layer)
+        # step 0: the prompt's rows (real queries; padded keys are 0 in both)
+        for i in range(len(PROMPTS)):
+            q = mask[i]
+            torch.testing.assert_close(A[i][:, :P, :P][:, q], ref.attentions[0][layer][i][:, q], atol=1e-5, rtol=0)
+        for t in range(1, N):
+            torch.testing.assert_close(res.step_attention(t, layer), ref.attentions[t][layer][:, :, -1, :], atol=1e-5, rtol=0)
+    # step scores: the model's own distribution at each step
+    ref_lp = torch.stack([torch.log_softmax(l.float(), -1) for l in ref.logits], dim=1)
+    torch.testing.assert_close(res.step_log_probs, ref_lp.gather(-1, res.generated_ids[..., None])[..., 0], atol=1e-5, rtol=0)
+    ent = -(ref_lp.exp() * ref_lp).sum(-1)
+    torch.testing.assert_close(res.step_entropy, ent, atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.top_probs[..., 0], ref_lp.exp().amax(-1), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["bart", "t5"])
+def test_encoder_decoder_rows_equal_eager_generate(arch):
+    lm = tiny_generator(arch)
+    batch, ref = _eager_generate(lm)
+    res = attnexplain.generate(lm, PROMPTS, max_new_tokens=N, min_new_tokens=N)
+    assert res.is_encoder_decoder and torch.equal(res.generated_ids, ref.sequences[:, 1:])
+    mask = batch["attention_mask"].bool()
+    assert not mask[1].all()  # right-padded encoder input
+    for layer in range(lm.num_layers):
+        E = res.attention(layer, stack="encoder")
+        for i in range(len(PROMPTS)):
+            q = mask[i]
+            torch.testing.assert_close(E[i][:, q], ref.encoder_attentions[layer][i][:, q], atol=1e-5, rtol=0)
+        for t in range(N):
+            torch.testing.assert_close(res.step_attention(t, layer, kind="self"),
+                                       ref.decoder_attentions[t][layer][:, :, -1, :], atol=1e-5, rtol=0)
+            torch.testing.assert_close(res.step_attention(t, layer, kind="cross"),
+                                       ref.cross_attentions[t][layer][:, :, -1, :], atol=1e-5, rtol=0)
+    ref_lp = torch.stack([torch.log_softmax(l.float(), -1) for l in ref.logits], dim=1)
+    torch.testing.assert_close(res.step_log_probs, ref_lp.gather(-1, res.generated_ids[..., None])[..., 0], atol=1e-5, rtol=0)
+
+
+def test_teacher_forced_rows_equal_step_by_step_forwards():
+    """Each step's row of the one teacher-forced pass = the last row of a separate forward over
+    exactly the tokens that step saw (padding removed: no batch, no padding at all)."""
+    lm = tiny_generator("llama")
+    res = attnexplain.generate(lm, PROMPTS, max_new_tokens=4, min_new_tokens=4)
+    for i in range(len(PROMPTS)):
+        real = res.attention_mask[i].bool()
+        seq = res.input_ids[i][real]
+        n_prompt = int(res.attention_mask[i, : res.prompt_length].sum())
+        for t in range(4):
+            ids = seq[: n_prompt + t][None]
+            cap = attnexplain.capture(lm, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+            logits = cap.logits[0, -1]
+            for layer in range(lm.num_layers):
+                row = res.step_attention(t, layer)[i][:, -(n_prompt + t):]
+                torch.testing.assert_close(row, cap.attention(layer)[0, :, -1], atol=1e-5, rtol=0)
+            lp = torch.log_softmax(logits.float(), -1)[res.generated_ids[i, t]]
+            torch.testing.assert_close(res.step_log_probs[i, t], lp, atol=1e-5, rtol=0)
+
+
+def test_step_view_is_the_truncated_capture():
+    lm = tiny_generator("llama")
+    res = attnexplain.generate(lm, PROMPTS, max_new_tokens=3)
+    view = res.step_view(2)
+    r = res.readout_position(2)
+    assert view.attention(0).shape[-1] == r + 1
+    torch.testing.assert_close(view.attention(1)[:, :, -1], res.step_attention(2, 1))
+    assert view.tokens[1] == res.tokens[1][: len(view.tokens[1])]
+    # accessors of CaptureResult work on the whole generation
+    df = res.to_dataframe(example=1, layers=[0])
+    assert set(df["query_token"]) <= set(res.tokens[1])
+    assert res.effective_attention(0).shape == res.attention(0).shape
+
+
+def test_forced_target_scores_the_given_continuation():
+    lm = tiny_generator("llama")
+    res = attnexplain.generate(lm, ["the cat", "a"], target=["sat", "dog ran"])
+    tok = lm.tokenizer
+    assert res.forced and res.generated_mask.sum(-1).tolist() == [4, 8]  # " sat", " dog ran" (a space between word characters)
+    for i, (p, t) in enumerate([("the cat", " sat"), ("a", " dog ran")]):
+        full = torch.tensor(tok(p + t)["input_ids"])
+        n_p = len(tok(p)["input_ids"][0])
+        with torch.no_grad():
+            lp = torch.log_softmax(lm.model(input_ids=full).logits.float(), -1)[0]
+        steps = res.steps(i)
+        expect = lp[n_p - 1 : full.shape[1] - 1].gather(-1, full[0, n_p:, None])[:, 0]
+        torch.testing.assert_close(res.step_log_probs[i, steps], expect, atol=1e-5, rtol=0)
+    assert res.attention_mask[0, -3:].tolist() == [0, 0, 0]  # the shorter continuation's tail is padding
+
+
+def test_generation_stops_at_end_token():
+    lm = tiny_generator("llama")
+    free = attnexplain.generate(lm, PROMPTS, max_new_tokens=4, min_new_tokens=4)
+    stop = int(free.generated_ids[0, 1])
+    first = (free.generated_ids[0] == stop).nonzero().flatten()[0].item()
+    res = attnexplain.generate(lm, PROMPTS, max_new_tokens=4, eos_token_id=stop)
+    # example 0 ends at its first `stop` token (kept), nothing after it counts
+    assert res.generated_mask[0].tolist()[: first + 1] == [True] * (first + 1)
+    assert not res.generated_mask[0, first + 1 :].any()
+    assert res.steps(0) == list(range(first + 1))
+    P = res.prompt_length
+    assert res.attention_mask[0, P + first + 1 :].sum() == 0
+    assert len(res.tokens[0]) == int(res.attention_mask[0].sum())
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+def test_bad_input_is_refused_with_the_fix():
+    lm = tiny_generator("llama")
+    with pytest.raises(InputError, match="empty"):
+        attnexplain.generate(lm, ["  "], max_new_tokens=3)
+    with pytest.raises(InputError, match="positive int"):
+        attnexplain.generate(lm, ["abc"], max_new_tokens=0)
+    with pytest.raises(InputError, match="at most"):
+        attnexplain.generate(lm, ["abc"], max_new_tokens=lm.max_length)
+    with pytest.raises(InputError, match="no token"):
+        attnexplain.generate(lm, ["abc"], target="")
+    with pytest.raises(InputError, match="language-model head"):
+        attnexplain.generate(tiny_model("bert"), ["abc"], max_new_tokens=2)
+    with pytest.raises(InputError, match="one per prompt"):
+        attnexplain.generate(lm, ["abc", "de"], target=["x"])
