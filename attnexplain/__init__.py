@@ -36,6 +36,7 @@ _EXPORTS = {
     "explain": "attnexplain.methods",
     "generate": "attnexplain.generation",
     "GenerationResult": "attnexplain.generation",
+    "explain_generation": "attnexplain.generation",
     "get_method": "attnexplain.methods",
     "available_methods": "attnexplain.methods",
     "load_dataset": "attnexplain.data",

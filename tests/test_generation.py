@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,3 +163,73 @@ def test_bad_input_is_refused_with_the_fix():
         attnexplain.generate(tiny_model("bert"), ["abc"], max_new_tokens=2)
     with pytest.raises(InputError, match="one per prompt"):
         attnexplain.generate(lm, ["abc", "de"], target=["x"])
+
+
+# -- per-generated-token explanations -----------------------------------------------------------
+
+EXPLAINED = ["raw_attention", "effective_attention", "norm", "rollout", "gradient_x_input", "occlusion", "random"]
+
+
+def test_each_generated_token_is_explained_as_its_own_call():
+    """Row t of every method's matrix = the method run alone (explain_batch) on the unpadded
+    sequence prompt + y_<t with target y_t: padding, the shared capture and the step view change nothing."""
+    from attnexplain.methods import explain_batch, get_method
+
+    lm = tiny_generator("llama")
+    methods = EXPLAINED + [get_method("integrated_gradients", n_steps=4)]
+    ex = attnexplain.explain_generation(lm, PROMPTS, methods, max_new_tokens=3, min_new_tokens=3)
+    g = ex.generation
+    for i in range(len(PROMPTS)):
+        seq = g.input_ids[i][g.attention_mask[i].bool()]
+        n_p = ex["raw_attention"].n_prompt[i]
+        for t in range(3):
+            ids = seq[: n_p + t][None]
+            ref, _, _ = explain_batch(lm, {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+                                      [get_method(m) if isinstance(m, str) else m for m in methods],
+                                      target=g.generated_ids[i, t : t + 1])
+            for name, scores in ref.items():
+                got = ex[name].step_scores(i, t)
+                np_ref = scores[0]
+                assert got.shape == np_ref.shape, name
+                assert abs(got - np_ref).max() < 1e-4, (name, i, t, abs(got - np_ref).max())
+            assert np.isnan(ex["raw_attention"].scores[i][t, n_p + t :]).all()  # not visible to step t
+    df = ex.to_dataframe()
+    assert set(EXPLAINED) <= set(df.columns) and len(df) == sum(ex["random"].n_prompt[i] * 3 + 3 for i in range(2))
+    assert "step 0" in ex.format(0)
+
+
+def test_contrastive_scores_attribute_the_log_prob_difference():
+    lm = tiny_generator("llama")
+    ex = attnexplain.explain_generation(lm, ["the cat sat"], ["gradient_x_input", "occlusion", "raw_attention"],
+                                        target=" on", contrast=" in")
+    assert ex.skipped == ["raw_attention"] and set(ex.methods) == {"gradient_x_input", "occlusion"}
+    g = ex.generation
+    y, c = g.generated_ids[0], ex.contrast_ids[0]
+    ids = g.input_ids[0][g.attention_mask[0].bool()]
+    n_p = ex["occlusion"].n_prompt[0]
+    emb = lm.model.get_input_embeddings()
+    for t in range(2):  # " on" vs " in": step 0 ' ' vs ' ' (same token: all zero), step 1 'o' vs 'i'
+        x = ids[: n_p + t][None]
+        e = emb(x).detach().requires_grad_(True)
+        lp = torch.log_softmax(lm.model(inputs_embeds=e).logits[0, -1].float(), -1)
+        (lp[y[t]] - lp[c[t]]).backward()
+        gxi = (e.grad * e).sum(-1)[0].detach().double().numpy()
+        assert abs(ex["gradient_x_input"].step_scores(0, t) - gxi).max() < 1e-4
+        # occlusion: drop of the log-prob difference when token j is replaced by the pad id (BOS left alone)
+        with torch.no_grad():
+            def diff(seq):
+                l = torch.log_softmax(lm.model(input_ids=seq[None]).logits[0, -1].float(), -1)
+                return float(l[y[t]] - l[c[t]])
+            base = diff(x[0])
+            for j in range(1, n_p + t):
+                z = x[0].clone()
+                z[j] = lm.tokenizer.pad_token_id
+                assert abs(ex["occlusion"].step_scores(0, t)[j] - (base - diff(z))) < 1e-5
+    assert np.allclose(ex["gradient_x_input"].step_scores(0, 0), 0.0)  # same token: nothing to contrast
+
+
+def test_contrast_on_a_classifier_is_refused():
+    with pytest.raises(InputError, match="contrast"):
+        attnexplain.explain_generation(tiny_model("bert"), ["abc"], ["gradient_x_input"], contrast="x")
+    with pytest.raises(InputError, match="gradient or perturbation"):
+        attnexplain.explain_generation(tiny_generator("llama"), ["abc"], ["raw_attention"], target="d", contrast="e")

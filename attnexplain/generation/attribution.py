@@ -1,0 +1,308 @@
+"""Per-generated-token explanations: for every generated token, scores over the prompt and the
+tokens generated before it, by every registered explanation method.
+
+For generated token ``t`` the explained model call is the one that predicted it: the prompt and
+the tokens generated before ``t`` as input, the readout row (the position predicting the token,
+``GenerationResult.readout_position(t)``) as the row attention methods read, and ``y_t`` as the
+target. Each method runs unchanged on that call:
+
+* attention-derived methods read :meth:`GenerationResult.step_view` (the one teacher-forced
+  capture cut to what step ``t`` sees; their ``"last"`` readout is the readout row), so the
+  generation's own capture serves every step and every method;
+* gradient methods (integrated gradients, gradient x input) and occlusion run the model on
+  :meth:`GenerationResult.step_batch` with ``target = y_t`` (the logit of the generated token at
+  the readout row; occlusion: its probability);
+* contrastive explanations (``contrast=``: "why Paris rather than Lyon", Yin & Neubig 2022,
+  as in inseq's contrastive attribution) attribute ``log p(y_t) - log p(c_t)``, the difference of
+  the log-probabilities of the explained and the contrast token at the same step (the target's
+  prefix). Gradient methods are linear in the attributed function and the softmax normaliser
+  cancels in a log-probability difference, so their contrastive scores are
+  ``attribution(logit y_t) - attribution(logit c_t)`` exactly; occlusion scores the drop of
+  ``log p(y_t) - log p(c_t)`` when a token is occluded. Attention-derived methods do not depend on
+  the target and are skipped (with a warning); ``random`` stays as the baseline.
+
+Scores per example form a (N_i, n_i) matrix: one row per generated token, one column per token of
+prompt + continuation (``n_i = prompt tokens + N_i``), NaN where a column is not visible to the
+row (the token itself and later ones): the prompt block is the source attribution, the rest the
+target-side attribution (inseq's ``source_attributions`` / ``target_attributions``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..models import InputError
+from .decoding import _as_list, continuation_ids, generate
+from .result import GenerationResult
+
+__all__ = ["GenerationAttribution", "GenerationExplanation", "explain_generation", "DEFAULT_GENERATION_METHODS",
+           "generation_methods"]
+
+#: what ``explain_generation`` runs when no method is named (integrated gradients and occlusion
+#: are left out: they cost one model pass per integration step / per token, for every generated token)
+DEFAULT_GENERATION_METHODS = ("raw_attention", "effective_attention", "norm", "rollout", "gradient_x_input", "random")
+#: registered methods that "all" leaves out (expensive; name them to run them)
+_NOT_IN_ALL = ("flow", "attention_distribution")
+
+
+def generation_methods(methods: Sequence[Any] | str | None) -> list[Any]:
+    """Method names: None -> the defaults, "all" -> every registered method except flow and
+    attention_distribution (name them to include them)."""
+    from ..methods import available_methods
+
+    if methods is None:
+        return list(DEFAULT_GENERATION_METHODS)
+    if isinstance(methods, str):
+        methods = [methods]
+    out: list[Any] = []
+    for m in methods:
+        if m == "all":
+            out += [n for n in available_methods() if n not in _NOT_IN_ALL and n not in out]
+        elif m not in out:
+            out.append(m)
+    return out
+
+
+@dataclass
+class GenerationAttribution:
+    """One method's scores for every generated token (see the module docstring for the layout).
+
+    Attributes:
+        method: registry name.
+        tokens: per example, readable tokens of prompt + continuation.
+        n_prompt: per example, how many of ``tokens`` are prompt tokens.
+        scores: per example a (N_i, n_i) float64 matrix, NaN where not visible.
+        contrast: per example the contrast tokens per step (None if not contrastive).
+    """
+
+    method: str
+    tokens: list[list[str]]
+    n_prompt: list[int]
+    scores: list[np.ndarray]
+    contrast: list[list[str]] | None = None
+
+    def source(self, i: int) -> np.ndarray:
+        """(N_i, prompt tokens): scores of the prompt tokens for each generated token."""
+        return self.scores[i][:, : self.n_prompt[i]]
+
+    def target_side(self, i: int) -> np.ndarray:
+        """(N_i, N_i): scores of the earlier generated tokens (strictly lower triangle; NaN elsewhere)."""
+        return self.scores[i][:, self.n_prompt[i]:]
+
+    def step_scores(self, i: int, step: int) -> np.ndarray:
+        """Scores of the tokens visible to generated token ``step`` (prompt + earlier generated)."""
+        return self.scores[i][step, : self.n_prompt[i] + step]
+
+
+@dataclass
+class GenerationExplanation:
+    """A generation and every method's per-token scores (``attributions[method]``)."""
+
+    generation: GenerationResult
+    attributions: dict[str, GenerationAttribution]
+    contrast_ids: torch.Tensor | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.attributions)
+
+    def __getitem__(self, method: str) -> GenerationAttribution:
+        return self.attributions[method]
+
+    def top_sources(self, example: int, step: int, method: str, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` highest-scored visible tokens for generated token ``step``: (token, score)."""
+        from ..methods import rank_tokens
+
+        s = self.attributions[method].step_scores(example, step)
+        toks = self.attributions[method].tokens[example]
+        return [(toks[j], float(s[j])) for j in rank_tokens(s)[:k]]
+
+    def to_dataframe(self):
+        """Long table: example, step, generated_token, prob, position, token, is_prompt, one column per method."""
+        import pandas as pd
+
+        g = self.generation
+        rows = []
+        first = next(iter(self.attributions.values()))
+        for i in range(len(first.scores)):
+            n_p = first.n_prompt[i]
+            for t in g.steps(i):
+                for j in range(n_p + t):
+                    row = {"example": i, "step": t, "generated_token": g.generated_tokens[i][t],
+                           "prob": float(g.step_probs[i, t]), "position": j, "token": first.tokens[i][j],
+                           "is_prompt": j < n_p}
+                    for name, a in self.attributions.items():
+                        row[name] = float(a.scores[i][t, j])
+                    rows.append(row)
+        return pd.DataFrame(rows)
+
+    def format(self, example: int = 0, *, top: int = 3) -> str:
+        """Readable text: the continuation, and per generated token its probability and top tokens per method."""
+        g = self.generation
+        lines = [f"prompt:    {g.prompts[example]!r}",
+                 f"{'forced' if g.forced else 'generated'}: {g.generated_texts[example]!r}"]
+        contrast = next(iter(self.attributions.values())).contrast if self.attributions else None
+        for t in g.steps(example):
+            head = f"step {t}: {g.generated_tokens[example][t]!r} p={float(g.step_probs[example, t]):.3f}"
+            if contrast is not None and t < len(contrast[example]):
+                head += f" (vs {contrast[example][t]!r})"
+            else:
+                alts = ", ".join(f"{tok!r} {p:.3f}" for tok, p in zip(g.top_tokens[example][t][:3], g.top_probs[example, t][:3].tolist()))
+                head += f"   top: {alts}"
+            lines.append(head)
+            for name in self.attributions:
+                if np.isnan(self.attributions[name].scores[example][t]).all():
+                    continue
+                tops = ", ".join(f"{tok!r} {s:+.3f}" for tok, s in self.top_sources(example, t, name, top))
+                lines.append(f"    {name:<22} {tops}")
+        if self.skipped:
+            lines.append(f"(not contrastive, skipped: {', '.join(self.skipped)})")
+        return "\n".join(lines)
+
+
+def _contrast_ids(lm: Any, gen: GenerationResult, contrast: str | Sequence[str]) -> torch.Tensor:
+    """(B, N) contrast token per step (-1 where none): the contrast continuation's tokens."""
+    items = _as_list(contrast, len(gen.prompts), "contrast")
+    out = torch.full_like(gen.generated_ids, -1)
+    for i, (p, c) in enumerate(zip(gen.prompts, items)):
+        ids = continuation_ids(lm, p, c, what="contrast")
+        n = min(len(ids), len(gen.steps(i)))
+        out[i, :n] = torch.tensor(ids[:n], device=out.device)
+    return out
+
+
+def _occlusion_contrast(method: Any, lm: Any, batch: dict[str, torch.Tensor], target: torch.Tensor,
+                        foil: torch.Tensor) -> list[np.ndarray]:
+    """Occlusion of ``log p(target) - log p(foil)`` at the last position (same removal rules as the
+    registered occlusion method: replacement id, special tokens left alone)."""
+    from ..methods.gradients import special_token_ids
+
+    ids, am = batch["input_ids"], batch["attention_mask"].bool()
+    special = special_token_ids(lm)
+    repl = method.replacement_id(lm)
+    out = []
+    for i in range(ids.shape[0]):
+        real = am[i].nonzero().flatten()
+        row = ids[i, real]
+        n = row.numel()
+        occl = [j for j in range(n) if method.occlude_special or int(row[j]) not in special]
+        rows = row[None].repeat(len(occl) + 1, 1)
+        for r, j in enumerate(occl, start=1):
+            rows[r, j] = repl
+        diffs = []
+        with torch.no_grad():
+            for s in range(0, rows.shape[0], int(method.batch_size)):
+                chunk = rows[s: s + int(method.batch_size)]
+                lp = torch.log_softmax(lm.model(input_ids=chunk).logits[:, -1].float(), -1)
+                diffs.append(lp[:, int(target[i])] - lp[:, int(foil[i])])
+        d = torch.cat(diffs).double().cpu()
+        sc = np.zeros(n)
+        if occl:
+            sc[occl] = (d[0] - d[1:]).numpy()
+        out.append(sc)
+    return out
+
+
+def explain_generation(
+    lm: Any,
+    prompts: str | Sequence[str] | GenerationResult,
+    methods: Sequence[Any] | str | None = None,
+    *,
+    max_new_tokens: int = 10,
+    target: str | Sequence[str] | None = None,
+    contrast: str | Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+    **generate_kwargs: Any,
+) -> GenerationExplanation:
+    """Explain every generated token of ``prompts`` with each method.
+
+    Args:
+        lm: a decoder-only :class:`~attnexplain.models.LoadedModel` (task ``"causal-lm"``).
+        prompts: texts (generated here with :func:`attnexplain.generate`), or a
+            :class:`GenerationResult` to explain (its capture is reused).
+        methods: method names or instances (default :data:`DEFAULT_GENERATION_METHODS`;
+            ``"all"``: every registered method but flow and attention_distribution).
+        max_new_tokens / target / generate_kwargs: as :func:`attnexplain.generate` (``target``
+            forces the continuation to explain).
+        contrast: a contrast continuation (one text or one per prompt): step ``t`` attributes
+            ``log p(y_t) - log p(c_t)`` with ``c_t`` the contrast's ``t``-th token, for the steps
+            the contrast has tokens for (see the module docstring).
+        steps: explain only these steps (default: all).
+
+    Returns:
+        :class:`GenerationExplanation` (``.format()`` for text, ``.to_dataframe()`` for a table).
+
+    Raises:
+        InputError: a model that cannot generate, an encoder-decoder model (its generation is
+            captured by :func:`attnexplain.generate`, per-token explanations are decoder-only),
+            bad prompts / targets (see :func:`attnexplain.generate`), a contrast that tokenizes to nothing.
+    """
+    from ..methods import get_method
+
+    gen = prompts if isinstance(prompts, GenerationResult) else None
+    if contrast is not None and getattr(lm, "task", None) not in ("causal-lm", "seq2seq"):
+        raise InputError(f"a contrast target compares two continuations of a language model, but {lm.name} is a "
+                         f"{lm.task} model; for a classifier explain another class with explain(..., target=[class])")
+    if gen is None:
+        from .decoding import check_generator
+
+        check_generator(lm)
+        if lm.task == "seq2seq":
+            raise InputError("per-token explanations are implemented for decoder-only models (task 'causal-lm'); "
+                             "attnexplain.generate captures an encoder-decoder generation's attention")
+        gen = generate(lm, prompts, max_new_tokens, target=target, **generate_kwargs)
+    elif gen.is_encoder_decoder:
+        raise InputError("per-token explanations are implemented for decoder-only generations")
+    built = [get_method(m) for m in generation_methods(methods)]
+    foil = _contrast_ids(lm, gen, contrast) if contrast is not None else None
+    skipped = []
+    if foil is not None:
+        skipped = [m.name for m in built if m.uses_capture]
+        if skipped:
+            warnings.warn(f"attention-derived methods do not depend on the target; no contrastive scores for "
+                          f"{', '.join(skipped)}", stacklevel=2)
+        built = [m for m in built if not m.uses_capture]
+        if not built:
+            raise InputError("contrastive explanations need a gradient or perturbation method "
+                             "(integrated_gradients, gradient_x_input, occlusion)")
+    B, N = gen.generated_ids.shape
+    n_prompt = [int(gen.attention_mask[i, : gen.prompt_length].sum()) for i in range(B)]
+    n_steps = [len(gen.steps(i)) for i in range(B)]
+    mats = {m.name: [np.full((n_steps[i], n_prompt[i] + n_steps[i]), np.nan) for i in range(B)] for m in built}
+    wanted = range(N) if steps is None else [int(s) for s in steps]
+    for t in wanted:
+        valid = gen.generated_mask[:, t].clone()
+        if foil is not None:
+            valid &= foil[:, t] >= 0
+        if not bool(valid.any()):
+            continue
+        view = gen.step_view(t) if any(m.uses_capture for m in built) else None
+        batch = gen.step_batch(t)
+        tgt = gen.generated_ids[:, t]
+        for m in built:
+            if foil is None:
+                scores = m.attribute(lm, batch, target=tgt, capture=view)
+            elif m.name == "occlusion":
+                scores = _occlusion_contrast(m, lm, batch, tgt, foil[:, t].clamp(min=0))
+            else:
+                s_y = m.attribute(lm, batch, target=tgt, capture=None)
+                s_c = m.attribute(lm, batch, target=foil[:, t].clamp(min=0), capture=None)
+                scores = [a - b for a, b in zip(s_y, s_c)]
+            for i in range(B):
+                if valid[i]:
+                    mats[m.name][i][t, : n_prompt[i] + t] = np.asarray(scores[i], dtype=np.float64)
+    tokens = [list(gen.tokens[i][: n_prompt[i] + n_steps[i]]) for i in range(B)]
+    contrast_tokens = None
+    if foil is not None:
+        from ..token_text import readable_tokens
+
+        contrast_tokens = [readable_tokens(lm.tokenizer, [c for c in foil[i].tolist() if c >= 0]) for i in range(B)]
+    atts = {m.name: GenerationAttribution(m.name, tokens, n_prompt, mats[m.name], contrast_tokens) for m in built}
+    return GenerationExplanation(generation=gen, attributions=atts, contrast_ids=foil, skipped=skipped)
