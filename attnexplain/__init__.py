@@ -37,6 +37,7 @@ _EXPORTS = {
     "generate": "attnexplain.generation",
     "GenerationResult": "attnexplain.generation",
     "explain_generation": "attnexplain.generation",
+    "generation_faithfulness": "attnexplain.generation",
     "get_method": "attnexplain.methods",
     "available_methods": "attnexplain.methods",
     "load_dataset": "attnexplain.data",

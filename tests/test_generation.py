@@ -233,3 +233,42 @@ def test_contrast_on_a_classifier_is_refused():
         attnexplain.explain_generation(tiny_model("bert"), ["abc"], ["gradient_x_input"], contrast="x")
     with pytest.raises(InputError, match="gradient or perturbation"):
         attnexplain.explain_generation(tiny_generator("llama"), ["abc"], ["raw_attention"], target="d", contrast="e")
+
+
+def test_generation_faithfulness_equals_a_slow_loop():
+    """Every table value = p(y_t | x, y_<t) - p(y_t | perturbed x, y_<t) from one unpadded forward."""
+    from attnexplain.methods import rank_tokens
+
+    lm = tiny_generator("llama")
+    ex = attnexplain.explain_generation(lm, PROMPTS, ["raw_attention", "gradient_x_input"], max_new_tokens=2,
+                                        min_new_tokens=2)
+    res = attnexplain.generation_faithfulness(lm, ex, bins=(0.2, 0.5))
+    assert set(res.methods) == {"raw_attention", "gradient_x_input", "random"}
+    assert {"step", "example"} <= set(res.aopc.columns)
+    g = ex.generation
+
+    def p(seq, y):
+        with torch.no_grad():
+            return float(torch.softmax(lm.model(input_ids=torch.tensor([seq])).logits[0, -1].float(), -1)[y])
+
+    checked = 0
+    for i in range(2):
+        real = g.input_ids[i][g.attention_mask[i].bool()].tolist()
+        n_p = ex["raw_attention"].n_prompt[i]
+        content = list(range(1, n_p))  # all but the BOS token
+        for t in range(2):
+            y = int(g.generated_ids[i, t])
+            full = p(real[: n_p + t], y)
+            order = rank_tokens(ex["gradient_x_input"].step_scores(i, t)[:n_p][content])
+            for f in (0.2, 0.5):
+                k = min(len(content), max(1, int(np.ceil(f * len(content)))))
+                top = {content[c] for c in order[:k]}
+                comp = full - p([tok for j, tok in enumerate(real[:n_p]) if j not in top] + real[n_p : n_p + t], y)
+                row = res.table.query("example == @i and step == @t and method == 'gradient_x_input' and "
+                                      "metric == 'comprehensiveness' and fraction == @f")
+                assert abs(float(row["value"].iloc[0]) - comp) < 1e-5
+                checked += 1
+    assert checked == 8
+    assert res.n_forward < res.n_sequences  # batched
+    summary = res.summary(ci=False)
+    assert len(summary) == 6
