@@ -19,7 +19,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app" / "streamlit_app.py")
+APP = str(ROOT / "attnexplain" / "dashboard" / "streamlit_app.py")
 METHODS = ["raw_attention", "effective_attention", "random"]
 WORDS = ["a", "witty", "film", "dull", "and", "overlong", "moving", "plot", "the", "cast", "<b>bold</b>", "&"]
 
@@ -383,7 +383,7 @@ def test_live_page_explains_text(runs_dir, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------
-# figure builders (app/views.py): valid plotly, long inputs reduced, HTML escaped
+# figure builders (attnexplain/dashboard/figures.py): valid plotly, long inputs reduced, HTML escaped
 # ------------------------------------------------------------------------------------------
 
 
@@ -392,8 +392,7 @@ def test_views_are_valid_plotly_and_reduce_long_inputs():
 
     import plotly.graph_objects as go
 
-    sys.path.insert(0, str(ROOT / "app"))
-    import views
+    from attnexplain.dashboard import figures as views
 
     rng = np.random.default_rng(0)
     toks = [f"t{i}" for i in range(300)]

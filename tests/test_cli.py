@@ -83,7 +83,7 @@ def test_compare_backends_command(tiny, data, tmp_path):
     assert len(per) >= 4
     assert "smyrf" in res.output
     # one SMYRF cluster covering the whole input is dense attention: the command reports full agreement
-    from attnexplain.compare import compare_backends
+    from attnexplain.runs.backend_comparison import compare_backends
     from attnexplain.testing import tiny_model
 
     summary = compare_backends(tiny_model("bert"), ["good film", "not very dull at all"],
@@ -197,7 +197,7 @@ def test_corrupt_shard_on_resume_is_reported(tiny, data, tmp_path, monkeypatch):
 def test_dashboard_launcher_command(tmp_path):
     res = _ok(runner.invoke(app, ["dashboard", str(tmp_path), "--port", "8600", "--print-command"]))
     cmd = res.stdout
-    for part in ("-m streamlit run", "app/streamlit_app.py", "--server.headless true",
+    for part in ("-m streamlit run", "dashboard/streamlit_app.py", "--server.headless true",
                  "--browser.gatherUsageStats false", "--server.port 8600", "--server.address 127.0.0.1",
                  f"--runs-dir {tmp_path}"):
         assert part in cmd, part

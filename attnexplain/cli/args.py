@@ -5,11 +5,11 @@ run from Python with the same defaults, e.g. ``AnalyzeArgs(dataset="rotten-tomat
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backends.spec import parse_key_values
 from ..models import DEFAULT_MODEL
 
 __all__ = [
@@ -33,45 +33,6 @@ def parse_list(values: list[str] | str | None) -> list[str] | None:
         values = [values]
     out = [v.strip() for item in values for v in str(item).split(",") if v.strip()]
     return out or None
-
-
-def _value(text: str) -> Any:
-    """``"8"`` -> 8, ``"0.5"`` -> 0.5, ``"true"`` -> True, ``"[1,2]"`` -> [1, 2], else the string."""
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, ValueError):
-        return text
-
-
-def parse_key_values(items: list[str] | str | None, *, what: str = "--backend-option", typed: bool = True) -> dict[str, Any]:
-    """``["n_hashes=4", "cluster_size=16"]`` (or one comma-separated string) -> dict.
-
-    Values are parsed as JSON where possible (numbers, booleans, lists) when ``typed``.
-    Raises ValueError naming ``what`` for an item without ``=``.
-    """
-    if not items:
-        return {}
-    if isinstance(items, str):
-        items = [items]
-    out: dict[str, Any] = {}
-    for item in items:
-        for part in str(item).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "=" not in part:
-                raise ValueError(f"{what} expects key=value, got {part!r}")
-            key, val = part.split("=", 1)
-            key = key.strip()
-            if not key:
-                raise ValueError(f"{what} expects key=value, got {part!r}")
-            out[key] = _value(val.strip()) if typed else val.strip()
-    return out
 
 
 @dataclass
@@ -249,7 +210,7 @@ class CompareBackendsArgs:
     batch_size: int = 4
 
     def run(self):
-        from ..compare import compare_backends_cli
+        from ..runs.backend_comparison import compare_backends_cli
 
         return compare_backends_cli(
             self.model, self.dataset, split=self.split, limit=self.limit, backends=list(self.backends),
@@ -301,9 +262,9 @@ class DashboardArgs:
     def app_path(self) -> Path:
         if self.app is not None:
             return Path(self.app)
-        import attnexplain
+        from ..dashboard.app import script_path
 
-        return Path(attnexplain.__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+        return script_path()
 
     def command(self) -> list[str]:
         import sys

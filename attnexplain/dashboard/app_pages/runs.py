@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
+from attnexplain.dashboard import run_access
+from attnexplain.dashboard.app import page_path
 
 st.title("Runs")
-root = ui.runs_dir()
-runs = ui.list_runs_cached(root)
+root = run_access.runs_dir()
+runs = run_access.list_runs_cached(root)
 
 
 def _size_mb(path) -> float:
@@ -29,7 +30,7 @@ def _size_mb(path) -> float:
 @st.cache_data(show_spinner=False, max_entries=128)
 def _summary(path: str, sig: tuple) -> dict:
     """One row of the runs table (read through the Run accessors, cached per folder state)."""
-    run = ui._open_cached(path, sig)
+    run = run_access._open_cached(path, sig)
     m = run.manifest
     cols = ["example_id", "correct"] + [f"{p}_aopc__{meth}" for meth in run.methods for p in ("comp", "suff")]
     try:
@@ -57,9 +58,9 @@ def _summary(path: str, sig: tuple) -> dict:
 if not runs:
     st.subheader("No runs found")
     st.markdown(f"The dashboard reads run folders from `{root}` (set by `attnexplain dashboard RUNS_DIR` "
-                f"or the `{ui.RUNS_ENV}` environment variable). {'That folder does not exist yet.' if not root.exists() else 'It holds no run folder.'}")
+                f"or the `{run_access.RUNS_ENV}` environment variable). {'That folder does not exist yet.' if not root.exists() else 'It holds no run folder.'}")
     st.markdown("Make a run with:")
-    st.code(ui.analyze_command(), language="bash")
+    st.code(run_access.analyze_command(), language="bash")
     st.markdown("then reload this page. The **Live** page works without any run.")
     st.stop()
 
@@ -70,13 +71,13 @@ for r in broken:
 
 if not good:
     st.warning("None of the run folders can be read. Make a new run with:")
-    st.code(ui.analyze_command(), language="bash")
+    st.code(run_access.analyze_command(), language="bash")
     st.stop()
 
 rows = []
 for r in good:
     try:
-        rows.append(_summary(str(r.path), ui.signature(r.path)))
+        rows.append(_summary(str(r.path), run_access.signature(r.path)))
     except Exception as exc:  # noqa: BLE001 - one bad run must not hide the others
         st.error(f"Run **{r.name}** cannot be summarised: {exc}", icon=":material/error:")
 table = pd.DataFrame(rows)
@@ -103,14 +104,14 @@ if picked:
     st.session_state.pop("ax_run_url_ok", None)
 c1, c2, c3 = st.columns(3)
 if len(picked) >= 1:
-    c1.page_link("app_pages/explorer.py", label=f"Explore examples of {picked[0]}", icon=":material/search:",
+    c1.page_link(page_path("explorer"), label=f"Explore examples of {picked[0]}", icon=":material/search:",
                  query_params={"run": picked[0]})
-    c2.page_link("app_pages/ablations.py", label=f"Ablations of {picked[0]}", icon=":material/content_cut:",
+    c2.page_link(page_path("ablations"), label=f"Ablations of {picked[0]}", icon=":material/content_cut:",
                  query_params={"run": picked[0]})
 if len(picked) == 2:
     st.session_state["ax_run2"] = picked[1]
     st.session_state.pop("ax_run2_url_ok", None)
-    c3.page_link("app_pages/compare.py", label=f"Compare {picked[0]} vs {picked[1]}", icon=":material/compare:",
+    c3.page_link(page_path("compare"), label=f"Compare {picked[0]} vs {picked[1]}", icon=":material/compare:",
                  query_params={"run": picked[0], "run2": picked[1]})
 
 with st.expander("Manifests"):

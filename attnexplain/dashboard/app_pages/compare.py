@@ -6,17 +6,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
-import views
+from attnexplain.dashboard import example_views, figures, run_access, widgets
 
 st.title("Dense vs efficient")
 st.caption("Two runs over the same examples, e.g. the dense model and the same model running an efficient "
            "attention backend: how often they agree, and how their attention differs.")
 c1, c2 = st.columns(2)
 with c1:
-    a = ui.pick_run("Run A", param="run", state="ax_run", key="cmp_a")
+    a = run_access.pick_run("Run A", param="run", state="ax_run", key="cmp_a")
 with c2:
-    b = ui.pick_run("Run B", param="run2", state="ax_run2", key="cmp_b", exclude=a.name if a else None)
+    b = run_access.pick_run("Run B", param="run2", state="ax_run2", key="cmp_b", exclude=a.name if a else None)
 if a is None or b is None:
     st.stop()
 if a.path == b.path:
@@ -47,8 +46,8 @@ def _rank_agreement(pa: str, sa: tuple, pb: str, sb: tuple, method: str) -> pd.D
     """Per example, Kendall tau between run A's and run B's token scores of one method."""
     from attnexplain.metrics import kendall_tau
 
-    ta = ui.tokens_table(pa, sa)
-    tb = ui.tokens_table(pb, sb)
+    ta = run_access.tokens_table(pa, sa)
+    tb = run_access.tokens_table(pb, sb)
     ta = ta[ta["method"] == method][["example_id", "position", "score"]]
     tb = tb[tb["method"] == method][["example_id", "position", "score"]]
     both = ta.merge(tb, on=["example_id", "position"], suffixes=("_a", "_b"))
@@ -73,9 +72,9 @@ else:
         st.warning("Rank agreement needs `attnexplain.metrics` (not installed in this version).")
     if ranks is not None and not ranks.empty:
         st.metric(f"mean Kendall tau ({method})", f"{ranks['kendall_tau'].mean():.3f}")
-        fig = views.histogram(ranks["kendall_tau"], title=f"Kendall tau of the token rankings, A vs B ({method})",
+        fig = figures.histogram(ranks["kendall_tau"], title=f"Kendall tau of the token rankings, A vs B ({method})",
                               x_title="Kendall tau")
-        ui.show_figure(fig, key="cmp-tau", name=f"{a.name}-vs-{b.name}-{method}-tau", data=ranks)
+        widgets.show_figure(fig, key="cmp-tau", name=f"{a.name}-vs-{b.name}-{method}-tau", data=ranks)
         worst = ranks.sort_values("kendall_tau").head(10).merge(ea[["example_id", "text"]], on="example_id")
         st.caption("Examples where the two runs rank tokens most differently:")
         st.dataframe(worst, hide_index=True, key="cmp_worst")
@@ -100,7 +99,7 @@ if ta != tb or xa["raw"].shape != xb["raw"].shape:
 L, H = xa["raw"].shape[:2]
 variants = [v for v in ("raw", "effective", "distribution") if v in xa and v in xb]
 d1, d2, d3 = st.columns(3)
-variant = d1.selectbox("Matrix", variants, key="cmp_variant", format_func=lambda v: ui.VARIANT_LABELS.get(v, v))
+variant = d1.selectbox("Matrix", variants, key="cmp_variant", format_func=lambda v: example_views.VARIANT_LABELS.get(v, v))
 layer = d2.selectbox("Layer", list(range(L)), index=L - 1, key="cmp_layer")
 head = d3.selectbox("Head", ["mean over heads", *range(H)], key="cmp_head")
 if head == "mean over heads":
@@ -111,9 +110,9 @@ else:
     mb = np.asarray(xb[variant][layer, head], dtype=np.float32)
 mats = {f"A: {a.name} ({a.manifest.get('backend')})": ma, f"B: {b.name} ({b.manifest.get('backend')})": mb,
         "difference (B - A)": mb - ma}
-fig, note = views.side_by_side(mats, ta, mode=ui.long_input_mode(), title=f"{variant}, layer {layer}, head {head}")
-ui.show_figure(fig, key="cmp-maps", name=f"{a.name}-vs-{b.name}-{eid}-L{layer}", note=note,
-               data=lambda: views.matrix_frame({"A": ma, "B": mb, "B_minus_A": mb - ma}, ta))
+fig, note = figures.side_by_side(mats, ta, mode=widgets.long_input_mode(), title=f"{variant}, layer {layer}, head {head}")
+widgets.show_figure(fig, key="cmp-maps", name=f"{a.name}-vs-{b.name}-{eid}-L{layer}", note=note,
+               data=lambda: figures.matrix_frame({"A": ma, "B": mb, "B_minus_A": mb - ma}, ta))
 if variant != "effective":  # rows of probabilities: their total variation distance
     from attnexplain.metrics import tvd
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
+from attnexplain.dashboard import example_views
 
 DEFAULT_MODEL = "minilm-rotten-tomatoes"
 FALLBACK_MODEL = "minilm"
@@ -143,16 +143,16 @@ with st.spinner("Explaining..."):
         st.stop()
 
 key = "live"
-ui.render_prediction(probs=res["probs"], labels=res["labels"], pred=res["pred"], gold=None, key=key)
+example_views.render_prediction(probs=res["probs"], labels=res["labels"], pred=res["pred"], gold=None, key=key)
 if res["n"] > MAX_FLOW_TOKENS:
     st.caption(f"Attention flow is skipped above {MAX_FLOW_TOKENS} tokens (one max-flow problem per token).")
 st.subheader("Tokens")
-ui.render_token_shading(res["tokens"], key=key, methods=list(methods))
+example_views.render_token_shading(res["tokens"], key=key, methods=list(methods))
 
 
 def _dist(layer: int, head: int):
     return _distribution(model, backend, text, methods, layer, head)
 
 
-ui.render_attention_views(res["arrays"], key=key, cache_key=f"live|{model}|{backend}|{hash(text)}|{methods}",
+example_views.render_attention_views(res["arrays"], key=key, cache_key=f"live|{model}|{backend}|{hash(text)}|{methods}",
                           distribution_fn=_dist)

@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
-import views
+from attnexplain.dashboard import figures, run_access, widgets
 
 st.title("Ablations")
-ref = ui.pick_run()
+ref = run_access.pick_run()
 if ref is None:
     st.stop()
 
@@ -29,9 +28,9 @@ if main.empty:
 else:
     curves = (main.groupby(["metric", "method", "k"], sort=False)["value"]
               .agg(["mean", "std", "count"]).reset_index())
-    fig = views.curves(curves, x="k", y="mean", color="method", facet="metric", percent_x=True,
+    fig = figures.curves(curves, x="k", y="mean", color="method", facet="metric", percent_x=True,
                        x_title="top-k % of tokens", y_title="probability drop", title="faithfulness curves")
-    ui.show_figure(fig, key="abl-curves", name=f"{ref.name}-faithfulness-curves", data=curves)
+    widgets.show_figure(fig, key="abl-curves", name=f"{ref.name}-faithfulness-curves", data=curves)
 
 aopc_rows = []
 for m in methods:
@@ -42,8 +41,8 @@ for m in methods:
                               "std": float(ex[c].std()) if len(ex) > 1 else np.nan})
 aopc = pd.DataFrame(aopc_rows)
 if not aopc.empty:
-    fig = views.bars(aopc, x="method", y="AOPC", color="metric", title="AOPC per method (mean over examples)")
-    ui.show_figure(fig, key="abl-aopc", name=f"{ref.name}-aopc", data=aopc)
+    fig = figures.bars(aopc, x="method", y="AOPC", color="metric", title="AOPC per method (mean over examples)")
+    widgets.show_figure(fig, key="abl-aopc", name=f"{ref.name}-aopc", data=aopc)
 
 st.subheader("Head ablation")
 heads = ref.heads()
@@ -55,8 +54,8 @@ if "ablation_tvd" in metrics_present:
     L, H = int(tvd["layer"].max()) + 1, int(tvd["head"].max()) + 1
     mat = np.full((L, H), np.nan, dtype=np.float32)
     mat[tvd["layer"].to_numpy(), tvd["head"].to_numpy()] = tvd["value"].to_numpy()
-    fig = views.layer_head_heatmap(mat, title="head ablation: mean output TVD", colorbar_title="TVD")
-    ui.show_figure(fig, key="abl-heads", name=f"{ref.name}-head-ablation", data=tvd)
+    fig = figures.layer_head_heatmap(mat, title="head ablation: mean output TVD", colorbar_title="TVD")
+    widgets.show_figure(fig, key="abl-heads", name=f"{ref.name}-head-ablation", data=tvd)
 else:
     st.info("This run has no head ablation (`ablation_tvd` in the heads table); run analyze with head ablation "
             "switched on to get it.")
@@ -67,8 +66,8 @@ if others:
     L, H = int(part["layer"].max()) + 1, int(part["head"].max()) + 1
     mat = np.full((L, H), np.nan, dtype=np.float32)
     mat[part["layer"].to_numpy(), part["head"].to_numpy()] = part["value"].to_numpy()
-    fig = views.layer_head_heatmap(mat, title=f"{metric}, mean over examples", colorbar_title=metric)
-    ui.show_figure(fig, key="abl-heads-other", name=f"{ref.name}-{metric}", data=part)
+    fig = figures.layer_head_heatmap(mat, title=f"{metric}, mean over examples", colorbar_title=metric)
+    widgets.show_figure(fig, key="abl-heads-other", name=f"{ref.name}-{metric}", data=part)
 
 st.subheader("Top-k key sweeps")
 sweep_faith = faith[~faith["metric"].isin(["comprehensiveness", "sufficiency"])] if not faith.empty else faith
@@ -79,11 +78,11 @@ if sweep_faith.empty and sweep_heads.empty:
 else:
     if not sweep_faith.empty:
         curves = sweep_faith.groupby(["metric", "method", "k"], sort=False)["value"].mean().reset_index()
-        fig = views.curves(curves, x="k", y="value", color="method", facet="metric", x_title="k",
+        fig = figures.curves(curves, x="k", y="value", color="method", facet="metric", x_title="k",
                            y_title="value", title="top-k key sweeps (mean over examples)")
-        ui.show_figure(fig, key="abl-topk", name=f"{ref.name}-topk-sweeps", data=curves)
+        widgets.show_figure(fig, key="abl-topk", name=f"{ref.name}-topk-sweeps", data=curves)
     if not sweep_heads.empty:
         part = sweep_heads.groupby(["metric", "layer"])["value"].mean().reset_index()
-        fig = views.curves(part, x="layer", y="value", color="metric", x_title="layer", y_title="value",
+        fig = figures.curves(part, x="layer", y="value", color="metric", x_title="layer", y_title="value",
                            title="top-k key measures per layer (mean over heads and examples)")
-        ui.show_figure(fig, key="abl-topk-heads", name=f"{ref.name}-topk-heads", data=part)
+        widgets.show_figure(fig, key="abl-topk-heads", name=f"{ref.name}-topk-heads", data=part)

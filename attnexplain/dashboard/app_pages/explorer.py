@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-import ui_common as ui
+from attnexplain.dashboard import example_views, run_access
 
 st.title("Example explorer")
-ref = ui.pick_run()
+ref = run_access.pick_run()
 if ref is None:
     st.stop()
 
@@ -27,7 +27,7 @@ def _disagreement(path: str, sig: tuple, a: str, b: str) -> pd.Series:
     """Kendall tau between two methods' token scores, per example (attnexplain.metrics.kendall_tau)."""
     from attnexplain.metrics import kendall_tau
 
-    toks = ui.tokens_table(path, sig)
+    toks = run_access.tokens_table(path, sig)
     toks = toks[toks["method"].isin([a, b])]
     wide = toks.pivot_table(index=["example_id", "position"], columns="method", values="score", aggfunc="first")
     out = {}
@@ -131,17 +131,17 @@ arrays = ref.attention(eid) if eid in stored else None
 probs = row.get("probs")
 if probs is None or (hasattr(probs, "__len__") and len(probs) == 0):
     probs = arrays.get("probs") if arrays else None
-ui.render_prediction(probs=probs, labels=labels, pred=_int(row.get("pred")), gold=_int(row.get("label")),
+example_views.render_prediction(probs=probs, labels=labels, pred=_int(row.get("pred")), gold=_int(row.get("label")),
                      gold_name=row.get("label_name"), correct=row.get("correct"), key=wkey, name=f"{ref.name}-{eid}",
                      text=str(row.get("text", "")))
 if bool(row.get("truncated", False)):
     st.caption(f"The text was truncated to {row.get('n_tokens')} tokens for the model.")
 
 st.subheader("Tokens")
-ui.render_token_shading(ref.tokens(eid), key=wkey, methods=methods, name=f"{ref.name}-{eid}")
+example_views.render_token_shading(ref.tokens(eid), key=wkey, methods=methods, name=f"{ref.name}-{eid}")
 
 if arrays is None:
     st.info(f"The attention arrays of {eid} were not stored (this run keeps them for {len(stored)} example(s); "
             f"`--store-attention` sets how many). Switch on *Only with attention arrays* to pick one.")
 else:
-    ui.render_attention_views(arrays, key=wkey, name=f"{ref.name}-{eid}", cache_key=f"{ref.key}|{eid}")
+    example_views.render_attention_views(arrays, key=wkey, name=f"{ref.name}-{eid}", cache_key=f"{ref.key}|{eid}")
