@@ -167,7 +167,7 @@ def _load() -> float | None:
 
 
 def md_table(df: Any, *, headers: Mapping[str, str] | None = None, digits: int = 3, sci: Sequence[str] = ()) -> str:
-    from attnexplain.compare import format_markdown_table
+    from attnexplain.runs.markdown import format_markdown_table
 
     return format_markdown_table(df, headers=headers, digits=digits, sci=sci)
 

@@ -10,18 +10,18 @@ fine-tuned on each task *with* SMYRF attention (no re-pretraining); here the cla
 fine-tuned with dense attention and SMYRF is swapped in at inference only, with no training at
 all - a harder test of "drop-in".
 
-What we measure (public API only: ``LoadedModel.use_backend``, ``attnexplain.compare``):
+What we measure (public API only: ``LoadedModel.use_backend``, ``attnexplain.runs.backend_comparison``):
 
 * accuracy of the default classifiers with dense attention, with SMYRF at 50 % and 25 % of the
   dense scores, and with dense attention on inputs truncated to the same budget;
-* how much the explanations move under SMYRF (``attnexplain.compare.compare_backends``:
+* how much the explanations move under SMYRF (``attnexplain.runs.backend_comparison.compare_backends``:
   prediction agreement, output TVD, per-layer JSD of the attention rows, Kendall tau of the raw
   and effective attention rankings of the [CLS] row).
 
 Budgets, precisely. For an example with ``n`` real tokens, dense attention computes ``n^2``
 scores per head. SMYRF with ``h`` hashes and clusters of ``c`` queries / keys computes
 ``h * C * c_q * c_k`` (C clusters), reported by ``SmyrfAttention.memory_fraction(n, n)``; the
-cluster size is chosen by ``attnexplain.compare.smyrf_cluster_size(n_ref, share, n_hashes=2)``
+cluster size is chosen by ``attnexplain.runs.backend_comparison.smyrf_cluster_size(n_ref, share, n_hashes=2)``
 at the reference length ``n_ref`` (BBC News: every input is cut to exactly 256 tokens, so 2 x 64
 = 50 % and 2 x 32 = 25 % exactly, the paper's 2 x 32 / 2 x 16 at length 128 scaled to 256;
 Rotten Tomatoes: the median length, so the share varies per example and the table reports its
@@ -90,7 +90,7 @@ def run_task(model: str, dataset: str, split: str, n_acc: int, n_explain: int, m
              shares: list[float], n_hashes: int, batch_size: int, quick_chars: int | None = None):
     import numpy as np
 
-    from attnexplain.compare import compare_backends, smyrf_cluster_size
+    from attnexplain.runs.backend_comparison import compare_backends, smyrf_cluster_size
     from attnexplain.data import load_dataset
     from attnexplain.metrics import bootstrap_ci
     from attnexplain.runs.analyze import resolve_label_map

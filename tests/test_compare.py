@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from attnexplain.compare import (
+from attnexplain.runs.backend_comparison import (
     BackendConfig,
     BackendSpecError,
     compare_backends,
@@ -87,7 +87,7 @@ def test_backend_is_switched_back(lm):
     def bad(*a, **k):
         raise Boom
 
-    import attnexplain.compare as mod
+    import attnexplain.runs.backend_comparison as mod
 
     orig = mod._layer_jsd
     mod._layer_jsd = bad
@@ -176,7 +176,7 @@ def test_to_markdown(lm):
 def test_format_markdown_table_digits_sci_and_nan():
     import pandas as pd
 
-    from attnexplain.compare import format_markdown_table
+    from attnexplain.runs.markdown import format_markdown_table
 
     df = pd.DataFrame({"name": ["a|b", "c"], "n": [1, 2], "x": [0.12345, float("nan")], "tiny": [1.234e-7, 0.0]})
     lines = format_markdown_table(df, headers={"tiny": "max diff"}, digits=2, sci=["tiny"]).splitlines()
@@ -208,7 +208,7 @@ def test_cli_writes_outputs(tmp_path, monkeypatch):
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_fast_effective_scores_match_the_registry_method(arch):
     from attnexplain.capturing import capture
-    from attnexplain.compare import _effective_scores
+    from attnexplain.runs.backend_comparison import _effective_scores
     from attnexplain.methods import explain_batch
 
     m = tiny_model(arch)

@@ -322,6 +322,30 @@ def use_backend(model: nn.Module, backend: AttentionBackend | str = "dense", **o
     return name
 
 
+@contextlib.contextmanager
+def running_backend(model: Any, backend: AttentionBackend | str = "dense", **options: Any) -> Iterator[str]:
+    """Run ``model`` (a LoadedModel or an HF model) under ``backend`` inside the ``with`` block, then
+    restore the attention implementation it had before (also after an error; if that one cannot be
+    set again, dense). Yields the registered implementation name.
+
+    >>> with running_backend(lm, "smyrf", n_hashes=2):
+    ...     cap = capture(lm, batch)
+    """
+    hf = getattr(model, "model", model)
+    previous = getattr(getattr(hf, "config", None), "_attn_implementation", None)
+    name = use_backend(hf, backend, **options)
+    try:
+        yield name
+    finally:
+        if previous is None:
+            use_backend(hf, "dense")
+        elif previous != getattr(hf.config, "_attn_implementation", None):
+            try:
+                hf.set_attn_implementation(previous)
+            except Exception:  # noqa: BLE001 - never leave a half-switched model: fall back to dense
+                use_backend(hf, "dense")
+
+
 def backend_of(model: nn.Module) -> AttentionBackend | None:
     """The attnexplain backend a model currently runs (None if it runs something else)."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)

@@ -58,7 +58,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from ..runs.analyze import AnalyzeError
     from ..runs.store import RunFormatError, RunLockedError, RunMismatchError, RunPathError
 
-    from ..compare import BackendSpecError
+    from ..backends.spec import BackendSpecError
 
     types += [BackendSpecError, AnalyzeError, ModelNotFoundError, InputError, RunFormatError, RunMismatchError, RunLockedError, RunPathError]
     try:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from .markdown import format_markdown_table
 from .store import Run, open_run
 
 __all__ = ["ReportResult", "CompareResult", "report", "compare", "method_agreement", "aopc_table"]
@@ -151,25 +152,6 @@ def _write_fig(fig: Any, path: Path) -> Path:
     return path
 
 
-def _md_table(df: Any, floatfmt: str = ".4f") -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(str(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    columns = [df[c].tolist() for c in cols]
-    for values in zip(*columns):
-        cells = []
-        for v in values:
-            if isinstance(v, (bool, np.bool_)) or v is None:
-                cells.append(str(v))
-            elif isinstance(v, (int, np.integer)):
-                cells.append(str(int(v)))
-            elif isinstance(v, (float, np.floating)):
-                cells.append("n/a" if np.isnan(v) else format(float(v), floatfmt))
-            else:
-                cells.append(str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None, figures: bool = True,
            n_resamples: int = 2000) -> ReportResult:
     """Summarise a run: printable text, ``<out>/summary.md`` and plotly figures (default ``<run>/report``)."""
@@ -212,7 +194,7 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
             "comprehensiveness": [f"{_fmt(r.comp)} [{_fmt(r.comp_low)}, {_fmt(r.comp_high)}]" for r in aopc.itertuples()],
             "sufficiency": [f"{_fmt(r.suff)} [{_fmt(r.suff_low)}, {_fmt(r.suff_high)}]" for r in aopc.itertuples()],
         })
-        lines += [_md_table(show), ""]
+        lines += [format_markdown_table(show, digits=4, missing="n/a"), ""]
 
     faith_t = run.faithfulness()
     curves = (faith_t.groupby(["method", "metric", "k"])["value"].mean().reset_index()
@@ -220,13 +202,13 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
     agreement = method_agreement(run.tokens(), methods) if n else pd.DataFrame()
     if len(agreement):
         lines += ["## Agreement between methods (mean Kendall tau-b of token scores per example)", "",
-                  _md_table(agreement.reset_index().rename(columns={"index": "method"}), ".2f"), ""]
+                  format_markdown_table(agreement.reset_index().rename(columns={"index": "method"}), digits=2, missing="n/a"), ""]
 
     per_layer, per_head = _head_summary(run.heads())
     if len(per_layer):
         lines += ["## Heads", "", "Per layer, mean over heads and examples (entropy of the readout row in nats; "
                   "JSD between raw and normalised |effective| attention rows):", "",
-                  _md_table(per_layer), ""]
+                  format_markdown_table(per_layer, digits=4, missing="n/a"), ""]
         if "eff_raw_jsd" in per_head:
             top = per_head.sort_values("eff_raw_jsd", ascending=False).head(5)
             lines += ["Heads where effective attention differs most from raw attention: "
@@ -384,7 +366,7 @@ def compare(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *, o
         })
         lines += ["## AOPC per method and rank agreement of token scores between the runs", "",
                   "Rank agreement: per shared example, Kendall tau-b between the two runs' scores of the same "
-                  "method (1 = same ranking), averaged.", "", _md_table(show), ""]
+                  "method (1 = same ranking), averaged.", "", format_markdown_table(show, digits=4, missing="n/a"), ""]
         if int(table["skipped"].sum()):
             lines.append(f"({int(table['skipped'].sum())} example/method pairs skipped: different tokenisation.)")
             lines.append("")

@@ -1,7 +1,7 @@
 """Dense vs efficient attention on the same model and inputs: how much do predictions and
-explanations move? (issue 4's quality report)
+explanations move? (``attnexplain compare-backends``)
 
->>> from attnexplain.compare import compare_backends, smyrf_config_for_share
+>>> from attnexplain.runs.backend_comparison import compare_backends, smyrf_config_for_share
 >>> lm = attnexplain.load_model("minilm-bbc-news")
 >>> cmp = compare_backends(lm, texts, ["smyrf:n_hashes=2,q_cluster_size=64,k_cluster_size=64",
 ...                                    smyrf_config_for_share(256, 0.25)], labels=labels, max_length=512)
@@ -32,18 +32,16 @@ end, also after an error):
 The summary has one row per backend configuration (means over examples; ``accuracy`` when labels
 are given), preceded by the dense reference row (its accuracy, memory 1; distances left empty).
 
-Backends are given as ``"name"``, ``"name:key=value,key=value"`` (values parsed as JSON: numbers,
-booleans), ``(name, {options})``, a :class:`BackendConfig` or an ``AttentionBackend``. SMYRF also
-takes the pseudo-option ``memory=<share>`` (``"smyrf:memory=0.25"``): the cluster sizes are then
-chosen by :func:`smyrf_cluster_size` for that share at the median real length of the inputs. An
-unknown backend, an unknown option or a malformed string raises :class:`BackendSpecError` (a
-``ValueError``) before anything runs.
+Backends are given in the one backend-spec syntax of :mod:`attnexplain.backends.spec`
+(``"name"``, ``"name:key=value,key=value"``, ``(name, {options})``, a :class:`BackendConfig` or an
+``AttentionBackend``). SMYRF's pseudo-option ``memory=<share>`` (``"smyrf:memory=0.25"``) is
+resolved at the median real length of the inputs. An unknown backend, an unknown option or a
+malformed string raises :class:`BackendSpecError` (a ``ValueError``) before anything runs.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -53,10 +51,20 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.spec import (
+    BackendConfig,
+    BackendSpecError,
+    parse_backend,
+    resolve_memory,
+    smyrf_cluster_size,
+    smyrf_config_for_share,
+)
+from .markdown import format_markdown_table
+
 __all__ = [
+    "BackendComparison",
     "BackendConfig",
     "BackendSpecError",
-    "BackendComparison",
     "parse_backend",
     "smyrf_cluster_size",
     "smyrf_config_for_share",
@@ -66,193 +74,6 @@ __all__ = [
 ]
 
 DEFAULT_METHODS = ("raw_attention", "effective_attention")
-
-
-class BackendSpecError(ValueError):
-    """A backend specification that cannot be built (unknown name or option, malformed string)."""
-
-
-# --------------------------------------------------------------------------------------------
-# backend specifications
-# --------------------------------------------------------------------------------------------
-
-
-def _fmt_value(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-@dataclass(frozen=True)
-class BackendConfig:
-    """One backend configuration: registry ``name`` and constructor ``options``.
-
-    ``label`` names the row in tables (default ``name(k=v, ...)``).
-    """
-
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-    label: str | None = None
-
-    @property
-    def display(self) -> str:
-        if self.label:
-            return self.label
-        if not self.options:
-            return self.name
-        return f"{self.name}({', '.join(f'{k}={_fmt_value(v)}' for k, v in self.options.items())})"
-
-    def build(self):
-        """The backend object (``attnexplain.backends.get_backend(name, **options)``)."""
-        from .backends import get_backend
-
-        return get_backend(self.name, **dict(self.options))
-
-
-def _parse_value(text: str) -> Any:
-    low = text.strip().lower()
-    if low in ("true", "false"):
-        return low == "true"
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, ValueError):
-        return text.strip()
-
-
-def _check_config(cfg: BackendConfig, original: Any) -> BackendConfig:
-    """Build the backend once to validate name and options; clear errors otherwise."""
-    from .backends import BACKENDS, available_backends
-
-    if cfg.name not in BACKENDS:
-        raise BackendSpecError(
-            f"unknown attention backend {cfg.name!r} in {original!r}; available: {', '.join(available_backends())}"
-        )
-    opts = dict(cfg.options)
-    if "memory" in opts:
-        if cfg.name != "smyrf":
-            raise BackendSpecError(f"the option 'memory' (a target share of dense scores) is only understood for "
-                                   f"smyrf, not {cfg.name!r} (in {original!r})")
-        share = opts.pop("memory")
-        if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share <= 1:
-            raise BackendSpecError(f"memory must be a share in (0, 1], got {share!r} (in {original!r})")
-        for k in ("q_cluster_size", "k_cluster_size"):
-            if k in opts:
-                raise BackendSpecError(f"give either memory= or {k}=, not both (in {original!r})")
-    try:
-        backend = BACKENDS[cfg.name](**opts)
-    except TypeError as exc:
-        cls = BACKENDS[cfg.name]
-        import dataclasses
-
-        known = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
-        bad = sorted(set(opts) - set(known))
-        hint = (f"unknown option(s) {', '.join(bad)}; " if bad else "") + (
-            f"{cfg.name!r} takes: {', '.join(known + (['memory'] if cfg.name == 'smyrf' else []))}"
-            if known else f"{cfg.name!r} takes no options")
-        raise BackendSpecError(f"cannot build backend {original!r}: {hint} ({exc})") from None
-    except ValueError as exc:
-        raise BackendSpecError(f"cannot build backend {original!r}: {exc}") from None
-    del backend
-    return cfg
-
-
-def parse_backend(spec: Any) -> BackendConfig:
-    """A :class:`BackendConfig` from ``"name"``, ``"name:k=v,k=v"``, ``(name, options)``,
-    a :class:`BackendConfig` or an ``AttentionBackend`` instance; validated (raises
-    :class:`BackendSpecError`)."""
-    from .backends import AttentionBackend
-
-    if isinstance(spec, BackendConfig):
-        return _check_config(spec, spec.display)
-    if isinstance(spec, AttentionBackend):
-        return _check_config(BackendConfig(spec.name, dict(spec.options())), repr(spec))
-    if isinstance(spec, (tuple, list)):
-        if len(spec) != 2 or not isinstance(spec[0], str) or not isinstance(spec[1], Mapping):
-            raise BackendSpecError(f"a backend given as a tuple must be (name, {{options}}), got {spec!r}")
-        return _check_config(BackendConfig(spec[0], dict(spec[1])), spec)
-    if not isinstance(spec, str):
-        raise BackendSpecError(f"cannot read a backend from {type(spec).__name__} {spec!r}; give 'name:key=value,...'")
-    text = spec.strip()
-    if not text:
-        raise BackendSpecError("empty backend specification")
-    name, _, rest = text.partition(":")
-    name = name.strip()
-    options: dict[str, Any] = {}
-    for part in rest.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" not in part:
-            raise BackendSpecError(f"malformed backend option {part!r} in {spec!r}: expected key=value, "
-                                   f"e.g. 'smyrf:n_hashes=2,q_cluster_size=64,k_cluster_size=64'")
-        key, val = part.split("=", 1)
-        key = key.strip()
-        if not key:
-            raise BackendSpecError(f"malformed backend option {part!r} in {spec!r}: empty key")
-        options[key] = _parse_value(val)
-    return _check_config(BackendConfig(name, options), spec)
-
-
-# --------------------------------------------------------------------------------------------
-# SMYRF cluster sizes for a memory budget
-# --------------------------------------------------------------------------------------------
-
-
-def _smyrf_share(n: int, cluster: int, n_hashes: int) -> float:
-    from .backends import get_backend
-
-    return get_backend("smyrf", n_hashes=n_hashes, q_cluster_size=cluster, k_cluster_size=cluster).memory_fraction(n, n)
-
-
-def smyrf_cluster_size(n: int, share: float, *, n_hashes: int = 2) -> int:
-    """The SMYRF cluster size (queries = keys) whose share of dense scores at length ``n`` is
-    closest to ``share``.
-
-    SMYRF computes ``n_hashes * C * q_block * k_block`` of the ``n^2`` scores (C clusters of at
-    most ``cluster`` tokens), i.e. about ``n_hashes * cluster / n``: so ``cluster ~= share * n /
-    n_hashes`` (n = 256, 2 hashes: 64 for 50 %, 32 for 25 %; the paper's length-128 settings
-    2 x 32 and 2 x 16). Every size 1..n is tried with the backend's own ``memory_fraction``
-    and the closest is returned (ties: the smaller share). A budget that needs a cluster of
-    ``>= n`` tokens gives one cluster, i.e. dense attention (share 1).
-    """
-    n, n_hashes = int(n), int(n_hashes)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1], got {share}")
-    if n_hashes < 1:
-        raise ValueError(f"n_hashes must be >= 1, got {n_hashes}")
-    best, best_key = n, None
-    guess = max(1, round(share * n / n_hashes))
-    for c in sorted(set(range(max(1, guess - 8), min(n, guess + 8) + 1)) | {n}):
-        s = _smyrf_share(n, c, n_hashes)
-        key = (abs(s - share), s)
-        if best_key is None or key < best_key:
-            best, best_key = c, key
-    return best
-
-
-def smyrf_config_for_share(n: int, share: float, *, n_hashes: int = 2, seed: int = 0,
-                           label: str | None = None) -> BackendConfig:
-    """A SMYRF :class:`BackendConfig` whose memory share at length ``n`` is closest to ``share``
-    (see :func:`smyrf_cluster_size`); the label says the target and the achieved share."""
-    c = smyrf_cluster_size(n, share, n_hashes=n_hashes)
-    achieved = _smyrf_share(n, c, n_hashes)
-    opts = {"n_hashes": n_hashes, "q_cluster_size": c, "k_cluster_size": c, "seed": seed}
-    if label is None:
-        label = f"smyrf {n_hashes}x{c} ({achieved:.0%} at n={n})"
-    return BackendConfig("smyrf", opts, label)
-
-
-def _resolve_memory(cfg: BackendConfig, n_ref: int) -> BackendConfig:
-    if "memory" not in cfg.options:
-        return cfg
-    opts = dict(cfg.options)
-    share = float(opts.pop("memory"))
-    n_hashes = int(opts.get("n_hashes", 2))
-    c = smyrf_cluster_size(n_ref, share, n_hashes=n_hashes)
-    opts.update(n_hashes=n_hashes, q_cluster_size=c, k_cluster_size=c)
-    achieved = _smyrf_share(n_ref, c, n_hashes)
-    label = cfg.label or f"smyrf {n_hashes}x{c} (target {share:.0%}: {achieved:.0%} at n={n_ref})"
-    return BackendConfig("smyrf", opts, label)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,37 +133,6 @@ class BackendComparison:
         return "\n".join(lines) + "\n"
 
 
-def format_markdown_table(df: Any, *, headers: Mapping[str, str] | None = None, digits: int = 3,
-                          sci: Sequence[str] = ()) -> str:
-    """A DataFrame as a GitHub Markdown table (floats to ``digits`` decimals, the columns in ``sci``
-    in scientific notation ``1.2e-07`` where decimals would hide small values; NaN as an empty cell)."""
-    headers = dict(headers or {})
-    sci = set(sci)
-    from pandas.api.types import is_numeric_dtype
-
-    cols = list(df.columns)
-    out = ["| " + " | ".join(headers.get(c, str(c)) for c in cols) + " |",
-           "|" + "|".join("---:" if is_numeric_dtype(df[c]) else "---" for c in cols) + "|"]
-    from pandas.api.types import is_integer_dtype
-
-    columns = {c: df[c].tolist() for c in cols}
-    ints = {c for c in cols if is_integer_dtype(df[c])}
-    for r in range(len(df)):
-        cells = []
-        for c in cols:
-            v = columns[c][r]
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                cells.append("")
-            elif c in ints:
-                cells.append(str(int(v)))
-            elif isinstance(v, (float, np.floating)):
-                cells.append(f"{float(v):.1e}" if c in sci else f"{float(v):.{digits}f}")
-            else:
-                cells.append(str(v).replace("|", "\\|"))
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
-
-
 def _probs_of(cap: Any, batch: Mapping[str, Any]):
     import torch
 
@@ -361,7 +151,7 @@ def _layer_jsd(cap_ref: Any, cap_alt: Any, mask: Any) -> np.ndarray:
     """(B, L): mean JSD over heads and real query rows between the two captures, per layer."""
     import torch
 
-    from .metrics import jsd
+    from ..metrics import jsd
 
     layers = cap_ref.layers()
     if cap_alt.layers() != layers:
@@ -389,8 +179,8 @@ def _effective_scores(lm: Any, cap: Any, batch: Mapping[str, Any]) -> list[np.nd
     registry method in tests/test_compare.py."""
     import torch
 
-    from .methods.attention_methods import readout_rows, resolve_readout
-    from .functional import effective_attention_from_values
+    from ..methods.attention_methods import readout_rows, resolve_readout
+    from ..functional import effective_attention_from_values
 
     readout = resolve_readout("auto", lm, cap)
     layers = cap.layers()
@@ -418,7 +208,7 @@ _FAST_METHODS = {"effective_attention": _effective_scores}
 
 
 def _scores(lm: Any, batch: Mapping[str, Any], methods: Sequence[str], cap: Any) -> dict[str, list[np.ndarray]]:
-    from .methods import explain_batch
+    from ..methods import explain_batch
 
     slow = [m for m in methods if m not in _FAST_METHODS]
     out: dict[str, list[np.ndarray]] = {}
@@ -473,12 +263,11 @@ def compare_backends(
         BackendSpecError: a backend that cannot be built (before anything runs).
     """
     import pandas as pd
-    import torch
 
-    from .backends import get_backend
-    from .capturing import capture
-    from .methods import get_method
-    from .metrics import kendall_tau, tvd
+    from ..capturing import capture
+    from ..capturing.attention import running_backend
+    from ..methods import get_method
+    from ..metrics import kendall_tau, tvd
 
     texts = list(texts)
     if not texts:
@@ -506,7 +295,7 @@ def compare_backends(
     full = lm.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
     lengths = [len(x) for x in full]
     n_ref = int(np.median(lengths))
-    configs = [_resolve_memory(c, n_ref) for c in configs]
+    configs = [resolve_memory(c, n_ref) for c in configs]
     built = [c.build() for c in configs]
     labels_seen = [c.display for c in configs]
     if len(set(labels_seen)) != len(labels_seen):  # make row names unique
@@ -520,11 +309,10 @@ def compare_backends(
 
         it = tqdm(batches, desc="compare_backends", unit="batch")
 
-    previous = getattr(getattr(lm.model, "config", None), "_attn_implementation", None)
     rows: list[dict[str, Any]] = []
     seconds = {"dense": 0.0, **{c.display: 0.0 for c in configs}}
     num_layers = None
-    try:
+    with running_backend(lm, "dense"):  # the model's own backend is restored at the end, also after an error
         for idx in it:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -532,8 +320,7 @@ def compare_backends(
             n_real = _n_real(batch)
             mask = batch.get("attention_mask")
             t0 = time.perf_counter()
-            lm.use_backend("dense")
-            cap_ref = capture(lm, batch)
+            cap_ref = capture(lm, batch)  # dense: each backend below is left again after its block
             p_ref = _probs_of(cap_ref, batch)
             pred_ref = p_ref.argmax(-1).tolist()
             sc_ref = _scores(lm, batch, methods, cap_ref)
@@ -545,11 +332,11 @@ def compare_backends(
                              "pred": pred_ref[i], "memory": 1.0, "_ref": True})
             for cfg, backend in zip(configs, built):
                 t0 = time.perf_counter()
-                lm.use_backend(cfg.name, **dict(cfg.options))
-                cap = capture(lm, batch)
-                p = _probs_of(cap, batch)
-                pred = p.argmax(-1).tolist()
-                sc = _scores(lm, batch, methods, cap)
+                with running_backend(lm, cfg.name, **dict(cfg.options)):
+                    cap = capture(lm, batch)
+                    p = _probs_of(cap, batch)
+                    pred = p.argmax(-1).tolist()
+                    sc = _scores(lm, batch, methods, cap)
                 js = _layer_jsd(cap_ref, cap, mask)
                 seconds[cfg.display] += time.perf_counter() - t0
                 dist = tvd(p_ref.double(), p.double()).tolist()
@@ -567,14 +354,6 @@ def compare_backends(
                     rows.append(row)
                 del cap
             del cap_ref
-    finally:
-        if previous and str(previous).startswith("attnexplain_"):
-            try:
-                lm.model.set_attn_implementation(previous)
-            except Exception:  # noqa: BLE001 - fall back to dense, never leave a half-switched model
-                lm.use_backend("dense")
-        else:
-            lm.use_backend("dense")
 
     per = pd.DataFrame(rows)
     if labels is not None:
@@ -644,8 +423,8 @@ def compare_backends_cli(
     """
     import platform
 
-    from .data import load_dataset
-    from .runs.analyze import load_model_for_run, package_versions, resolve_label_map
+    from ..data import load_dataset
+    from .analyze import load_model_for_run, package_versions, resolve_label_map
 
     if isinstance(backends, str):
         backends = [b for b in backends.split(";") if b.strip()]
