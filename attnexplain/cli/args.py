@@ -245,7 +245,7 @@ class MergeArgs:
     force: bool = False
 
     def run(self):
-        from ..runs.store import merge_runs
+        from ..runs.merge import merge_runs
 
         return merge_runs(self.runs, self.out, force=self.force)
 

@@ -56,7 +56,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
         pass
     from ..models import InputError, ModelNotFoundError
     from ..runs.analyze import AnalyzeError
-    from ..runs.store import RunFormatError, RunLockedError, RunMismatchError, RunPathError
+    from ..runs.schema import RunFormatError, RunLockedError, RunMismatchError, RunPathError
 
     from ..backends.spec import BackendSpecError
 

@@ -20,7 +20,7 @@ Per batch (``batch_size`` examples; see docs/run-format.md for the tables):
 5. for the first ``store_attention`` examples, raw / effective / norm-based / rollout matrices
    as float16 arrays.
 
-The batch's tables are written as shards (atomically; :class:`~attnexplain.runs.store.RunWriter`),
+The batch's tables are written as shards (atomically; :class:`~attnexplain.runs.writer.RunWriter`),
 so memory stays bounded by one batch whatever the data set size, and an interrupted run resumes
 where it stopped. Randomness: the random baseline is seeded per example from its token ids and
 ``seed``; everything else is deterministic, so a resumed run equals an uninterrupted one.
@@ -50,7 +50,8 @@ import numpy as np
 import torch
 
 from ..ablations.eraser import PRECISIONS, resolve_precision
-from .store import Run, RunWriter
+from .reader import Run
+from .writer import RunWriter
 
 __all__ = [
     "DEFAULT_METHODS",

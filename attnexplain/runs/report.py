@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .markdown import format_markdown_table
-from .store import Run, open_run
+from .reader import Run, open_run
 
 __all__ = ["ReportResult", "CompareResult", "report", "compare", "method_agreement", "aopc_table"]
 

@@ -1,0 +1,359 @@
+"""Writing run folders atomically and resumably (:class:`RunWriter`), and streaming shards into final tables.
+
+Writing protocol (what makes a run resumable after ``kill -9``):
+
+* ``manifest.json`` is written first (atomically), with ``status: "running"``.
+* one batch = one shard per table, named after the dataset position of its first example
+  (``examples-00032.parquet``). Every file is written to a hidden temp name in the same folder,
+  fsynced and ``os.replace()``d, so a file is either absent or complete (``ATTNEXPLAIN_FSYNC=0``
+  skips the fsync: still safe against killed processes, not against power loss).
+* the attention arrays of the batch's stored examples, then the ``tokens``, ``faithfulness`` and
+  ``heads`` shards are written first; the ``examples`` shard is written **last** and is the
+  batch's commit record: its Parquet metadata holds the row count of every other table of the
+  batch and the ids whose arrays were stored. A batch without an examples shard is unfinished.
+* on resume every committed batch is read back in full; a file that does not read, a row count
+  that does not match, or a missing companion file marks the batch corrupt: its files are
+  deleted (with a message) and its examples are done again. Leftover temp files are removed.
+* when all examples are done the shards are merged (streamed, one shard in memory at a time)
+  into the final tables, each example exactly once, in dataset order; then the manifest says
+  ``status: "complete"`` and the shards are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .schema import (
+    ATTENTION,
+    FORMAT_VERSION,
+    MANIFEST,
+    RunFormatError,
+    RunLockedError,
+    RunMismatchError,
+    SHARDS,
+    TABLES,
+    _to_table,
+    attention_filename,
+    manifest_difference,
+    table_schema,
+)
+from .atomic_io import _atomic_write, _fsync_dir, _log_stderr, _now, _write_json, _write_parquet
+from .reader import (
+    Run,
+    _committed_starts,
+    _looks_like_run,
+    _read_manifest,
+    _shard_meta,
+    _shard_path,
+    _shard_start,
+    open_run,
+)
+
+
+class RunWriter:
+    """Writes one run folder, batch by batch, so that it can be resumed after any interruption.
+
+    >>> w = RunWriter("runs/x", manifest, force=False).open()   # checks / resumes / creates
+    >>> todo = [i for i in positions if i not in w.done_positions]
+    >>> w.write_batch(start, {"examples": ..., "tokens": ..., "faithfulness": ..., "heads": ...},
+    ...               attention={"ex-1": {"raw": ..., ...}})
+    >>> run = w.finalize()
+
+    ``manifest`` needs at least ``model``, ``dataset`` and ``methods``; the writer adds
+    ``format_version``, ``attnexplain_version``, ``created``, ``status`` and keeps a list of
+    ``resumed`` times. An existing folder holding a different run (any of :data:`COMPAT_KEYS`
+    differs) raises :class:`RunMismatchError` naming the differences, unless ``force`` (which
+    deletes the folder's contents first).
+    """
+
+    def __init__(self, path: str | os.PathLike, manifest: Mapping[str, Any], *, force: bool = False,
+                 log: Callable[[str], None] | None = None):
+        self.path = Path(path)
+        self.manifest = dict(manifest)
+        self.force = force
+        self.log = log or _log_stderr
+        self.done_ids: set[str] = set()
+        self.done_positions: set[int] = set()
+        self.resumed = False
+        self.redone: list[int] = []
+        self._lock_fh = None
+
+    # -- opening --------------------------------------------------------------------------------
+    def open(self) -> "RunWriter":
+        from .. import __version__
+
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise RunMismatchError(f"--out {path} is a file, not a folder")
+        previous: dict | None = None
+        if path.is_dir() and any(p.name != ".lock" for p in path.iterdir()):
+            if (path / MANIFEST).is_file():
+                try:
+                    previous = _read_manifest(path)
+                except RunFormatError as exc:
+                    if not self.force:
+                        raise RunMismatchError(f"{exc}. Use --force to replace it.") from None
+                    self._acquire_lock()
+                    self._clear()
+                    previous = None
+                if previous is not None:
+                    diff = manifest_difference(previous, self.manifest)
+                    if diff and not self.force:
+                        raise RunMismatchError(
+                            f"{path} holds a different run: " + "; ".join(diff) +
+                            ". Choose another --out, or pass --force to delete it and start over."
+                        )
+                    if diff or self.force:
+                        self._acquire_lock()
+                        self._clear()
+                        previous = None
+            elif _looks_like_run(path) and self.force:
+                self._acquire_lock()
+                self._clear()
+            else:
+                raise RunMismatchError(
+                    f"{path} is not empty and is not a run folder (no {MANIFEST}); choose another --out "
+                    f"(attnexplain never deletes a folder it did not write)"
+                )
+        path.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        (path / SHARDS).mkdir(exist_ok=True)
+        (path / ATTENTION).mkdir(exist_ok=True)
+        manifest = dict(self.manifest)
+        manifest["format_version"] = FORMAT_VERSION
+        manifest.setdefault("attnexplain_version", __version__)
+        if previous is not None:
+            self.resumed = True
+            manifest["created"] = previous.get("created", _now())
+            manifest["resumed"] = list(previous.get("resumed") or []) + [_now()]
+            if previous.get("status") == "complete" and all((path / f"{t}.parquet").is_file() for t in TABLES):
+                # nothing to do; keep the finished run untouched
+                self.manifest = previous
+                self._load_done_from_final()
+                return self
+        else:
+            manifest["created"] = _now()
+        manifest["status"] = "running"
+        self.manifest = manifest
+        _write_json(path / MANIFEST, manifest)
+        _fsync_dir(path)
+        if self.resumed:
+            self._scan_shards()
+        return self
+
+    def _acquire_lock(self) -> None:
+        if self._lock_fh is not None:
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path / ".lock", "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise RunLockedError(f"another process is writing {self.path}; wait for it or stop it first") from None
+        self._lock_fh = fh
+
+    def close(self) -> None:
+        if self._lock_fh is not None:
+            with contextlib.suppress(OSError):
+                self._lock_fh.close()
+            self._lock_fh = None
+
+    def __enter__(self) -> "RunWriter":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _clear(self) -> None:
+        self.log(f"[analyze] --force: deleting the previous run in {self.path}")
+        for child in self.path.iterdir():
+            if child.name == ".lock":
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+    @property
+    def is_complete(self) -> bool:
+        return self.manifest.get("status") == "complete"
+
+    def _load_done_from_final(self) -> None:
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(self.path / "examples.parquet", columns=["example_id", "index"])
+        self.done_ids = set(t.column("example_id").to_pylist())
+        self.done_positions = set(t.column("index").to_pylist())
+
+    def _scan_shards(self) -> None:
+        """Validate every committed batch; delete corrupt ones and temp files; fill done sets."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        folder = self.path / SHARDS
+        for p in list(folder.iterdir()) + list((self.path / ATTENTION).iterdir()):
+            if p.name.startswith(".") and ".tmp-" in p.name:
+                p.unlink(missing_ok=True)
+        methods = self.manifest.get("methods") or []
+        committed = set(_committed_starts(self.path))
+        # files of batches that never committed: left over from the interruption, redone anyway
+        for p in folder.iterdir():
+            for table in TABLES[1:]:
+                s = _shard_start(p.name, table)
+                if s is not None and s not in committed:
+                    p.unlink(missing_ok=True)
+        for start in sorted(committed):
+            problem = None
+            ids: list[str] = []
+            positions: list[int] = []
+            stored: list[str] = []
+            epath = _shard_path(self.path, "examples", start)
+            try:
+                et = pq.read_table(epath)
+                meta = _shard_meta(et)
+                if et.schema.remove_metadata() != table_schema("examples", methods):
+                    problem = f"{epath.name} has an unexpected schema"
+                elif "rows" not in meta:
+                    problem = f"{epath.name} lacks its batch record"
+                else:
+                    ids = et.column("example_id").to_pylist()
+                    positions = et.column("index").to_pylist()
+                    stored = list(meta.get("attention") or [])
+                    if meta["rows"].get("examples") != et.num_rows:
+                        problem = f"{epath.name} has {et.num_rows} rows, its record says {meta['rows'].get('examples')}"
+                    for table in TABLES[1:]:
+                        if problem:
+                            break
+                        tp = _shard_path(self.path, table, start)
+                        if not tp.is_file():
+                            problem = f"{tp.name} is missing"
+                            break
+                        try:
+                            n = pq.read_table(tp).num_rows
+                        except (OSError, pa.ArrowException) as exc:
+                            problem = f"{tp.name} cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
+                            break
+                        if n != meta["rows"].get(table):
+                            problem = f"{tp.name} has {n} rows, expected {meta['rows'].get(table)}"
+                    for eid in stored:
+                        if problem:
+                            break
+                        ap = self.path / ATTENTION / attention_filename(eid)
+                        if not ap.is_file():
+                            problem = f"attention/{ap.name} is missing"
+            except (OSError, pa.ArrowException) as exc:
+                problem = f"{epath.name} cannot be read ({type(exc).__name__}: {str(exc)[:120]})"
+            if problem is None and (self.done_ids.intersection(ids)):
+                problem = f"{epath.name} repeats examples of another shard"
+            if problem is not None:
+                self.log(f"[analyze] corrupt shard: {problem}; deleting batch {start} and redoing it")
+                self._delete_batch(start, stored)
+                self.redone.append(start)
+                continue
+            self.done_ids.update(ids)
+            self.done_positions.update(int(p) for p in positions)
+
+    def _delete_batch(self, start: int, stored: Iterable[str] = ()) -> None:
+        for table in TABLES:
+            _shard_path(self.path, table, start).unlink(missing_ok=True)
+        for eid in stored:
+            (self.path / ATTENTION / attention_filename(eid)).unlink(missing_ok=True)
+
+    # -- writing ----------------------------------------------------------------------------------
+    def write_batch(self, start: int, tables: Mapping[str, Any],
+                    attention: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> None:
+        """Write one finished batch (``start``: dataset position of its first example).
+
+        ``tables`` maps each of :data:`TABLES` to a DataFrame / dict of columns / pyarrow Table
+        in the table's schema. ``attention`` maps example ids to their arrays (saved with
+        ``np.savez_compressed``). The examples shard is written last (the commit record).
+        """
+        if self.is_complete:
+            raise RuntimeError(f"{self.path} is complete; nothing more can be written")
+        methods = self.manifest.get("methods") or []
+        built = {t: _to_table(tables[t], table_schema(t, methods)) for t in TABLES}
+        ids = built["examples"].column("example_id").to_pylist()
+        dup = self.done_ids.intersection(ids)
+        if dup:
+            raise ValueError(f"examples already written: {sorted(dup)[:5]}")
+        stored = []
+        for eid, arrays in (attention or {}).items():
+            final = self.path / ATTENTION / attention_filename(eid)
+            payload = {k: np.asarray(v) for k, v in arrays.items()}
+            payload["example_id"] = np.asarray(str(eid))
+
+            def _save(tmp: Path, payload=payload) -> None:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, **payload)
+
+            _atomic_write(final, _save)
+            stored.append(str(eid))
+        for table in TABLES[1:]:
+            _write_parquet(_shard_path(self.path, table, start), built[table])
+        record = {"rows": {t: built[t].num_rows for t in TABLES}, "start": int(start), "attention": stored}
+        _write_parquet(_shard_path(self.path, "examples", start), built["examples"], metadata=record)
+        _fsync_dir(self.path / SHARDS)
+        self.done_ids.update(ids)
+        self.done_positions.update(int(i) for i in built["examples"].column("index").to_pylist())
+
+    # -- finishing --------------------------------------------------------------------------------
+    def finalize(self, *, extra: Mapping[str, Any] | None = None) -> Run:
+        """Merge the shards into the final tables (streamed), mark the run complete, drop the shards."""
+        if self.is_complete:
+            return open_run(self.path)
+        methods = self.manifest.get("methods") or []
+        starts = _committed_starts(self.path)
+        shard_files = {t: [_shard_path(self.path, t, s) for s in starts] for t in TABLES}
+        merge_tables(shard_files, self.path, methods)
+        manifest = dict(self.manifest)
+        manifest.update(extra or {})
+        manifest["status"] = "complete"
+        manifest["n_done"] = len(self.done_ids)
+        manifest["finished"] = _now()
+        _write_json(self.path / MANIFEST, manifest)
+        self.manifest = manifest
+        shutil.rmtree(self.path / SHARDS, ignore_errors=True)
+        _fsync_dir(self.path)
+        return open_run(self.path)
+
+
+def merge_tables(files: Mapping[str, list[Path]], out_dir: Path, methods: Iterable[str]) -> int:
+    """Stream the per-table ``files`` (in order) into ``out_dir/<table>.parquet``; returns #examples.
+
+    Raises ValueError when an example id appears twice.
+    """
+    import pyarrow.parquet as pq
+
+    methods = list(methods)
+    seen: set[str] = set()
+    for table in TABLES:
+        schema = table_schema(table, methods)
+        final = Path(out_dir) / f"{table}.parquet"
+
+        def _write(tmp: Path, table=table, schema=schema) -> None:
+            with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+                for f in files[table]:
+                    t = pq.read_table(f).replace_schema_metadata(None).cast(schema)
+                    if table == "examples":
+                        ids = t.column("example_id").to_pylist()
+                        dup = seen.intersection(ids)
+                        if dup or len(set(ids)) != len(ids):
+                            raise ValueError(f"example ids appear twice: {sorted(dup)[:5] or ids[:5]} ({f})")
+                        seen.update(ids)
+                    if t.num_rows:
+                        writer.write_table(t)
+
+        _atomic_write(final, _write)
+    return len(seen)
