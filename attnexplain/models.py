@@ -209,13 +209,17 @@ class LoadedModel:
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     def tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[list[str]]:
-        """Token strings per example (padding removed)."""
+        """Readable token strings per example (padding removed): what each token stands for in
+        the text (``" is"``, not ``"Ġis"``; special tokens keep their names; see
+        :func:`attnexplain.token_text.readable_tokens`)."""
+        from .token_text import readable_tokens
+
         out = []
         for i, row in enumerate(input_ids.tolist()):
             if attention_mask is not None:
                 keep = attention_mask[i].bool().tolist()
                 row = [t for t, k in zip(row, keep) if k]
-            out.append(self.tokenizer.convert_ids_to_tokens(row) if self.tokenizer is not None else [str(t) for t in row])
+            out.append(readable_tokens(self.tokenizer, row))
         return out
 
     @torch.no_grad()

@@ -209,3 +209,40 @@ def test_argument_parsers():
     with pytest.raises(ValueError, match="key=value"):
         parse_key_values(["novalue"])
     assert parse_list(["a,b", "c"]) == ["a", "b", "c"] and parse_list(None) is None
+
+
+@pytest.fixture
+def tiny_lm(monkeypatch):
+    """Any --model name loads a tiny random Llama language model (character tokenizer)."""
+    import attnexplain.runs.analyze as analyze_mod
+    from attnexplain.testing import tiny_generator
+
+    monkeypatch.setattr(analyze_mod, "load_model_for_run", lambda name, **kw: tiny_generator("llama"))
+
+
+def test_explain_a_language_model_token_by_token(tiny_lm):
+    res = runner.invoke(app, ["explain", "the cat sat", "--max-new-tokens", "3", "--methods", "raw_attention,gradient_x_input"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "generated:" in out and "step 0" in out and "step 2" in out and "step 3" not in out
+    assert "raw_attention" in out and "gradient_x_input" in out and "p=" in out
+    forced = runner.invoke(app, ["explain", "the cat", "--continuation", " sat", "--contrast", " ran",
+                                 "--methods", "gradient_x_input"])
+    assert forced.exit_code == 0, forced.output
+    assert "forced:" in forced.output and "(vs " in forced.output
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-new-tokens", "0"], "positive int"),
+    (["--max-new-tokens", "500"], "at most"),
+    (["--continuation", ""], "no token"),
+    (["--target", "1"], "--continuation"),
+])
+def test_explain_language_model_bad_input(tiny_lm, argv, message):
+    res = runner.invoke(app, ["explain", "the cat", *argv])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_explain_generation_options_on_a_classifier_are_refused(tiny):
+    res = runner.invoke(app, ["explain", "a fine film", "--contrast", " bad"])
+    assert res.exit_code == 2 and "language models" in res.output and "Traceback" not in res.output

@@ -71,6 +71,27 @@ class ExplainArgs:
     backend: str = "dense"
     backend_options: dict[str, Any] = field(default_factory=dict)
     target: int | None = None
+    max_new_tokens: int | None = None
+    continuation: str | None = None
+    contrast: str | None = None
+
+    def _run_generation(self, lm: Any) -> str:
+        """Language models: generate (or force ``continuation``), explain every generated token."""
+        from ..generation import explain_generation, generate, generation_methods
+        from ..runs.analyze import AnalyzeError
+
+        if self.target is not None:
+            raise AnalyzeError("--target picks a class of a classifier; for a language model give the continuation "
+                               "to explain with --continuation TEXT")
+        n = 5 if self.max_new_tokens is None else self.max_new_tokens
+        header = [f"model: {lm.name} ({lm.backend}, {lm.task})"]
+        if lm.task == "seq2seq":
+            g = generate(lm, [self.text], n, target=self.continuation)
+            return "\n".join(header + [g.summary(0), "", "(per-token explanations are implemented for decoder-only "
+                                                          "models; this shows the generation and its step probabilities)"])
+        ex = explain_generation(lm, [self.text], generation_methods(self.methods), max_new_tokens=n,
+                                target=self.continuation, contrast=self.contrast)
+        return "\n".join(header + [ex.format(0, top=self.top)])
 
     def run(self) -> str:
         """Explain the text; returns a printable summary."""
@@ -84,6 +105,13 @@ class ExplainArgs:
             lm = load_model_for_run(self.model, backend=self.backend, backend_options=self.backend_options)
         except (KeyError, TypeError) as exc:
             raise AnalyzeError(str(exc.args[0] if exc.args else exc)) from None
+        if lm.task in ("causal-lm", "seq2seq"):
+            return self._run_generation(lm)
+        for opt, val in (("--max-new-tokens", self.max_new_tokens), ("--continuation", self.continuation),
+                         ("--contrast", self.contrast)):
+            if val is not None:
+                raise AnalyzeError(f"{opt} is for language models (generation); {lm.name} is a {lm.task} model: "
+                                   "explain a class with --target INDEX instead")
         names = resolve_methods(self.methods)
         enc = lm.tokenize([self.text])
         with torch.no_grad():

@@ -148,11 +148,23 @@ def explain(
     top: int = typer.Option(5, help="Tokens shown per method."),
     backend: str = typer.Option("dense", help="Attention backend (`attnexplain backends`)."),
     backend_option: Optional[List[str]] = typer.Option(None, "--backend-option", help="Backend option key=value (repeatable)."),
-    target: Optional[int] = typer.Option(None, help="Class to explain (default: the predicted one)."),
+    target: Optional[int] = typer.Option(None, help="Class to explain (classifiers; default: the predicted one)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
+                                                 help="Language models: tokens to generate and explain one by one (default 5)."),
+    continuation: Optional[str] = typer.Option(None, "--continuation",
+                                               help="Language models: explain this continuation instead of a generated one "
+                                                    "(e.g. ' Paris')."),
+    contrast: Optional[str] = typer.Option(None, "--contrast",
+                                           help="Language models: contrastive explanation, why the continuation rather than "
+                                                "this one (gradient and perturbation methods; e.g. --continuation ' Paris' "
+                                                "--contrast ' Lyon')."),
 ) -> None:
-    """Explain one text: prediction, probabilities, top tokens per method, raw vs effective attention."""
+    """Explain one text. Classifiers: prediction, probabilities, top tokens per method, raw vs effective attention.
+    Language models (e.g. --model smollm2): the generated text and, per generated token, its probability,
+    the top alternatives and the top source tokens per method."""
     args = ExplainArgs(text=text, model=model, methods=parse_list(methods), top=top, backend=backend,
-                       backend_options=_kv(backend_option, "--backend-option"), target=target)
+                       backend_options=_kv(backend_option, "--backend-option"), target=target,
+                       max_new_tokens=max_new_tokens, continuation=continuation, contrast=contrast)
     typer.echo(args.run())
 
 

@@ -160,7 +160,7 @@ class GenerationExplanation:
             for name in self.attributions:
                 if np.isnan(self.attributions[name].scores[example][t]).all():
                     continue
-                tops = ", ".join(f"{tok!r} {s:+.3f}" for tok, s in self.top_sources(example, t, name, top))
+                tops = ", ".join(f"{tok!r} {s:+.3g}" for tok, s in self.top_sources(example, t, name, top))
                 lines.append(f"    {name:<22} {tops}")
         if self.skipped:
             lines.append(f"(not contrastive, skipped: {', '.join(self.skipped)})")
