@@ -2,8 +2,10 @@
 
 * :mod:`.interventions`: pure ``A -> A'`` functions for :func:`attnexplain.capturing.session`
   (effective part, distribution variant, null-space perturbation, A - A_eff, uniform, permuted,
-  keep/remove top-k keys, zero- and mean-ablation of heads) and runners that report the output
-  change (TVD, max |logit change|, prediction flips).
+  keep/remove top-k keys, zero- and mean-ablation of heads); the tensor edits behind them in
+  :mod:`.perturbations`;
+* :mod:`.runners`: run a model under interventions and report the output change (TVD, max |logit
+  change|, prediction flips), top-k sweeps; :mod:`.heads`: head ablation tables.
 * :mod:`.eraser`: comprehensiveness, sufficiency and AOPC of token rankings, batched.
 """
 
@@ -17,31 +19,37 @@ from .eraser import (
     random_rankings,
     special_token_ids,
 )
+from .heads import (
+    ablation_table,
+    head_ablation,
+    head_means,
+)
 from .interventions import (
     KINDS,
-    ablation_table,
     build_intervention,
     distribution_variant,
     effective_part,
-    head_ablation,
-    head_means,
     identity,
-    intervention_effects,
     mean,
-    minimal_k,
     minus_effective,
     null_perturbation,
-    null_space_perturbation,
     permute,
+    topk,
+    uniform,
+    zero,
+)
+from .perturbations import (
+    null_space_perturbation,
     permute_rows,
+    topk_mask,
+)
+from .runners import (
+    intervention_effects,
+    minimal_k,
     run_conditions,
     run_with_interventions,
     site_keys,
-    topk,
-    topk_mask,
     topk_sweep,
-    uniform,
-    zero,
 )
 
 __all__ = [
