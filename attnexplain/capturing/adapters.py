@@ -21,12 +21,29 @@ from torch import nn
 
 __all__ = [
     "AdapterRule", "ADAPTER_RULES", "FIRST_TOKEN_CLASSIFIERS", "AttentionSite", "find_attention_sites",
-    "UnsupportedArchitectureError",
+    "UnsupportedArchitectureError", "PostLNLayout",
 ]
 
 
 class UnsupportedArchitectureError(ValueError):
-    """Raised when no attention module of a model can be identified."""
+    """Raised when no attention module of a model can be identified, or a method needs architecture
+    knowledge the adapter table does not have for it."""
+
+
+@dataclass(frozen=True)
+class PostLNLayout:
+    """Where the two LayerNorms of a post-LN transformer block sit (paths from the attention module).
+
+    A post-LN block computes ``h = LN1(x + Attn(x)); out = LN2(h + FFN(h))`` (BERT, RoBERTa,
+    ELECTRA, DistilBERT). The context-mixing decompositions (``norm_residual_ln``, ``globenc``,
+    ``alti``) need both norms' parameters and inputs; pre-LN (GPT-2, Llama) and RMSNorm blocks
+    have no entry and are refused.
+    """
+
+    #: the LayerNorm applied to ``x + Attn(x)``
+    attention_norm_path: str
+    #: the LayerNorm applied to ``h + FFN(h)``
+    output_norm_path: str
 
 
 @dataclass(frozen=True)
@@ -44,16 +61,23 @@ class AdapterRule:
     #: attention block (residual and norm included), (B, n, d) or a tuple starting with them;
     #: what :func:`attnexplain.capturing.first_token_readout` cuts to position 0. None: unknown.
     post_attention_path: str | None = None
+    #: path from that module to its transformer block (the module called once per layer with the
+    #: residual stream as first argument); value zeroing re-runs it. None: unknown.
+    block_path: str | None = None
+    #: the block's LayerNorms when it is a post-LN block with ``nn.LayerNorm``; None otherwise
+    post_ln: PostLNLayout | None = None
 
 
 # The table. Order matters: the first rule whose markers all exist on a module wins.
 ADAPTER_RULES: tuple[AdapterRule, ...] = (
-    AdapterRule("bert-style", ("query", "key", "value"), "../output.dense", post_attention_path=".."),  # BERT, RoBERTa, ELECTRA, XLM-R
-    AdapterRule("llama-style", ("q_proj", "k_proj", "v_proj", "o_proj"), "o_proj"),  # Llama, Mistral, Qwen, ViT (5.x)
-    AdapterRule("bart-style", ("q_proj", "k_proj", "v_proj", "out_proj"), "out_proj"),  # BART, mBART, Whisper
-    AdapterRule("distilbert", ("q_lin", "k_lin", "v_lin", "out_lin"), "out_lin", post_attention_path="../sa_layer_norm"),
-    AdapterRule("t5", ("q", "k", "v", "o"), "o"),
-    AdapterRule("gpt2", ("c_attn", "c_proj"), "c_proj", layout="conv1d"),
+    AdapterRule("bert-style", ("query", "key", "value"), "../output.dense", post_attention_path="..",  # BERT, RoBERTa, ELECTRA, XLM-R
+                block_path="../..", post_ln=PostLNLayout("../output.LayerNorm", "../../output.LayerNorm")),
+    AdapterRule("llama-style", ("q_proj", "k_proj", "v_proj", "o_proj"), "o_proj", block_path=".."),  # Llama, Mistral, Qwen, ViT (5.x); pre-LN RMSNorm
+    AdapterRule("bart-style", ("q_proj", "k_proj", "v_proj", "out_proj"), "out_proj", block_path=".."),  # BART, mBART, Whisper
+    AdapterRule("distilbert", ("q_lin", "k_lin", "v_lin", "out_lin"), "out_lin", post_attention_path="../sa_layer_norm",
+                block_path="..", post_ln=PostLNLayout("../sa_layer_norm", "../output_layer_norm")),
+    AdapterRule("t5", ("q", "k", "v", "o"), "o", block_path="../../.."),  # pre-LN RMSNorm
+    AdapterRule("gpt2", ("c_attn", "c_proj"), "c_proj", layout="conv1d", block_path=".."),  # pre-LN
 )
 
 _CROSS_MARKERS = ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")
