@@ -136,11 +136,16 @@ def test_batched_readout_rows_equal_the_per_example_path(monkeypatch, arch, pad,
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+#: methods that decompose post-LN blocks only (they refuse GPT-2: tests/test_context_mixing.py)
+POST_LN_ONLY = {"norm_residual_ln", "globenc", "alti"}
+
+
 def test_explain_runs_every_registered_method_on_bert_and_gpt2():
     for arch in ("bert", "gpt2"):
         lm = _lm(arch)
-        out = explain(lm, ["a witty film", "dull"], methods=available_methods())
-        assert set(out) == set(available_methods())
+        names = [m for m in available_methods() if not (arch == "gpt2" and m in POST_LN_ONLY)]
+        out = explain(lm, ["a witty film", "dull"], methods=names)
+        assert set(out) == set(names)
         for name, attr in out.items():
             assert len(attr) == 2
             for toks, sc in zip(attr.tokens, attr.scores):

@@ -3,9 +3,9 @@
 Gradient-weighted attention methods (Chefer et al. 2021) need ``dy/dA`` for every attention map
 ``A`` (self- and cross-attention, encoder and decoder). The gradients are taken through the
 attention-function interventions the ablations use: at every recorded site the intervention
-hands the model a fresh leaf tensor equal to ``A`` (so the layer output is ``A V`` as usual) and
-keeps it; after one backward pass each leaf's ``.grad`` is ``dy/dA`` along every path from ``A``
-to ``y``. No model code is forked; any model whose attention runs an attnexplain backend works
+keeps ``A`` (still attached to the queries and keys that made it, so that a later layer's
+attention stays a function of this one's output) and the layer output is computed as ``A V``;
+one backward pass gives ``dy/dA`` along every path from ``A`` to ``y``. No model code is forked; any model whose attention runs an attnexplain backend works
 (grouped-query attention included: ``A`` has one map per query head).
 """
 
@@ -81,9 +81,10 @@ def attention_gradients(
 
     def keep(key: str):
         def intervention(A, call, site):
-            leaf = A.detach().requires_grad_(True)
-            leaves[key].append(leaf)
-            return leaf
+            if not A.requires_grad:  # e.g. a model whose parameters are frozen: make it a leaf
+                A = A.detach().requires_grad_(True)
+            leaves[key].append(A)
+            return A
         return intervention
 
     with torch.enable_grad(), session(model, None, {k: keep(k) for k in sites}):

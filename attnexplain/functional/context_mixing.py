@@ -218,9 +218,12 @@ def value_zeroing_scores(original: torch.Tensor, altered: torch.Tensor, *, norma
         altered: ``(..., m, n, d)``: ``altered[..., j, i]`` = ``h_i^{-j}`` (one run per zeroed token).
 
     Returns:
-        ``(..., n, m)`` ``C[i, j]``, non-negative (up to float error, clamped at 0).
+        ``(..., n, m)`` ``C[i, j]``, non-negative.
     """
     _check(altered, "altered", 3, "(..., m, n, d)")
-    cos = torch.nn.functional.cosine_similarity(original.to(altered.dtype).unsqueeze(-3), altered, dim=-1)  # (..., m, n)
-    c = (1.0 - cos).clamp_min(0).transpose(-1, -2)
+    # 1 - cos(a, b) = ||a/|a| - b/|b|||^2 / 2, evaluated in the second form: no cancellation when the
+    # outputs barely move (1 - cos loses all digits below float eps there)
+    a = torch.nn.functional.normalize(original.to(altered.dtype), dim=-1).unsqueeze(-3)
+    b = torch.nn.functional.normalize(altered, dim=-1)
+    c = (0.5 * (a - b).square().sum(-1)).transpose(-1, -2)  # (..., n, m)
     return normalize_rows(c) if normalize else c

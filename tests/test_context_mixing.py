@@ -1,0 +1,373 @@
+"""Context-mixing methods against independent computations on tiny float64 models.
+
+References are written from the papers' formulas directly, on an eager copy of the model
+(``output_attentions`` / ``output_hidden_states``) and its weights, with explicit per-token loops;
+value zeroing by literally zeroing the value projection's output with a forward hook; gradient
+rollout with the gradients of the eager model's returned attention tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from attnexplain.capturing import UnsupportedArchitectureError
+from attnexplain.functional.context_mixing import contribution_rollout, normalize_rows
+from attnexplain.methods import explain_batch, get_method
+from attnexplain.testing import tiny_inputs, tiny_model
+
+TOL = 1e-6
+
+
+def _lm64(arch="bert", seed=0):
+    lm = tiny_model(arch, seed=seed)
+    # non-trivial LayerNorm parameters and biases, so that every term of the formulas matters
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in lm.model.named_parameters():
+            if "LayerNorm.weight" in name or "layer_norm.weight" in name:
+                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            elif "weight" in name and p.dim() == 2:
+                p.mul_(10)  # init std 0.02 -> 0.2: attention that is not uniform
+    lm.model.double()
+    return lm
+
+
+def _eager(lm):
+    m = copy.deepcopy(lm.model)
+    m.set_attn_implementation("eager")
+    return m
+
+
+def _scores(lm, batch, method, **opts):
+    m = get_method(method, **opts)
+    out, target, _ = explain_batch(lm, batch, [m])
+    return out[method], target
+
+
+def _bert_layers(model):
+    base = getattr(model, "bert", None) or getattr(model, "roberta")
+    return base.encoder.layer
+
+
+@torch.no_grad()
+def _reference_parts(model, batch):
+    """Per example, per layer: (parts (n,n,d) list of lists, LN1 output (n,d), LN2 input (n,d), LN2 module)
+    by explicit loops over i, j and heads on the eager model."""
+    out = model(**batch, output_attentions=True, output_hidden_states=True)
+    layers = _bert_layers(model)
+    H = model.config.num_attention_heads
+    dh = model.config.hidden_size // H
+    mask = batch["attention_mask"]
+    res = []
+    for b in range(batch["input_ids"].shape[0]):
+        idx = mask[b].bool().nonzero().flatten().tolist()
+        per_layer = []
+        for l, layer in enumerate(layers):
+            x = out.hidden_states[l][b]
+            A = out.attentions[l][b]
+            Wv, bv = layer.attention.self.value.weight, layer.attention.self.value.bias
+            Wo, bo = layer.attention.output.dense.weight, layer.attention.output.dense.bias
+            ln1 = layer.attention.output.LayerNorm
+            n = len(idx)
+            u = torch.zeros(n, n, x.shape[-1], dtype=torch.float64)
+            for ii, i in enumerate(idx):
+                for jj, j in enumerate(idx):
+                    v = x[j] @ Wv.T + bv
+                    for h in range(H):
+                        f = v[h * dh:(h + 1) * dh] @ Wo[:, h * dh:(h + 1) * dh].T
+                        u[ii, jj] += A[h, i, j] * f
+                    if i == j:
+                        u[ii, jj] += x[i]
+            z = u.sum(1) + bo  # LN1's input, rebuilt from the parts
+            s = torch.sqrt(z.var(-1, unbiased=False) + ln1.eps)
+            parts = torch.zeros_like(u)
+            for ii in range(n):
+                for jj in range(n):
+                    parts[ii, jj] = ln1.weight * (u[ii, jj] - u[ii, jj].mean()) / s[ii]
+            y = ln1(z)
+            h_out = out.hidden_states[l + 1][b][idx]
+            ffn = layer.output.dense(layer.intermediate(y))
+            per_layer.append((parts, y, ffn + y, layer.output.LayerNorm, h_out, bo, ln1))
+        res.append((idx, per_layer))
+    return res
+
+
+@pytest.fixture(scope="module")
+def bert64():
+    return _lm64("bert")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return tiny_inputs("bert", batch=2, length=7, pad="right")
+
+
+def test_norm_residual_ln_matches_explicit_loop(bert64, batch):
+    ref = _reference_parts(_eager(bert64), batch)
+    for layers in ("all", "last", 0):
+        got, _ = _scores(bert64, batch, "norm_residual_ln", layers=layers, readout="cls")
+        for b, (idx, per_layer) in enumerate(ref):
+            sel = {"all": [0, 1], "last": [1], 0: [0]}[layers]
+            want = sum(per_layer[l][0][0].norm(dim=-1) for l in sel) / len(sel)
+            np.testing.assert_allclose(got[b], want.numpy(), atol=TOL, rtol=0)
+
+
+def test_layer_norm_parts_sum_to_the_layernorm_output(bert64, batch):
+    """Kobayashi et al.'s decomposition is exact: sum_j g(u_ij) + g(b_O) + beta = LN1(z_i)."""
+    from attnexplain.capturing.mixing import capture_mixing
+    from attnexplain.functional.context_mixing import layer_norm_parts
+    from attnexplain.methods.norm_residual_ln import post_ln_parts
+
+    mc = capture_mixing(bert64.model, batch, norms=True)
+    for b in range(2):
+        idx = batch["attention_mask"][b].bool().nonzero().flatten()
+        for p in range(len(mc.blocks)):
+            _, parts, rec = post_ln_parts(mc, b, idx, p)
+            z, y, w, beta, eps = rec.norms["attention"]
+            bias_part = layer_norm_parts(rec.out_proj_bias.expand(len(idx), 1, -1), z[b][idx], w, eps)[:, 0]
+            torch.testing.assert_close(parts.sum(1) + bias_part + beta, y[b][idx], atol=1e-10, rtol=0)
+
+
+def test_globenc_and_alti_match_explicit_loop(bert64, batch):
+    ref = _reference_parts(_eager(bert64), batch)
+    got_g, _ = _scores(bert64, batch, "globenc", readout="cls")
+    got_a, _ = _scores(bert64, batch, "alti", readout="mean")
+    for b, (idx, per_layer) in enumerate(ref):
+        n = len(idx)
+        G, C = [], []
+        for parts, y, z2, ln2, *_ in per_layer:
+            s2 = torch.sqrt(z2.var(-1, unbiased=False) + ln2.eps)
+            g = torch.zeros(n, n, dtype=torch.float64)
+            c = torch.zeros(n, n, dtype=torch.float64)
+            for i in range(n):
+                for j in range(n):
+                    p = parts[i, j]
+                    g[i, j] = (ln2.weight * (p - p.mean()) / s2[i]).norm()
+                    c[i, j] = max(0.0, float(y[i].abs().sum() - (y[i] - p).abs().sum()))
+            G.append(g / g.sum(1, keepdim=True))
+            C.append(c / c.sum(1, keepdim=True))
+        # rollout written out: R = C2 @ C1
+        Rg, Ra = G[1] @ G[0], C[1] @ C[0]
+        np.testing.assert_allclose(got_g[b], Rg[0].detach().numpy(), atol=TOL, rtol=0)
+        np.testing.assert_allclose(got_a[b], Ra.mean(0).detach().numpy(), atol=TOL, rtol=0)
+        assert abs(got_g[b].sum() - 1) < 1e-9 and abs(got_a[b].sum() - 1) < 1e-9
+
+
+def test_value_zeroing_matches_value_projection_hook(bert64, batch):
+    """Reference: zero token j's value vector by editing the value projection's output of layer l
+    (forward hook) in a full forward of the eager model; layer l's input is unchanged, so
+    hidden_states[l + 1] is the altered layer output."""
+    model = _eager(bert64)
+    layers = _bert_layers(model)
+    with torch.no_grad():
+        clean = model(**batch, output_hidden_states=True).hidden_states
+    got_roll, _ = _scores(bert64, batch, "value_zeroing", readout="cls")
+    got_mean, _ = _scores(bert64, batch, "value_zeroing", readout="mean", aggregation="mean")
+    for b in range(2):
+        idx = batch["attention_mask"][b].bool().nonzero().flatten()
+        one = {k: v[b:b + 1] for k, v in batch.items()}
+        Cs = []
+        for l, layer in enumerate(layers):
+            C = torch.zeros(len(idx), len(idx), dtype=torch.float64)
+            for jj, j in enumerate(idx.tolist()):
+                def zero(mod, inp, out, j=j):
+                    out = out.clone()
+                    out[:, j] = 0
+                    return out
+                h = layer.attention.self.value.register_forward_hook(zero)
+                with torch.no_grad():
+                    alt = model(**one, output_hidden_states=True).hidden_states[l + 1][0]
+                h.remove()
+                for ii, i in enumerate(idx.tolist()):
+                    C[ii, jj] = 1 - torch.nn.functional.cosine_similarity(clean[l + 1][b, i], alt[i], dim=0)
+            Cs.append(C / C.sum(1, keepdim=True))
+        np.testing.assert_allclose(got_roll[b], (Cs[1] @ Cs[0])[0].numpy(), atol=TOL, rtol=0)
+        np.testing.assert_allclose(got_mean[b], ((Cs[0] + Cs[1]) / 2).mean(0).numpy(), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["bert", "llama"])
+def test_grad_rollout_matches_eager_attention_gradients(arch):
+    """Reference: gradients of the target logit w.r.t. the eager model's returned attention maps."""
+    lm = _lm64(arch)
+    # (the eager Llama reference returns NaN on left-padded rows in float64, so no padding there;
+    # padding is covered by the batch-invariance test)
+    batch = tiny_inputs(arch, batch=2, length=7, pad=None if arch == "llama" else "right")
+    model = _eager(lm)
+    got, target = _scores(lm, batch, "grad_rollout")
+    got_ag, _ = _scores(lm, batch, "attention_gradient", readout="mean")
+    out = model(**batch, output_attentions=True)
+    for a in out.attentions:
+        a.retain_grad()
+    from attnexplain.methods.gradients import target_scores
+
+    target_scores(out.logits, batch["attention_mask"]).gather(1, target[:, None]).sum().backward()
+    for b in range(2):
+        idx = batch["attention_mask"][b].bool().nonzero().flatten()
+        n = len(idx)
+        R = torch.eye(n, dtype=torch.float64)
+        abar_mean = torch.zeros(n, n, dtype=torch.float64)
+        for a in out.attentions:
+            A = a[b][:, idx][:, :, idx]
+            G = a.grad[b][:, idx][:, :, idx]
+            abar = torch.stack([torch.clamp(G[h] * A[h], min=0) for h in range(A.shape[0])]).mean(0)
+            R = R + abar @ R
+            abar_mean += abar / len(out.attentions)
+        row = n - 1 if arch == "llama" else 0
+        np.testing.assert_allclose(got[b], R[row].detach().numpy(), atol=TOL, rtol=0)
+        np.testing.assert_allclose(got_ag[b], abar_mean.mean(0).detach().numpy(), atol=TOL, rtol=0)
+
+
+def test_grad_rollout_encoder_decoder_rules():
+    """BART classifier: encoder self, decoder self and cross-attention rules against the eager
+    model's attention gradients, with Chefer et al.'s updates written out."""
+    lm = _lm64("bart")
+    batch = tiny_inputs("bart", batch=2, length=7)
+    model = _eager(lm)
+    got, target = _scores(lm, batch, "grad_rollout")
+    out = model(**batch, output_attentions=True)
+    maps = list(out.encoder_attentions) + list(out.decoder_attentions) + list(out.cross_attentions)
+    for a in maps:
+        a.retain_grad()
+    out.logits.gather(1, target[:, None]).sum().backward()
+
+    def abar(a, b):
+        return (a.grad[b] * a[b]).clamp(min=0).mean(0).detach()
+
+    def rbar(R):
+        Rh = R - torch.eye(R.shape[0], dtype=R.dtype)
+        s = Rh.sum(1, keepdim=True)
+        Rh = torch.where(s != 0, Rh / torch.where(s != 0, s, torch.ones_like(s)), torch.zeros_like(Rh))
+        return Rh + torch.eye(R.shape[0], dtype=R.dtype)
+
+    for b in range(2):
+        idx = batch["attention_mask"][b].bool().nonzero().flatten()
+        n = out.encoder_attentions[0].shape[-1]
+        R_ee = torch.eye(n, dtype=torch.float64)
+        for a in out.encoder_attentions:
+            R_ee = R_ee + abar(a, b) @ R_ee
+        nd = out.decoder_attentions[0].shape[-1]
+        R_dd, R_de = torch.eye(nd, dtype=torch.float64), torch.zeros(nd, n, dtype=torch.float64)
+        for sa, ca in zip(out.decoder_attentions, out.cross_attentions):
+            R_dd = R_dd + abar(sa, b) @ R_dd
+            R_de = R_de + abar(sa, b) @ R_de
+            R_de = R_de + rbar(R_dd).T @ abar(ca, b) @ rbar(R_ee)
+        want = R_de[idx[-1]][idx]
+        np.testing.assert_allclose(got[b], want.numpy(), atol=TOL, rtol=0)
+        assert np.abs(got[b]).sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# properties
+# ---------------------------------------------------------------------------------------------
+
+ALL = ["norm_residual_ln", "globenc", "alti", "value_zeroing", "grad_rollout", "attention_gradient"]
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_one_token_is_trivial(bert64, method):
+    batch = {"input_ids": torch.tensor([[7]]), "attention_mask": torch.ones(1, 1, dtype=torch.long)}
+    got, _ = _scores(bert64, batch, method)
+    assert got[0].shape == (1,)
+    if method in ("globenc", "alti"):
+        assert got[0][0] == pytest.approx(1.0, abs=1e-12)
+    if method == "value_zeroing":  # the only key zeroed: the row is all of its mixing
+        assert got[0][0] == pytest.approx(1.0, abs=1e-12)
+    assert np.isfinite(got[0]).all() and got[0][0] >= 0
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_batch_of_one_equals_batch_of_sixteen(method):
+    lm = _lm64("bert", seed=3)
+    lm.model.float()  # float32: the precision the methods run in
+    batch = tiny_inputs("bert", batch=16, length=9, pad="right", seed=5)
+    batch["attention_mask"][2:, -1] = 0  # assorted lengths
+    batch["attention_mask"][5:9, -4:] = 0
+    m = get_method(method)
+    full, target, _ = explain_batch(lm, batch, [m])
+    for i in (0, 1, 6, 15):
+        one = {k: v[i:i + 1] for k, v in batch.items()}
+        n = int(one["attention_mask"].sum())
+        one = {k: v[:, :n] for k, v in one.items()}
+        single, _, _ = explain_batch(lm, one, [m], target=target[i:i + 1])
+        np.testing.assert_allclose(single[method][0], full[method][i], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["globenc", "alti", "value_zeroing"])
+def test_rollout_scores_are_distributions(bert64, batch, method):
+    got, _ = _scores(bert64, batch, method)
+    for s in got:
+        assert (s >= 0).all() and abs(s.sum() - 1) < 1e-9
+
+
+def test_value_zeroing_on_gqa_decoder_matches_value_hook():
+    """Llama (grouped-query attention, left padding): zeroing key column j of every query head equals
+    zeroing the shared value vector (hook on v_proj)."""
+    lm = _lm64("llama")
+    batch = tiny_inputs("llama", batch=2, length=6, pad="left")
+    model = _eager(lm)
+    got, _ = _scores(lm, batch, "value_zeroing", aggregation="mean", layers="last", readout="last")
+    layer = model.model.layers[-1]
+    b = 1  # the left-padded example; the reference runs it alone, unpadded (eager Llama gives NaN on padded rows)
+    real = batch["attention_mask"][b].bool()
+    one = {k: v[b:b + 1, real] for k, v in batch.items()}
+    idx = list(range(int(real.sum())))
+    row = []
+    L = len(model.model.layers)
+    for j in idx:
+        def zero(mod, inp, out, j=j):
+            out = out.clone()
+            out[:, j] = 0
+            return out
+        h = layer.self_attn.v_proj.register_forward_hook(zero)
+        # the last block's output: hidden_states[L] of HF is after the final norm, so read the block
+        keep = {}
+        h2 = layer.register_forward_hook(lambda m, i, o: keep.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+        with torch.no_grad():
+            model(**one, use_cache=False)
+        h.remove(); h2.remove()
+        alt = keep["h"][0]
+        keep2 = {}
+        h3 = layer.register_forward_hook(lambda m, i, o: keep2.__setitem__("h", o[0] if isinstance(o, tuple) else o))
+        with torch.no_grad():
+            model(**one, use_cache=False)
+        h3.remove()
+        ref = keep2["h"][0]
+        i = idx[-1]
+        row.append(float(1 - torch.nn.functional.cosine_similarity(ref[i], alt[i], dim=0)))
+    row = np.clip(np.asarray(row), 0, None)
+    np.testing.assert_allclose(got[b], row / row.sum(), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bart"])
+@pytest.mark.parametrize("method", ["norm_residual_ln", "globenc", "alti"])
+def test_decompositions_refuse_other_architectures(arch, method):
+    lm = tiny_model(arch)
+    with pytest.raises(UnsupportedArchitectureError, match="post-LN"):
+        explain_batch(lm, tiny_inputs(arch), [method])
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="aggregation"):
+        get_method("value_zeroing", aggregation="max")
+    with pytest.raises(ValueError, match="layers"):
+        get_method("norm_residual_ln", layers="first")
+    with pytest.raises(ValueError, match="readout"):
+        get_method("alti", readout="middle")
+    with pytest.raises(ValueError, match="head_reduction"):
+        get_method("grad_rollout", head_reduction="max")
+
+
+def test_contribution_rollout_and_normalize_rows():
+    g = torch.Generator().manual_seed(0)
+    C = normalize_rows(torch.rand(3, 5, 5, generator=g, dtype=torch.float64))
+    R = contribution_rollout(C)
+    torch.testing.assert_close(R[-1], C[2] @ C[1] @ C[0])
+    torch.testing.assert_close(R.sum(-1), torch.ones(3, 5, dtype=torch.float64))
+    Z = normalize_rows(torch.zeros(2, 2))
+    assert (Z == 0).all()
