@@ -48,8 +48,9 @@ _EXPORTS = {
 def use_backend(model: Any, backend: str = "dense", **options: Any) -> str:
     """Switch a model (LoadedModel or HF model) to an attnexplain attention backend in place."""
     from .capturing.attention import use_backend as _use
+    from .models import torch_module
 
-    return _use(getattr(model, "model", model), backend, **options)
+    return _use(torch_module(model), backend, **options)
 
 
 def __getattr__(name: str) -> Any:

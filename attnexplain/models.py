@@ -33,6 +33,8 @@ __all__ = [
     "InputError",
     "MODEL_ALIASES",
     "DEFAULT_MODEL",
+    "torch_module",
+    "as_loaded_model",
 ]
 
 DEFAULT_MODEL = "minilm-rotten-tomatoes"
@@ -175,6 +177,9 @@ class LoadedModel:
                  text_pairs: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Tokenize a batch, validating it.
 
+        Padding follows the tokenizer's ``padding_side``, except that models which cannot take
+        left padding (first-token classifiers such as BERT's; BART-style absolute positions without
+        ``position_ids``) are always padded on the right.
         Empty or whitespace-only texts raise :class:`InputError` (naming the index). Texts longer
         than ``max_length`` (default: the model's maximum) are truncated with a warning when
         ``on_long="truncate"`` (the default) or refused with ``on_long="error"``.
@@ -205,8 +210,23 @@ class LoadedModel:
             if on_long != "truncate":
                 raise ValueError(f"on_long must be 'truncate' or 'error', got {on_long!r}")
             warnings.warn(msg + f"; truncated to {limit}", stacklevel=2)
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt", **kwargs)
+        enc = self._padded(texts, limit, kwargs)
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def _padded(self, texts: list[str], limit: int, kwargs: dict[str, Any]) -> Any:
+        """The tokenizer's padded batch; on the right for models that cannot take left padding
+        (:func:`attnexplain.capturing.positions.left_padding_supported`) whatever its padding side."""
+        from .capturing.positions import left_padding_supported
+
+        side = getattr(self.tokenizer, "padding_side", "right")
+        force_right = side == "left" and not left_padding_supported(self.model)
+        if force_right:
+            self.tokenizer.padding_side = "right"
+        try:
+            return self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt", **kwargs)
+        finally:
+            if force_right:
+                self.tokenizer.padding_side = side
 
     def tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list[list[str]]:
         """Readable token strings per example (padding removed): what each token stands for in
@@ -233,6 +253,40 @@ class LoadedModel:
             enc = self.tokenize(texts[start : start + batch_size])
             out.append(torch.softmax(self.model(**enc).logits.float(), dim=-1))
         return torch.cat(out)
+
+
+def torch_module(model: Any) -> nn.Module:
+    """The torch module behind ``model``: a :class:`LoadedModel`'s ``.model``, or ``model`` itself.
+
+    A bare Hugging Face model is returned as it is even when it has a submodule called ``model``
+    (BART, Llama and most decoders do), so it is never mistaken for the wrapper.
+
+    Raises:
+        TypeError: neither a LoadedModel nor a torch module.
+    """
+    if isinstance(model, LoadedModel):
+        return model.model
+    if isinstance(model, nn.Module):
+        return model
+    raise TypeError(f"expected a LoadedModel or a torch module, got {type(model).__name__}")
+
+
+def as_loaded_model(model: Any, tokenizer: Any = None) -> LoadedModel:
+    """``model`` itself when it is a :class:`LoadedModel`; a bare torch/HF module wrapped in one.
+
+    The wrapper keeps the module's attention implementation when it already runs an attnexplain
+    backend and switches it to the dense backend otherwise (capture needs one).
+    """
+    if isinstance(model, LoadedModel):
+        return model
+    module = torch_module(model)
+    impl = str(getattr(getattr(module, "config", None), "_attn_implementation", "") or "")
+    if impl.startswith("attnexplain_"):
+        lm = LoadedModel(model=module.eval(), tokenizer=tokenizer, name=type(module).__name__,
+                         task=_infer_task(module), max_length=_max_length(module, tokenizer))
+        lm.labels = _labels(module, lm.task)
+        return lm
+    return LoadedModel.from_model(module, tokenizer, name=type(module).__name__)
 
 
 def _infer_task(model: nn.Module) -> str:

@@ -95,16 +95,20 @@ def test_one_finite_score_per_real_token_right_padding_and_batch_independent(arc
         np.testing.assert_allclose(batched[i], alone[0], atol=2e-5, rtol=1e-4, err_msg=f"{method} example {i}")
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])  # bert: the tokenizer's left side is overridden (position-0 head)
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_one_finite_score_per_real_token_left_padding_and_batch_independent(arch, method):
-    """Left padding shifts absolute positions (a different model input), so compare each short
-    example with the same padding but different batch neighbours: [LONG, a, b] vs [b, LONG] / [a, LONG]."""
+    """Left padding: positions follow the mask (attnexplain passes position_ids), so each example
+    alone must get the same scores as in the left-padded batch, and so must the same example with
+    other batch neighbours: [LONG, a, b] vs [a] / [b] and [b, LONG] / [a, LONG]."""
     lm = _lm(arch, "left")
     texts = [LONG, SHORT[0], SHORT[1]]
     batched, tgt, enc = _scores(lm, texts, method)
     am = enc["attention_mask"]
-    assert (am[:, 0] == 0).any() and (am[:, -1] == 1).all()  # padding really on the left
+    if arch == "bert":  # a first-token classifier: attnexplain pads it on the right whatever the tokenizer says
+        assert (am[:, -1] == 0).any() and (am[:, 0] == 1).all()
+    else:
+        assert (am[:, 0] == 0).any() and (am[:, -1] == 1).all()  # padding really on the left
     assert [len(s) for s in batched] == am.sum(1).tolist()
     for s in batched:
         assert np.isfinite(s).all()
@@ -112,6 +116,9 @@ def test_one_finite_score_per_real_token_left_padding_and_batch_independent(arch
         other, _, _ = _scores(lm, [texts[i], LONG], method, target=torch.stack([tgt[i], tgt[0]]))
         np.testing.assert_allclose(batched[i], other[0], atol=2e-5, rtol=1e-4, err_msg=f"{method} example {i}")
     np.testing.assert_allclose(batched[0], other[1], atol=2e-5, rtol=1e-4)
+    for i, text in enumerate(texts):
+        alone, _, _ = _scores(lm, [text], method, target=tgt[i : i + 1])
+        np.testing.assert_allclose(batched[i], alone[0], atol=2e-5, rtol=1e-4, err_msg=f"{method} example {i} alone")
 
 
 @pytest.mark.parametrize("arch,pad", [("bert", "right"), ("gpt2", "left")])

@@ -366,7 +366,9 @@ def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_
     uses :func:`attnexplain.capturing.first_token_readout` where it applies (see the module docstring)."""
     tokenizer = lm.tokenizer
     pad = _pad_id(tokenizer)
-    left = getattr(tokenizer, "padding_side", "right") == "left"
+    from ..capturing.positions import left_padding_supported
+
+    left = getattr(tokenizer, "padding_side", "right") == "left" and left_padding_supported(lm.model)
     device = torch.device(lm.device if hasattr(lm, "device") else "cpu")
     order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]))
     out: np.ndarray | None = None

@@ -19,7 +19,9 @@ from .interventions import Intervention, build_intervention, topk
 
 
 def _torch_model(lm: Any) -> torch.nn.Module:
-    return lm.model if hasattr(lm, "model") and isinstance(lm.model, torch.nn.Module) else lm
+    from ..models import torch_module
+
+    return torch_module(lm)
 
 
 def _sites_by_key(lm: Any) -> dict[str, AttentionSite]:

@@ -84,6 +84,11 @@ class Record:
     values: torch.Tensor | None  # (B, H, m, d_v)
     heads: list[int] | None
     num_heads: int
+    #: (B, m) bool, True for the keys this call's mask lets some query see (its own padding:
+    #: the source tokens for cross-attention, the decoder tokens for decoder self-attention);
+    #: None with ``key_mask_known`` = no key is padding; unknown for reported/marked sites
+    key_mask: torch.Tensor | None = None
+    key_mask_known: bool = False
 
 
 @dataclass
@@ -260,7 +265,9 @@ def run_attention(backend: AttentionBackend, module: nn.Module, call: AttentionC
         stored = probs if (spec.keep_sparse and probs.is_sparse) else _densify(probs)
         stored = stored.detach().to(spec.dtype)
         values = call.value.detach().to(spec.dtype) if spec.store_values else None
-        state.records.append(Record(site=site, probs=stored, values=values, heads=heads, num_heads=num_heads))
+        km = call.key_padding_mask
+        state.records.append(Record(site=site, probs=stored, values=values, heads=heads, num_heads=num_heads,
+                                    key_mask=None if km is None else km.detach(), key_mask_known=True))
     return out, probs
 
 
@@ -309,7 +316,10 @@ def use_backend(model: nn.Module, backend: AttentionBackend | str = "dense", **o
 
     Returns the registered implementation name (what ``model.config._attn_implementation`` holds).
     """
+    from .positions import follow_mask_positions
+
     name = register_backend_function(backend, **options)
+    follow_mask_positions(model)
     try:
         model.set_attn_implementation(name)
     except (ValueError, AttributeError) as exc:

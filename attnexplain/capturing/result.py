@@ -143,11 +143,19 @@ class CaptureResult:
         return v @ w  # (B, H, m, d_v) @ (H, d_v, d): one batched GEMM
 
     def _site_key_mask(self, layer: int, stack: str | None, kind: str, step: int = 0) -> torch.Tensor | None:
-        """(B, m) key mask of a site: the padding mask for self-attention over the input tokens."""
-        km = self.key_mask
-        if km is None or kind != "self":
-            return None
+        """(B, m) key mask of a site: True for the keys its own attention mask lets through.
+
+        Each site's keys carry their own padding: the source tokens' mask for cross-attention, the
+        decoder's for decoder self-attention, the input's for encoder/decoder-only self-attention;
+        read from the mask the attention call itself received. Sites that report their matrices
+        themselves (marked sites) fall back to the input mask for self-attention of the input's length.
+        """
         rec = self.records[self._key(layer, stack, kind)][step]
+        if rec.key_mask_known:
+            return None if rec.key_mask is None else rec.key_mask.to(rec.probs.device)
+        km = self.key_mask
+        if km is None or kind != "self" or self.sites[self._key(layer, stack, kind)].stack == "decoder":
+            return None
         return km.to(rec.probs.device) if km.shape[-1] == rec.probs.shape[-1] else None
 
     def effective_basis(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0,
@@ -262,11 +270,20 @@ class ExampleView:
 
 
 def _model_of(model: Any) -> tuple[nn.Module, Any]:
-    if hasattr(model, "model") and isinstance(getattr(model, "model"), nn.Module):
-        return model.model, model
-    if isinstance(model, nn.Module):
-        return model, None
-    raise TypeError(f"expected a LoadedModel or torch module, got {type(model).__name__}")
+    from ..models import LoadedModel, torch_module
+
+    return torch_module(model), (model if isinstance(model, LoadedModel) else None)
+
+
+def _prepare_model(torch_model: nn.Module) -> None:
+    """Positions that follow the mask; the dense backend for a model that runs no attnexplain
+    backend and has no marked sites (a bare HF model straight from ``from_pretrained``)."""
+    from .attention import _marked_sites, use_backend
+    from .positions import follow_mask_positions
+
+    follow_mask_positions(torch_model)
+    if backend_of(torch_model) is None and not _marked_sites(torch_model) and hasattr(torch_model, "set_attn_implementation"):
+        use_backend(torch_model, "dense")
 
 
 def capture(
@@ -289,7 +306,8 @@ def capture(
 
     Args:
         model: a :class:`~attnexplain.models.LoadedModel` (texts are tokenized for you) or any
-            HF model running an attnexplain backend or with marked attention sites.
+            HF model (one that runs no attnexplain backend and has no marked attention sites is
+            switched to the dense backend in place, which computes the same outputs).
         inputs: a text, a list of texts, or a dict of model inputs (``input_ids``...).
         layers / heads / stacks / kinds: restrict what is stored (memory: L x H x n^2 per example).
         dtype: storage dtype of the matrices (``torch.float16`` halves memory).
@@ -302,6 +320,7 @@ def capture(
         NothingCapturedError: the model does not route attention through attnexplain.
     """
     torch_model, lm = _model_of(model)
+    _prepare_model(torch_model)
     if isinstance(inputs, (str, list)):
         if lm is None:
             raise TypeError("pass a LoadedModel to capture from texts, or a dict of model inputs")

@@ -78,7 +78,9 @@ def is_causal_model(lm: Any, capture: Any | None = None) -> bool:
                 if bool(getattr(site.module, "is_causal", False)):
                     return True
         return False
-    model = getattr(lm, "model", lm)
+    from ..models import torch_module
+
+    model = torch_module(lm)
     if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
         return False
     return any(bool(getattr(m, "is_causal", False)) for m in model.modules())

@@ -25,7 +25,9 @@ def explain_batch(
     shares it. Returns ``(scores per method, target (B,), capture result or None)``.
     """
     from ..capturing import capture
+    from ..models import as_loaded_model
 
+    lm = as_loaded_model(lm)
     built = [get_method(m) for m in methods]
     cap = capture_result
     if cap is None and any(m.uses_capture for m in built):
@@ -57,6 +59,9 @@ def explain(
     progress: bool = False,
 ) -> dict[str, Attribution]:
     """Token importance of ``texts`` by each method (``target``: class per text, default predicted)."""
+    from ..models import as_loaded_model
+
+    lm = as_loaded_model(lm)
     texts = [texts] if isinstance(texts, str) else list(texts)
     built = [get_method(m) for m in methods]
     out: dict[str, Attribution] = {m.name: Attribution(m.name, [], [], []) for m in built}

@@ -107,6 +107,11 @@ def _check_text_batch(method: ExplanationMethod, lm: Any, batch: dict[str, Any])
         raise ValueError(f"method {method.name!r} explains token inputs: the batch has no input_ids")
     if lm.model.get_input_embeddings() is None:
         raise ValueError(f"{type(lm.model).__name__} has no input embeddings module")
+    if getattr(lm.model.config, "is_encoder_decoder", False):
+        raise ValueError(
+            f"method {method.name!r} does not support encoder-decoder models ({type(lm.model).__name__}): their "
+            "encoder and decoder embed the input through separate modules; use an attention method or occlusion"
+        )
 
 
 # --------------------------------------------------------------------------------------------
