@@ -78,7 +78,7 @@ def log(msg: str) -> None:
 
 
 def versions() -> dict[str, str]:
-    from attnexplain.runs.analyze import package_versions
+    from attnexplain.runs.settings import package_versions
 
     out = dict(package_versions())
     try:

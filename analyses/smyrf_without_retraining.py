@@ -93,7 +93,7 @@ def run_task(model: str, dataset: str, split: str, n_acc: int, n_explain: int, m
     from attnexplain.runs.backend_comparison import compare_backends, smyrf_cluster_size
     from attnexplain.data import load_dataset
     from attnexplain.metrics import bootstrap_ci
-    from attnexplain.runs.analyze import resolve_label_map
+    from attnexplain.runs.settings import resolve_label_map
 
     lm = C.load(model)
     ds = load_dataset(dataset, split=split)

@@ -20,6 +20,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -438,4 +439,23 @@ def load_model(
                      max_length=_max_length(model, tokenizer), labels=_labels(model, task), source=source)
     lm.extra["path"] = str(path)
     lm.use_backend(backend)
+    return lm
+
+
+def load_model_for_run(name: str, *, backend: str = "dense", backend_options: Mapping[str, Any] | None = None):
+    """``load_model`` plus ``tiny-<task>`` names prepared by ``attnexplain prepare``; switches the backend."""
+    try:
+        lm = load_model(name)
+    except ModelNotFoundError:
+        path = cache_dir() / "models" / name
+        if name.startswith("tiny-") and (path / "config.json").is_file():
+            lm = load_model(str(path))
+            lm.name = name
+        elif name.startswith("tiny-"):
+            raise ModelNotFoundError(f"model {name!r} has not been prepared yet (looked in {path}); run "
+                                     f"`attnexplain prepare --model {name}`") from None
+        else:
+            raise
+    if backend != "dense" or backend_options:
+        lm.use_backend(backend, **dict(backend_options or {}))
     return lm

@@ -26,14 +26,8 @@ from attnexplain.runs import (
     resolve_run,
     table_schema,
 )
-from attnexplain.runs.analyze import (
-    DEFAULT_BINS,
-    AnalyzeError,
-    _contiguous_batches,
-    analyze,
-    parse_shard,
-    resolve_label_map,
-)
+from attnexplain.runs.analyze import _contiguous_batches, analyze
+from attnexplain.runs.settings import DEFAULT_BINS, AnalyzeError, parse_shard, resolve_label_map
 from attnexplain.testing import tiny_model
 
 N = 12

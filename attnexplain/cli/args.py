@@ -78,7 +78,7 @@ class ExplainArgs:
     def _run_generation(self, lm: Any) -> str:
         """Language models: generate (or force ``continuation``), explain every generated token."""
         from ..generation import explain_generation, generate, generation_methods
-        from ..runs.analyze import AnalyzeError
+        from ..runs.settings import AnalyzeError
 
         if self.target is not None:
             raise AnalyzeError("--target picks a class of a classifier; for a language model give the continuation "
@@ -99,7 +99,8 @@ class ExplainArgs:
         import torch
 
         from ..methods import explain_batch, get_method
-        from ..runs.analyze import AnalyzeError, load_model_for_run, resolve_methods
+        from ..runs.analyze import load_model_for_run
+        from ..runs.settings import AnalyzeError, resolve_methods
 
         try:
             lm = load_model_for_run(self.model, backend=self.backend, backend_options=self.backend_options)

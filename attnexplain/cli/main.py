@@ -55,7 +55,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover
         pass
     from ..models import InputError, ModelNotFoundError
-    from ..runs.analyze import AnalyzeError
+    from ..runs.settings import AnalyzeError
     from ..runs.schema import RunFormatError, RunLockedError, RunMismatchError, RunPathError
 
     from ..backends.spec import BackendSpecError
@@ -369,7 +369,7 @@ def datasets() -> None:
 def methods() -> None:
     """List explanation methods (* = run by analyze by default)."""
     from ..methods import METHODS
-    from ..runs.analyze import DEFAULT_METHODS
+    from ..runs.settings import DEFAULT_METHODS
 
     typer.echo(_listing({("* " if n in DEFAULT_METHODS else "  ") + n: METHODS[n].description for n in sorted(METHODS)}))
 

@@ -424,7 +424,8 @@ def compare_backends_cli(
     import platform
 
     from ..data import load_dataset
-    from .analyze import load_model_for_run, package_versions, resolve_label_map
+    from .analyze import load_model_for_run  # looked up there, so tests can replace it
+    from .settings import package_versions, resolve_label_map
 
     if isinstance(backends, str):
         backends = [b for b in backends.split(";") if b.strip()]

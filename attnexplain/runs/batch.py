@@ -1,0 +1,251 @@
+"""One batch of ``analyze``: capture, explanations, ERASER faithfulness, per-head statistics,
+head ablation and the stored attention arrays (:func:`analyze_batch`; the steps are listed in
+:mod:`attnexplain.runs.analyze`)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class _Setup:
+    lm: Any
+    methods: list[Any]  # built ExplanationMethod objects
+    method_names: list[str]
+    bins: tuple[float, ...]
+    removal: str
+    head_ablation: bool
+    max_length: int
+    readout: str
+    label_mapping: list[int] | None
+    label_names: list[str] | None
+    model_labels: list[str]
+    token_budget: int = 8192
+    precision: str = "float32"
+
+
+def _readout(lm: Any, cap: Any) -> str:
+    from ..methods.attention_methods import resolve_readout
+
+    r = resolve_readout("auto", lm, cap)
+    return r if r in ("cls", "last") else "cls"
+
+
+def _faithfulness(setup: _Setup, enc: dict[str, torch.Tensor], scores: dict[str, list[np.ndarray]],
+                  pred: torch.Tensor) -> dict[str, np.ndarray]:
+    """ERASER comprehensiveness / sufficiency of every method and bin of a batch, in one batched
+    call of :func:`attnexplain.ablations.eraser.faithfulness` (identical perturbed inputs run
+    once, length-sorted chunks of at most ``token_budget`` tokens).
+
+    Returns ``values[method] -> (B, 2, K)`` (0: comprehensiveness, 1: sufficiency).
+    """
+    from ..ablations.eraser import faithfulness
+
+    B, K = int(pred.shape[0]), len(setup.bins)
+    width = int(enc["input_ids"].shape[1])
+    res = faithfulness(setup.lm, enc, scores, target=pred.cpu(), bins=setup.bins, mode=setup.removal,
+                       max_batch=max(1, setup.token_budget // max(width, 1)), precision=setup.precision)
+    t = res.table
+    m_idx = t["method"].map({m: i for i, m in enumerate(setup.method_names)}).to_numpy()
+    w_idx = (t["metric"].to_numpy() == "sufficiency").astype(np.int64)
+    k_idx = np.searchsorted(np.asarray(setup.bins), t["fraction"].to_numpy())
+    vals = np.full((len(setup.method_names), B, 2, K), np.nan)
+    vals[m_idx, t["example"].to_numpy(), w_idx, k_idx] = t["value"].to_numpy()
+    return {m: vals[i] for i, m in enumerate(setup.method_names)}
+
+
+def _jsd_rows(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence (natural log) between rows (last dim) of P and Q."""
+    M = 0.5 * (P + Q)
+
+    def kl(a, b):
+        return torch.where(a > 0, a * (torch.log(a.clamp_min(1e-30)) - torch.log(b.clamp_min(1e-30))), torch.zeros((), dtype=a.dtype)).sum(-1)
+
+    return (0.5 * kl(P, M) + 0.5 * kl(Q, M)).clamp_min(0)
+
+
+def _head_stats(setup: _Setup, cap: Any, mask: torch.Tensor, readout_pos: torch.Tensor, stored: list[int]):
+    """Per (layer, example, head): entropy, eff_raw_jsd, eff_raw_l1; plus effective matrices of ``stored``."""
+    layers = cap.layers()
+    km = mask.bool()
+    B = km.shape[0]
+    ent, jsd, l1 = [], [], []
+    eff_store: dict[int, list[torch.Tensor]] = {i: [] for i in stored}
+    qmask = km[:, None, :].float()  # (B, 1, n) over query rows
+    nq = km.sum(-1).clamp_min(1).float()[:, None]  # (B, 1)
+    for layer in layers:
+        A = cap.attention(layer).float()  # (B, H, n, n)
+        A = A * km[:, None, None, :]
+        rows = A[torch.arange(B), :, readout_pos, :]  # (B, H, n)
+        ent.append(-(torch.where(rows > 0, rows * torch.log(rows.clamp_min(1e-30)), torch.zeros(()))).sum(-1))
+        try:  # the basis is cached on the capture: the effective_attention method shares it
+            E = cap.effective_attention(layer).float()
+        except (ValueError, RuntimeError):
+            E = None
+        if E is None:
+            jsd.append(torch.full(rows.shape[:2], float("nan")))
+            l1.append(torch.full(rows.shape[:2], float("nan")))
+            continue
+        absE = E.abs()
+        Q = absE / absE.sum(-1, keepdim=True).clamp_min(1e-30)
+        d = _jsd_rows(A, Q)  # (B, H, n)
+        jsd.append((d * qmask).sum(-1) / nq)
+        l1.append(((A - E).abs().sum(-1) * qmask).sum(-1) / nq)
+        for i in stored:
+            eff_store[i].append(E[i])
+    stats = {"entropy": torch.stack(ent), "eff_raw_jsd": torch.stack(jsd), "eff_raw_l1": torch.stack(l1)}  # (L, B, H)
+    eff = {i: torch.stack(v) for i, v in eff_store.items() if v}
+    return stats, eff
+
+
+def _head_ablation(setup: _Setup, cap: Any, batch: dict[str, torch.Tensor], base_probs: torch.Tensor) -> torch.Tensor:
+    """TVD of the output distribution when each head is zero-ablated: (L, B, H)."""
+    from ..capturing import session
+
+    lm = setup.lm
+    layers = cap.layers()
+    stack = cap.primary_stack
+    H = cap.attention(layers[0]).shape[1]
+    B = base_probs.shape[0]
+    rep = {k: v.repeat(H, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+    head_of_row = torch.arange(H).repeat_interleave(B)  # row r = h * B + b
+    out = []
+    for layer in layers:
+        def zero_head(probs, call, site, _h=head_of_row):
+            probs = probs.clone()
+            probs[torch.arange(probs.shape[0]), _h.to(probs.device)] = 0
+            return probs
+
+        with torch.no_grad(), session(lm.model, None, interventions={f"{stack}.{layer}.self": zero_head}):
+            logits = lm.model(**rep).logits
+        logits = logits if logits.dim() == 2 else logits[:, -1]
+        p = torch.softmax(logits.float(), -1).reshape(H, B, -1)
+        out.append(0.5 * (p - base_probs[None]).abs().sum(-1).T)  # (B, H)
+    return torch.stack(out)
+
+
+def analyze_batch(setup: _Setup, ids: list[str], positions: list[int], texts: list[str],
+                  labels: list[int | None] | None, label_names: list[str | None] | None,
+                  text_pairs: list[str] | None, store: set[int]):
+    """Everything for one batch: (tables dict of columns, attention arrays by example id)."""
+    from ..capturing import capture
+    from ..methods import explain_batch
+
+    lm = setup.lm
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*longer than .* tokens.*")
+        enc = lm.tokenize(texts, max_length=setup.max_length, text_pairs=text_pairs)
+    kw = {"text_pair": list(text_pairs)} if text_pairs is not None else {}
+    full_len = [len(x) for x in lm.tokenizer(texts, add_special_tokens=True, truncation=False, **kw)["input_ids"]]
+    mask = enc.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(enc["input_ids"])
+        enc["attention_mask"] = mask
+    cap = capture(lm, enc)
+    probs = cap.probs  # (B, C)
+    pred = probs.argmax(-1)
+    scores, _, _ = explain_batch(lm, enc, setup.methods, target=pred, capture_result=cap)
+    B = len(texts)
+    km = mask.bool().cpu()
+    real_idx = [km[i].nonzero().flatten() for i in range(B)]
+    tokens = lm.tokens(enc["input_ids"], mask)
+    pred_np = pred.cpu().numpy()
+    probs_np = probs.cpu().numpy()
+    faith = _faithfulness(setup, enc, scores, pred)
+
+    # -- examples ------------------------------------------------------------------------------
+    n_tok = np.array([len(t) for t in tokens], dtype=np.int32)
+    ex: dict[str, Any] = {
+        "example_id": list(ids), "index": list(positions), "text": list(texts),
+        "label": list(labels) if labels is not None else [None] * B,
+        "label_name": list(label_names) if label_names is not None else [None] * B,
+        "pred": pred_np.astype(np.int64).tolist(),
+        "pred_label": [setup.model_labels[p] if p < len(setup.model_labels) else str(p) for p in pred_np],
+        "probs": [row.astype(np.float32) for row in probs_np],
+        "correct": [None if (labels is None or labels[i] is None) else bool(labels[i] == pred_np[i]) for i in range(B)],
+        "n_tokens": n_tok, "truncated": [bool(f > n) for f, n in zip(full_len, n_tok)],
+    }
+    for m in setup.method_names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ex[f"comp_aopc__{m}"] = np.nanmean(faith[m][:, 0, :], axis=1).astype(np.float32)
+            ex[f"suff_aopc__{m}"] = np.nanmean(faith[m][:, 1, :], axis=1).astype(np.float32)
+
+    # -- tokens (long) ---------------------------------------------------------------------------
+    M = len(setup.method_names)
+    eid_tok = np.repeat(np.asarray(ids, dtype=object), n_tok)
+    pos_tok = np.concatenate([np.arange(n, dtype=np.int32) for n in n_tok]) if B else np.empty(0, np.int32)
+    tok_str = np.asarray([t for toks in tokens for t in toks], dtype=object)
+    tok_tab = {
+        "example_id": np.tile(eid_tok, M), "position": np.tile(pos_tok, M), "token": np.tile(tok_str, M),
+        "method": np.repeat(np.asarray(setup.method_names, dtype=object), len(pos_tok)),
+        "score": np.concatenate([np.concatenate([np.asarray(s, dtype=np.float32) for s in scores[m]])
+                                 for m in setup.method_names]) if B else np.empty(0, np.float32),
+    }
+
+    # -- faithfulness (long) -----------------------------------------------------------------------
+    K = len(setup.bins)
+    vals = np.stack([faith[m] for m in setup.method_names])  # (M, B, 2, K)
+    mi, bi, wi, ki = np.meshgrid(np.arange(M), np.arange(B), np.arange(2), np.arange(K), indexing="ij")
+    f_tab = {
+        "example_id": np.asarray(ids, dtype=object)[bi.ravel()],
+        "method": np.asarray(setup.method_names, dtype=object)[mi.ravel()],
+        "metric": np.asarray(["comprehensiveness", "sufficiency"], dtype=object)[wi.ravel()],
+        "k": np.asarray(setup.bins, dtype=np.float32)[ki.ravel()],
+        "value": vals.ravel().astype(np.float32),
+    }
+
+    # -- heads (long) ------------------------------------------------------------------------------
+    readout_pos = torch.tensor([int(r[0]) if setup.readout == "cls" else int(r[-1]) for r in real_idx])
+    stored_local = [i for i in range(B) if i in store]
+    stats, eff = _head_stats(setup, cap, mask.cpu(), readout_pos, stored_local)
+    if setup.head_ablation:
+        stats["ablation_tvd"] = _head_ablation(setup, cap, enc, probs)
+    metric_names = list(stats)
+    st = torch.stack([stats[k] for k in metric_names]).float().cpu().numpy()  # (S, L, B, H)
+    layer_ids = np.asarray(cap.layers(), dtype=np.int32)
+    S, L, _, H = st.shape
+    si, li, bi2, hi = np.meshgrid(np.arange(S), np.arange(L), np.arange(B), np.arange(H), indexing="ij")
+    h_tab = {
+        "example_id": np.asarray(ids, dtype=object)[bi2.ravel()], "layer": layer_ids[li.ravel()],
+        "head": hi.ravel().astype(np.int32), "metric": np.asarray(metric_names, dtype=object)[si.ravel()],
+        "value": st.ravel().astype(np.float32),
+    }
+
+    # -- stored arrays -------------------------------------------------------------------------------
+    attention: dict[str, dict[str, np.ndarray]] = {}
+    if stored_local:
+        from ..functional import attention_rollout, norm_based_attention
+
+        sub = torch.as_tensor(stored_local)
+        raw = cap.stacked().float()[:, sub]  # (L, S, H, n, n)
+        subm = km[sub]
+        roll = attention_rollout(raw, key_mask=subm)  # (S, L, n, n)
+        norms = []
+        for li_, layer in enumerate(cap.layers()):
+            try:
+                T = cap.value_transforms(layer).float()[sub]
+                norms.append(norm_based_attention(raw[li_], T, key_mask=subm).summed)
+            except (ValueError, RuntimeError):
+                norms = []
+                break
+        norm = torch.stack(norms, 1) if norms else None  # (S, L, n, n)
+        for a, i in enumerate(stored_local):
+            idx = real_idx[i]
+
+            def cut(x):
+                return x.index_select(-2, idx).index_select(-1, idx).to(torch.float16).cpu().numpy()
+
+            arrays = {"tokens": np.asarray(tokens[i], dtype=str), "raw": cut(raw[:, a]),
+                      "rollout": cut(roll[a]), "probs": probs_np[i].astype(np.float32)}
+            if i in eff:
+                arrays["effective"] = cut(eff[i])
+            if norm is not None:
+                arrays["norm"] = cut(norm[a])
+            attention[str(ids[i])] = arrays
+    return {"examples": ex, "tokens": tok_tab, "faithfulness": f_tab, "heads": h_tab}, attention
