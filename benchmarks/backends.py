@@ -183,7 +183,10 @@ def main() -> None:
         print(measure_peak(args.measure[0], int(args.measure[1])))
         return
 
+    from machine import print_machine
+
     check_outputs()
+    print_machine("float32")
     print(f"attention layer: batch {BATCH}, {HEADS} heads, head dim {HEAD_DIM}, float32, "
           f"torch {torch.__version__}, {torch.get_num_threads()} -> 2 threads")
     rows = []
@@ -218,6 +221,9 @@ def main() -> None:
     get = {(r["n"], r["method"]): r for r in rows}
     mem = get.get((2048, "smyrf"), {}).get("m_ratio", float("nan"))
     tim = get.get((4096, "smyrf"), {}).get("t_ratio", float("nan"))
+    print(f"targets: SMYRF memory <= 0.6x at 2048 ({'met' if mem <= 0.6 else 'MISSED'}), "
+          f"time <= 1x at 4096 ({'met' if tim <= 1 else 'MISSED'})")
+    print_machine("float32", "end")
     print(f"RESULT smyrf_mem_ratio_2048={mem:.3f} smyrf_time_ratio_4096={tim:.3f}")
 
 

@@ -32,7 +32,6 @@ last line is ``RESULT first_draw_s=<x> head_switch_s=<y>``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -129,8 +128,9 @@ def main() -> None:
 
     med = statistics.median
     first, head = med(navs), med(heads)
-    load = os.getloadavg()
-    print(f"load average: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
+    from machine import print_machine
+
+    print_machine("float16 stored arrays (browser timings)", "end")
     print(f"cold_url_load_s={cold:.2f} url_load_s={med(url_loads):.2f} example_switch_s={med(switches):.2f} "
           f"page_nav_s={first:.2f} head_switch_s={head:.3f} (medians of {R})")
     print(f"targets: first draw <= 2 s ({'met' if first <= 2 else 'MISSED'}), head switch <= 0.5 s "
