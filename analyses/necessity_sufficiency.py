@@ -34,7 +34,7 @@ Data and models (``--tasks``):
   head dimension, so there ``A_eff == A`` (no null space): claims 1-2 are trivial there.
 
 Method (public API: ``attnexplain.ablations``, ``attnexplain.methods``, ``attnexplain.capturing``,
-``attnexplain.functional``, ``attnexplain.data.synthetic``):
+``attnexplain.functional``, ``attnexplain.data.words``):
 
 * ``intervention_effects`` at all layers and heads: effective, null_perturbation,
   minus_effective, uniform, permute on every example; distribution (nearest; one QP per row and
@@ -148,7 +148,8 @@ def explanations(lm, texts, methods, batch_size: int, seed: int):
 def plausibility_scores(lm, texts, rationales, scores, seed: int):
     import numpy as np
 
-    from attnexplain.data.synthetic import plausibility, word_index_of_tokens, word_scores
+    from attnexplain.data.words import word_index_of_tokens, word_scores
+    from attnexplain.metrics import plausibility
 
     rows = []
     rng = np.random.default_rng(seed)

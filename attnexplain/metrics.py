@@ -20,12 +20,16 @@ Faithfulness (ERASER, DeYoung et al., ACL 2020): with ``m(x)_c`` the probability
 
 :mod:`attnexplain.ablations.eraser` computes the probabilities; the functions here only
 combine them.
+
+Plausibility (agreement with human / gold rationales, DeYoung et al. 2020): :func:`token_f1` of
+the top-k words and :func:`auprc` of the word scores against the rationale, both through
+:func:`plausibility`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +46,11 @@ __all__ = [
     "aopc",
     "bootstrap_ci",
     "ERASER_BINS",
+    "rationale_mask",
+    "top_k",
+    "token_f1",
+    "auprc",
+    "plausibility",
 ]
 
 #: the ERASER AOPC bins: fractions of the (real, non-special) tokens
@@ -258,3 +267,84 @@ def bootstrap_ci(
                                     n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed))
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return lo, hi
+
+
+# --------------------------------------------------------------------------------------------
+# plausibility (agreement with gold rationales)
+# --------------------------------------------------------------------------------------------
+
+
+def rationale_mask(rationale: Iterable[int], n_words: int) -> np.ndarray:
+    """Boolean mask of length ``n_words`` that is True at the rationale's word indices."""
+    mask = np.zeros(n_words, dtype=bool)
+    for i in rationale:
+        if not 0 <= i < n_words:
+            raise IndexError(f"rationale index {i} out of range for {n_words} words")
+        mask[i] = True
+    return mask
+
+
+def top_k(scores: Sequence[float], k: int) -> list[int]:
+    """Indices of the ``k`` highest scores, highest first (ties: the lower index first)."""
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-s, kind="stable")
+    return [int(i) for i in order[: max(0, int(k))]]
+
+
+def token_f1(pred: Iterable[int], gold: Iterable[int]) -> float:
+    """F1 between a set of predicted word indices (e.g. the top-k) and the gold rationale.
+
+    precision = |P & G| / |P|, recall = |P & G| / |G|, F1 = 2 P R / (P + R) (DeYoung et al., 2020,
+    ERASER's token-level F1, per example). Both empty -> 1.0; exactly one empty, or no overlap ->
+    0.0. Duplicates are ignored (sets).
+    """
+    p, g = set(int(i) for i in pred), set(int(i) for i in gold)
+    if not p and not g:
+        return 1.0
+    hit = len(p & g)
+    if hit == 0:
+        return 0.0
+    precision, recall = hit / len(p), hit / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def auprc(scores: Sequence[float], gold_mask: Sequence[bool]) -> float:
+    """Area under the precision-recall curve as *average precision* (no interpolation).
+
+    Rank words by descending score; for every distinct score threshold t (tied scores form one
+    threshold), P(t) = gold words with score >= t / words with score >= t and R(t) = gold words
+    with score >= t / all gold words. Then ``AP = sum_t (R(t) - R(t_prev)) * P(t)`` over thresholds
+    from high to low, with R = 0 before the first. This is the formula of
+    ``sklearn.metrics.average_precision_score``. A perfect ranking gives 1.0; a random one about
+    the fraction of gold words. Returns nan when there are no gold words.
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(gold_mask, dtype=bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores ({s.size}) and gold_mask ({y.size}) differ in length")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return math.nan
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    tp = np.cumsum(y)
+    # last index of each group of equal scores = one threshold
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
+    tp_t = tp[last].astype(np.float64)
+    precision = tp_t / (last + 1)
+    recall = tp_t / n_pos
+    prev = np.r_[0.0, recall[:-1]]
+    return float(np.sum((recall - prev) * precision))
+
+
+def plausibility(word_score: Sequence[float], rationale: Sequence[int], *, k: int | None = None) -> dict[str, float]:
+    """Plausibility of one example's word scores against its gold rationale.
+
+    Returns ``{"token_f1": F1 of the top-k words (k = rationale size unless given), "auprc": ...}``.
+    """
+    n = len(word_score)
+    k = len(set(rationale)) if k is None else k
+    return {"token_f1": token_f1(top_k(word_score, k), rationale),
+            "auprc": auprc(word_score, rationale_mask(rationale, n))}

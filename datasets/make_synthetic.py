@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Regenerate the synthetic tasks with gold rationales (seeded, deterministic).
 
-    python datasets/make_synthetic.py            # writes both copies
+    python datasets/make_synthetic.py            # writes the package data
     python datasets/make_synthetic.py --check    # exit 1 if a committed file is stale
 
 Writes ``<task>.jsonl`` (fields id, text, label, label_name, split, rationale; rationale = word
-indices into text.split()) into this folder and into ``attnexplain/data/synthetic_data/``, the
-copy ``attnexplain.data.load_dataset("<task>")`` reads. The generators live in
+indices into text.split()) into ``attnexplain/data/synthetic_data/`` (package data: the one copy,
+what ``attnexplain.data.load_dataset("<task>")`` reads). The generators live in
 ``attnexplain/data/synthetic.py``; see its docstring for what each task tests.
 """
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--check", action="store_true", help="only compare with the committed files")
     args = ap.parse_args(argv)
-    targets = [ROOT / "datasets", ROOT / "attnexplain" / "data" / "synthetic_data"]
+    targets = [ROOT / "attnexplain" / "data" / "synthetic_data"]
     stale = 0
     for task in SYNTHETIC_TASKS:
         rows = generate(task, n=args.n, seed=args.seed)

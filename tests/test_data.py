@@ -16,17 +16,9 @@ import pytest
 
 from attnexplain.data import DatasetError, TextDataset, list_datasets, load_dataset, split_of
 from attnexplain.data import builtin, synthetic
-from attnexplain.data.synthetic import (
-    auprc,
-    generate,
-    plausibility,
-    rationale_mask,
-    token_f1,
-    top_k,
-    word_index_of_tokens,
-    word_scores,
-    word_spans,
-)
+from attnexplain.data.synthetic import generate
+from attnexplain.data.words import word_index_of_tokens, word_scores, word_spans
+from attnexplain.metrics import auprc, plausibility, rationale_mask, token_f1, top_k
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -347,7 +339,7 @@ def test_generator_is_deterministic_and_committed_files_are_fresh(task):
     assert rows != generate(task, seed=7)
     fresh = "".join(json.dumps({k: r[k] for k in ("id", "text", "label", "label_name", "split", "rationale")},
                                separators=(",", ":"), ensure_ascii=False) + "\n" for r in rows)
-    for path in (synthetic.package_file(task), ROOT / "datasets" / f"{task}.jsonl"):
+    for path in (synthetic.package_file(task),):  # the one copy (package data)
         assert path.read_text(encoding="utf-8") == fresh, f"{path} is stale: run datasets/make_synthetic.py"
         assert path.stat().st_size < 1_000_000
 
@@ -406,7 +398,6 @@ def test_lookup_and_markers_rationales():
 
 def test_missing_package_file_falls_back(monkeypatch, tmp_path):
     monkeypatch.setattr(synthetic, "package_file", lambda task: tmp_path / "missing.jsonl")
-    monkeypatch.setattr(synthetic, "_repo_file", lambda task: tmp_path / "missing2.jsonl")
     with pytest.warns(UserWarning, match="generating"):
         ds = load_dataset("synthetic-markers", split="all")
     assert ds.texts == [r["text"] for r in generate("synthetic-markers")]

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from attnexplain.capturing.attention import CaptureSpec, session
 from attnexplain.capturing.sites import mark_attention_site
+from attnexplain.data.synthetic import negation_sentences as synthetic_negation
 from attnexplain.efficient_models import (
     ATTENTION_MECHANISMS,
     EfficientAttention,
@@ -23,7 +24,6 @@ from attnexplain.efficient_models import (
     count_parameters,
     load_efficient_classifier,
     make_attention,
-    synthetic_negation,
     train_efficient_classifier,
 )
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnexplain.data import load_dataset
-from attnexplain.data.synthetic import word_index_of_tokens
+from attnexplain.data.words import word_index_of_tokens
 from attnexplain.models import LoadedModel, load_model
 from attnexplain.training import finetune
 from attnexplain.training.finetune import (

