@@ -341,8 +341,10 @@ def test_top_level_public_api():
     via_package = attnexplain.capture(lm, ["hello there"])
     via_function = capture(lm, ["hello there"])
     assert torch.equal(via_package.attention(0), via_function.attention(0))
-    out = attnexplain.explain(lm, ["hello there"], methods=["raw_attention"])
+    out = attnexplain.explain(lm, ["hello there"], methods=["raw_attention"], exclude_special_tokens=False)
     assert len(out["raw_attention"].scores[0]) == len(via_package.tokens[0])
+    out = attnexplain.explain(lm, ["hello there"], methods=["raw_attention"])  # default: [CLS]/[SEP] left out
+    assert out["raw_attention"].tokens[0] == via_package.tokens[0][1:-1]
     with pytest.raises(AttributeError, match="no attribute"):
         attnexplain.no_such_thing
 

@@ -187,3 +187,101 @@ def test_capture_and_explain_on_bare_hf_models(arch):
             if arch in ("bart", "t5"):
                 with pytest.raises(ValueError, match="encoder-decoder"):
                     explain_batch(model, inputs, ["gradient_x_input"])
+
+
+# ------------------------------------------- 7. encoder without a head; 8. pairs; 9. special tokens
+
+
+def _headless_bert():
+    from attnexplain.testing import CharTokenizer
+
+    return LoadedModel.from_model(tiny_hf_model("bert", task="base"), CharTokenizer(), name="minilm", task="encoder")
+
+
+def test_report_explain_encoder_without_head_names_a_classifier(monkeypatch):
+    from typer.testing import CliRunner
+
+    import attnexplain.runs.analyze as analyze_mod
+    from attnexplain.cli.main import app
+    from attnexplain.models import InputError
+
+    with pytest.raises(InputError, match="minilm-rotten-tomatoes"):
+        attnexplain.explain(_headless_bert(), "a witty film")
+    monkeypatch.setattr(analyze_mod, "load_model_for_run", lambda name, **kw: _headless_bert())
+    res = CliRunner().invoke(app, ["explain", "a witty film", "--model", "minilm"])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "logits" not in res.stderr.split("(")[0]
+    assert "classifier" in res.stderr and "minilm-rotten-tomatoes" in res.stderr
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "roberta"])
+def test_special_tokens_left_out_by_default_and_scores_unchanged(arch):
+    """Default: [CLS]/[SEP] (and a causal model's first token) are dropped; every kept score equals
+    the score of the same token with the option off (independent run); the option off keeps all."""
+    lm = tiny_model(arch)
+    texts = ["a witty film", "dull"]
+    methods = ["raw_attention", "rollout", "gradient_x_input"]
+    full = attnexplain.explain(lm, texts, methods, exclude_special_tokens=False)
+    kept = attnexplain.explain(lm, texts, methods)
+    causal = arch in ("gpt2", "llama")
+    for i, t in enumerate(texts):
+        toks = full["raw_attention"].tokens[i]
+        assert toks[0] == "[CLS]" and toks[-1] == "[SEP]"
+        expected_pos = list(range(1, len(toks) - 1))  # CharTokenizer: [CLS] text [SEP]; first token is [CLS] anyway
+        for m in methods:
+            assert kept[m].positions[i].tolist() == expected_pos
+            assert kept[m].tokens[i] == toks[1:-1] and len(toks) == len(t) + 2
+            np.testing.assert_array_equal(kept[m].scores[i], full[m].scores[i][expected_pos])
+            assert len(full[m].scores[i]) == len(toks)
+    from attnexplain.methods.special_tokens import special_token_mask
+
+    enc = lm.tokenize(["ab"])
+    mask = special_token_mask(lm, enc["input_ids"], enc["attention_mask"], attention_sink=True)[0]
+    assert mask.tolist() == [True, False, False, True]
+    # the attention sink: a causal model's first real token is left out even when it is not special
+    enc = {"input_ids": torch.tensor([[0, 40, 41, 42]]), "attention_mask": torch.tensor([[0, 1, 1, 1]])}
+    sink = special_token_mask(lm, enc["input_ids"], enc["attention_mask"])[0]
+    assert sink.tolist() == ([True, False, False] if causal else [False, False, False])
+
+
+def test_cli_explain_leaves_special_tokens_out_unless_asked(monkeypatch):
+    from typer.testing import CliRunner
+
+    import attnexplain.runs.analyze as analyze_mod
+    from attnexplain.cli.main import app
+
+    monkeypatch.setattr(analyze_mod, "load_model_for_run", lambda name, **kw: tiny_model("bert"))
+    runner = CliRunner()
+    res = runner.invoke(app, ["explain", "ab", "--model", "t", "--methods", "raw_attention", "--top", "4"])
+    assert res.exit_code == 0, res.output
+    line = next(l for l in res.stdout.splitlines() if l.startswith("raw_attention"))
+    assert "[CLS]" not in line and "[SEP]" not in line
+    res = runner.invoke(app, ["explain", "ab", "--model", "t", "--methods", "raw_attention", "--top", "4",
+                              "--include-special-tokens"])
+    line = next(l for l in res.stdout.splitlines() if l.startswith("raw_attention"))
+    assert "[CLS]" in line and "[SEP]" in line
+
+
+def test_explain_sentence_pairs_equal_the_pair_batch():
+    """explain(texts, text_pairs=...) scores the pair tokenized together, as explain_batch does on
+    the tokenizer's pair encoding (an independent route), separator included."""
+    from attnexplain.methods import explain_batch
+
+    lm = tiny_model("bert")
+    a, b = ["a cat sat", "dogs"], ["it sat", "no cats here"]
+    out = attnexplain.explain(lm, a, ["raw_attention", "gradient_x_input"], text_pairs=b, exclude_special_tokens=False)
+    enc = lm.tokenize(a, text_pairs=b)
+    ref, _, _ = explain_batch(lm, enc, ["raw_attention", "gradient_x_input"])
+    for i in range(2):
+        toks = out["raw_attention"].tokens[i]
+        assert len(toks) == len(a[i]) + len(b[i]) + 3
+        assert [j for j, t in enumerate(toks) if t in ("[CLS]", "[SEP]")] == [0, len(a[i]) + 1, len(toks) - 1]
+        for m in ("raw_attention", "gradient_x_input"):
+            np.testing.assert_allclose(out[m].scores[i], ref[m][i], atol=1e-6)
+    kept = attnexplain.explain(lm, a, ["raw_attention"], text_pairs=b)
+    assert len(kept["raw_attention"].tokens[0]) == len(a[0]) + len(b[0])
+    assert "[SEP]" not in kept["raw_attention"].tokens[0]
+    from attnexplain.models import InputError
+
+    with pytest.raises(InputError, match="one second segment per text"):
+        attnexplain.explain(lm, a, ["raw_attention"], text_pairs=b[:1])

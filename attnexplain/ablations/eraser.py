@@ -613,7 +613,9 @@ def faithfulness_for_methods(
     from ..methods import explain
 
     texts = [texts] if isinstance(texts, str) else list(texts)
-    attributions = explain(lm, texts, list(methods), target=target, batch_size=batch_size, progress=progress)
+    # every real token's score (faithfulness leaves the special tokens out itself)
+    attributions = explain(lm, texts, list(methods), target=target, batch_size=batch_size, progress=progress,
+                           exclude_special_tokens=False)
     scores: dict[str, list[np.ndarray]] = {
         name: [np.asarray(s, dtype=np.float64) for s in a.scores] for name, a in attributions.items()
     }

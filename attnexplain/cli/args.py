@@ -74,6 +74,8 @@ class ExplainArgs:
     max_new_tokens: int | None = None
     continuation: str | None = None
     contrast: str | None = None
+    text_pair: str | None = None
+    include_special_tokens: bool = False
 
     def _run_generation(self, lm: Any) -> str:
         """Language models: generate (or force ``continuation``), explain every generated token."""
@@ -113,8 +115,16 @@ class ExplainArgs:
             if val is not None:
                 raise AnalyzeError(f"{opt} is for language models (generation); {lm.name} is a {lm.task} model: "
                                    "explain a class with --target INDEX instead")
+        if lm.task == "encoder":
+            from ..methods.explanation import _refuse_headless
+            from ..models import InputError
+
+            try:
+                _refuse_headless(lm)
+            except InputError as exc:
+                raise AnalyzeError(str(exc)) from None
         names = resolve_methods(self.methods)
-        enc = lm.tokenize([self.text])
+        enc = lm.tokenize([self.text], text_pairs=None if self.text_pair is None else [self.text_pair])
         with torch.no_grad():
             logits = lm.model(**enc).logits
         probs = torch.softmax(logits.float()[0] if logits.dim() == 2 else logits.float()[0, -1], -1)
@@ -126,16 +136,27 @@ class ExplainArgs:
         built = [get_method(m) for m in names]
         scores, _, _ = explain_batch(lm, enc, built, target=torch.tensor([target]))
         tokens = lm.tokens(enc["input_ids"], enc.get("attention_mask"))[0]
-        lines = [f"model: {lm.name} ({lm.backend})", f"text: {self.text}", f"tokens: {len(tokens)}",
+        if self.include_special_tokens:
+            shown = np.arange(len(tokens))
+        else:  # special tokens (and a causal model's first token) are left out of the ranked lists
+            from ..methods.special_tokens import special_token_mask
+
+            special = special_token_mask(lm, enc["input_ids"], enc.get("attention_mask"))[0]
+            shown = np.flatnonzero(~special) if (~special).any() else np.arange(len(tokens))
+        lines = [f"model: {lm.name} ({lm.backend})", f"text: {self.text}"]
+        if self.text_pair is not None:
+            lines.append(f"text pair: {self.text_pair}")
+        lines += [f"tokens: {len(tokens)}",
                  f"prediction: {labels[pred]}  (" + ", ".join(f"{labels[i]} {float(p):.3f}" for i, p in enumerate(probs)) + ")"]
         if target != pred:
             lines.append(f"explaining class: {labels[target]}")
         lines.append("")
         width = max(len(n) for n in names)
-        lines.append(f"{'method':<{width}}  top {self.top} tokens (score)")
+        lines.append(f"{'method':<{width}}  top {self.top} tokens (score)"
+                     + ("" if self.include_special_tokens else "; special tokens left out (--include-special-tokens shows them)"))
         for n in names:
             sc = np.asarray(scores[n][0], dtype=np.float64)
-            order = np.argsort(-sc, kind="stable")[: self.top]
+            order = shown[np.argsort(-sc[shown], kind="stable")[: self.top]]
             lines.append(f"{n:<{width}}  " + "  ".join(f"{tokens[j]} ({sc[j]:.3g})" for j in order))
         lines.append("")
         d_h = lm.head_dim

@@ -158,13 +158,20 @@ def explain(
                                            help="Language models: contrastive explanation, why the continuation rather than "
                                                 "this one (gradient and perturbation methods; e.g. --continuation ' Paris' "
                                                 "--contrast ' Lyon')."),
+    text_pair: Optional[str] = typer.Option(None, "--text-pair",
+                                            help="Second segment for sentence-pair classifiers (NLI, paraphrase): the "
+                                                 "two texts are tokenized together, [CLS] text [SEP] pair [SEP]."),
+    include_special_tokens: bool = typer.Option(False, "--include-special-tokens",
+                                                help="Rank special tokens ([CLS], [SEP]; a language model's first token, "
+                                                     "the attention sink) too; by default they are left out."),
 ) -> None:
     """Explain one text. Classifiers: prediction, probabilities, top tokens per method, raw vs effective attention.
     Language models (e.g. --model smollm2): the generated text and, per generated token, its probability,
     the top alternatives and the top source tokens per method."""
     args = ExplainArgs(text=text, model=model, methods=parse_list(methods), top=top, backend=backend,
                        backend_options=_kv(backend_option, "--backend-option"), target=target,
-                       max_new_tokens=max_new_tokens, continuation=continuation, contrast=contrast)
+                       max_new_tokens=max_new_tokens, continuation=continuation, contrast=contrast,
+                       text_pair=text_pair, include_special_tokens=include_special_tokens)
     typer.echo(args.run())
 
 

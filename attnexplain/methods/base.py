@@ -55,6 +55,9 @@ class Attribution:
         scores: one float array per example, aligned with ``tokens`` (higher = more important).
         target: the class explained per example.
         extra: method-specific arrays (e.g. per-layer scores).
+        positions: per example, the index among its real tokens of each entry of ``tokens`` /
+            ``scores`` (all real tokens unless special tokens were left out; see
+            :mod:`attnexplain.methods.special_tokens`); empty when not recorded.
     """
 
     method: str
@@ -62,6 +65,7 @@ class Attribution:
     scores: list[np.ndarray]
     target: list[int]
     extra: dict[str, Any] = field(default_factory=dict)
+    positions: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.scores)
