@@ -19,9 +19,7 @@ faithfulness of *raw attention* as a token ranking against a seeded random ranki
 * comprehensiveness(k) = m(x)_c - m(x \\ r_k)_c, sufficiency(k) = m(x)_c - m(r_k)_c with r_k the
   top-k % content tokens ([CLS]/[SEP] never removed), tokens *deleted* (sequence re-packed),
   c = the predicted class; AOPC = mean over k in {1, 5, 10, 20, 50} % (ceil, at least 1 token).
-  Computed with ``attnexplain.ablations.eraser.faithfulness`` when that module is
-  importable; otherwise with the small local function ``local_eraser_aopc`` below (same
-  conventions). The manifest records which one ran.
+  Computed with ``attnexplain.ablations.eraser.faithfulness`` (the manifest records it).
 
 Timings depend on the machine's load; the run uses ``--threads`` torch threads (default 1: on
 a shared 2-core machine one thread gives steadier timings for models this small).
@@ -38,7 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import subprocess
@@ -92,49 +89,8 @@ def attention_scores(model, rows: list[list[int]], batch_size: int = 64) -> list
 
 
 # --------------------------------------------------------------------------------------------
-# faithfulness: library when importable, otherwise local
+# faithfulness (attnexplain.ablations.eraser)
 # --------------------------------------------------------------------------------------------
-
-
-def _probs(model, seqs: list[list[int]], batch_size: int = 256) -> np.ndarray:
-    order = sorted(range(len(seqs)), key=lambda j: len(seqs[j]))
-    out = np.empty((len(seqs), model.num_labels))
-    with torch.no_grad():
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            ids, mask = TextEncoder.pad([seqs[j] for j in idx])
-            out[idx] = torch.softmax(model(ids, mask).double(), -1).numpy()
-    return out
-
-
-def local_eraser_aopc(model, rows, rankings: dict[str, list[np.ndarray]], specials: set[int],
-                      bins=BINS) -> dict[str, dict[str, float]]:
-    """ERASER comprehensiveness / sufficiency AOPC per method (mean over examples), deletion.
-
-    Local stand-in for ``attnexplain.ablations.eraser`` (used only when that module cannot
-    be imported). ``rankings[method][i]`` ranks the content (non-special) tokens of example i,
-    most important first (indices into the content positions)."""
-    full = _probs(model, rows)
-    target = full.argmax(1)
-    p_full = full[np.arange(len(rows)), target]
-    result = {}
-    for name, ranks in rankings.items():
-        comp = np.zeros(len(rows))
-        suff = np.zeros(len(rows))
-        for f in bins:
-            drop_seqs, keep_seqs = [], []
-            for row, r in zip(rows, ranks):
-                content = [j for j, t in enumerate(row) if t not in specials]
-                k = min(len(content), max(1, math.ceil(f * len(content))))
-                top = {content[c] for c in r[:k]}
-                drop_seqs.append([t for j, t in enumerate(row) if j not in top])
-                keep_seqs.append([t for j, t in enumerate(row) if j in top or t in specials])
-            pd_ = _probs(model, drop_seqs)[np.arange(len(rows)), target]
-            pk_ = _probs(model, keep_seqs)[np.arange(len(rows)), target]
-            comp += (p_full - pd_) / len(bins)
-            suff += (p_full - pk_) / len(bins)
-        result[name] = {"comprehensiveness": float(comp.mean()), "sufficiency": float(suff.mean())}
-    return result
 
 
 class _LMShim:
@@ -165,21 +121,14 @@ def faithfulness_columns(model, encoder: TextEncoder, rows, seed: int) -> tuple[
     scores = attention_scores(model, rows)
     content = [[j for j, t in enumerate(r) if t not in specials] for r in rows]
     rng_rank = [np.random.default_rng([seed, i]).permutation(len(c)) for i, c in enumerate(content)]
-    try:
-        from attnexplain.ablations.eraser import faithfulness
-    except ImportError:
-        faithfulness = None
-    if faithfulness is not None:
-        ids, mask = TextEncoder.pad(rows)
-        res = faithfulness(_LMShim(model, encoder), {"input_ids": ids, "attention_mask": mask},
-                           {"attention": scores}, rankings={"random": rng_rank}, bins=BINS, mode="delete")
-        piv = res.pivot()
-        vals = {m: {k: float(piv.loc[m, k]) for k in ("comprehensiveness", "sufficiency")} for m in piv.index}
-        impl = "attnexplain.ablations.eraser.faithfulness"
-    else:
-        att_rank = [np.argsort(-s[c], kind="stable") for s, c in zip(scores, content)]
-        vals = local_eraser_aopc(model, rows, {"attention": att_rank, "random": rng_rank}, specials)
-        impl = "local_eraser_aopc (analyses/trained_efficient_attention.py)"
+    from attnexplain.ablations.eraser import faithfulness
+
+    ids, mask = TextEncoder.pad(rows)
+    res = faithfulness(_LMShim(model, encoder), {"input_ids": ids, "attention_mask": mask},
+                       {"attention": scores}, rankings={"random": rng_rank}, bins=BINS, mode="delete")
+    piv = res.pivot()
+    vals = {m: {k: float(piv.loc[m, k]) for k in ("comprehensiveness", "sufficiency")} for m in piv.index}
+    impl = "attnexplain.ablations.eraser.faithfulness"
     cols = {
         "comp_aopc_attention": vals["attention"]["comprehensiveness"],
         "comp_aopc_random": vals["random"]["comprehensiveness"],

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import AttnExplainError
+
 __all__ = [
     "LoadedModel",
     "load_model",
@@ -42,11 +44,11 @@ DEFAULT_MODEL = "minilm-rotten-tomatoes"
 TASKS = ("auto", "encoder", "classification", "causal-lm", "seq2seq")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(AttnExplainError, FileNotFoundError):
     """The model name is neither an alias, a local model folder, nor in the local HF cache."""
 
 
-class InputError(ValueError):
+class InputError(AttnExplainError, ValueError):
     """Bad input text (empty, whitespace only, ...)."""
 
 

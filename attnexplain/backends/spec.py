@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import AttnExplainError
 from .base import AttentionBackend
 
 __all__ = [
@@ -25,7 +26,7 @@ __all__ = [
 ]
 
 
-class BackendSpecError(ValueError):
+class BackendSpecError(AttnExplainError, ValueError):
     """A backend specification that cannot be built (unknown name or option, malformed string)."""
 
 

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import AttnExplainError
+
 __all__ = [
     "AdapterRule", "ADAPTER_RULES", "FIRST_TOKEN_CLASSIFIERS", "AttentionSite", "find_attention_sites",
     "UnsupportedArchitectureError", "PostLNLayout",
 ]
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(AttnExplainError, ValueError):
     """Raised when no attention module of a model can be identified, or a method needs architecture
     knowledge the adapter table does not have for it."""
 

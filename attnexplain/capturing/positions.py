@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import AttnExplainError
+
 __all__ = ["positions_from_mask", "follow_mask_positions", "LeftPaddingError", "is_left_padded", "left_padding_supported"]
 
 _FLAG = "_attnexplain_positions_hook"
@@ -37,7 +39,7 @@ _FLAG = "_attnexplain_positions_hook"
 _ABSOLUTE_POSITION_NAMES = ("embed_positions", "position_embeddings", "wpe", "embed_pos")
 
 
-class LeftPaddingError(ValueError):
+class LeftPaddingError(AttnExplainError, ValueError):
     """A left-padded batch for a model that cannot be given the real tokens' positions."""
 
 

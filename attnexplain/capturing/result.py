@@ -23,13 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import AttnExplainError
 from .adapters import AttentionSite
 from .attention import CaptureSpec, Record, backend_of, session
 
 __all__ = ["CaptureResult", "ExampleView", "capture", "NothingCapturedError"]
 
 
-class NothingCapturedError(RuntimeError):
+class NothingCapturedError(AttnExplainError, RuntimeError):
     """The model ran, but no attention call reached attnexplain."""
 
 

@@ -2,8 +2,8 @@
 :mod:`attnexplain.cli.args` and calls the public API; nothing is computed here.
 
 User errors (missing files, wrong columns, labels that do not match the model, an ``--out`` folder
-holding a different run, ...) print ``error: <message>`` on stderr and exit with status 2, without
-a traceback (set ``ATTNEXPLAIN_DEBUG=1`` to see one). Interrupting ``analyze`` (Ctrl-C) exits with
+holding a different run, ...: every :class:`~attnexplain.errors.AttnExplainError`) print
+``error: <message>`` on stderr and exit with status 2, without a traceback (set ``ATTNEXPLAIN_DEBUG=1`` to see one). Interrupting ``analyze`` (Ctrl-C) exits with
 status 130; running the same command again resumes.
 """
 
@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import AttnExplainError
 from .args import (
     AnalyzeArgs,
     CompareArgs,
@@ -42,32 +43,8 @@ app = typer.Typer(
 )
 
 
-class UserError(Exception):
-    """An error the user can fix; printed without a traceback."""
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = [UserError]
-    try:
-        from ..data import DatasetError
-
-        types.append(DatasetError)
-    except ImportError:  # pragma: no cover
-        pass
-    from ..models import InputError, ModelNotFoundError
-    from ..runs.settings import AnalyzeError
-    from ..runs.schema import RunFormatError, RunLockedError, RunMismatchError, RunPathError
-
-    from ..backends.spec import BackendSpecError
-
-    types += [BackendSpecError, AnalyzeError, ModelNotFoundError, InputError, RunFormatError, RunMismatchError, RunLockedError, RunPathError]
-    try:
-        from ..capturing import UnsupportedArchitectureError
-
-        types.append(UnsupportedArchitectureError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(types)
+class UserError(AttnExplainError):
+    """An error the user can fix, found by the command line itself; printed without a traceback."""
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -90,7 +67,7 @@ def command(fn):
         except Exception as exc:  # noqa: BLE001 - sorted below
             if os.environ.get("ATTNEXPLAIN_DEBUG"):
                 raise
-            if isinstance(exc, _user_error_types()):
+            if isinstance(exc, AttnExplainError):  # every user error of the package, one place
                 msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
                 _fail(msg)
             raise
@@ -345,7 +322,7 @@ def dashboard(
         typer.echo(" ".join(cmd))
         return
     if not args.app_path().is_file():
-        raise UserError(f"the dashboard app is missing ({args.app_path()}); is this a source checkout of attnexplain?")
+        raise UserError(f"the dashboard app is missing ({args.app_path()}); reinstall attnexplain")
     env = dict(os.environ, ATTNEXPLAIN_RUNS_DIR=str(Path(runs_dir).resolve()))
     typer.echo(f"dashboard: http://{host}:{port}  (runs from {runs_dir}; Ctrl-C stops it)", err=True)
     sys.stdout.flush()

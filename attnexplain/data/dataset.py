@@ -8,15 +8,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
-
-
-
+from ..errors import AttnExplainError
 
 #: the split names every built-in and synthetic data set has
 SPLITS = ("train", "validation", "test")
 
-class DatasetError(ValueError):
+
+class DatasetError(AttnExplainError, ValueError):
     """A data set cannot be found, read or interpreted (the message says why and what to do)."""
 
 

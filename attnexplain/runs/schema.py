@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import AttnExplainError
+
 
 
 
@@ -31,19 +33,19 @@ COMPAT_KEYS = (
 _REQUIRED_MANIFEST = ("format_version", "model", "dataset", "methods", "status")
 
 
-class RunFormatError(ValueError):
+class RunFormatError(AttnExplainError, ValueError):
     """A folder is not a readable run folder of this format version (the message says why)."""
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(AttnExplainError, ValueError):
     """A run folder holds a different run than the one asked for (the message names the difference)."""
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(AttnExplainError, RuntimeError):
     """Another process is writing this run folder."""
 
 
-class RunPathError(ValueError):
+class RunPathError(AttnExplainError, ValueError):
     """A run name that would leave the runs folder (``..``, an absolute path, a symlink out)."""
 
 

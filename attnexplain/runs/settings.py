@@ -8,6 +8,7 @@ import importlib.metadata
 import platform
 from collections.abc import Mapping, Sequence
 
+from ..errors import AttnExplainError
 from .atomic_io import _log_stderr
 
 
@@ -20,7 +21,7 @@ DEFAULT_BINS = (0.01, 0.05, 0.1, 0.2, 0.5)
 SLOW_METHODS = ("flow", "attention_distribution")
 
 
-class AnalyzeError(ValueError):
+class AnalyzeError(AttnExplainError, ValueError):
     """A user error in an analyze request (bad option, labels that do not match the model...)."""
 
 

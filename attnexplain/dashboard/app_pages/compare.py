@@ -65,11 +65,7 @@ if not common_methods:
     st.info("The two runs share no explanation method.")
 else:
     method = st.selectbox("Method", common_methods, key="cmp_method")
-    try:
-        ranks = _rank_agreement(a.path, a.sig, b.path, b.sig, method)
-    except ImportError:
-        ranks = None
-        st.warning("Rank agreement needs `attnexplain.metrics` (not installed in this version).")
+    ranks = _rank_agreement(a.path, a.sig, b.path, b.sig, method)
     if ranks is not None and not ranks.empty:
         st.metric(f"mean Kendall tau ({method})", f"{ranks['kendall_tau'].mean():.3f}")
         fig = figures.histogram(ranks["kendall_tau"], title=f"Kendall tau of the token rankings, A vs B ({method})",

@@ -52,10 +52,7 @@ with st.expander("Filter examples", expanded=True):
         d1, d2, d3 = st.columns(3)
         ma = d1.selectbox("method A", methods, index=0, key="ex_dis_a")
         mb = d2.selectbox("method B", methods, index=1, key="ex_dis_b")
-        try:
-            tau = _disagreement(ref.path, ref.sig, ma, mb)
-        except ImportError:
-            st.warning("Method disagreement needs `attnexplain.metrics` (not installed in this version).")
+        tau = _disagreement(ref.path, ref.sig, ma, mb)
         if tau is not None:
             max_tau = d3.slider("keep rank agreement (Kendall tau) at most", -1.0, 1.0, 1.0, 0.05, key="ex_dis_tau")
 

@@ -1,0 +1,27 @@
+"""The errors attnexplain raises on purpose, under one base class.
+
+Every exception class of the package derives from :class:`AttnExplainError` *and* keeps its
+older built-in base (``class DatasetError(AttnExplainError, ValueError)``), so both
+``except AttnExplainError`` and the older ``except ValueError`` / ``except KeyError`` catch it.
+The command line catches :class:`AttnExplainError` once: it prints ``error: <message>`` on stderr
+and exits with status 2, without a traceback (``ATTNEXPLAIN_DEBUG=1`` shows it).
+
+A leaf module: it imports nothing from the package, so any module can import it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AttnExplainError", "UnknownNameError"]
+
+
+class AttnExplainError(Exception):
+    """Base of every error attnexplain raises on purpose; the message says what is wrong and how to fix it."""
+
+
+class UnknownNameError(AttnExplainError, KeyError):
+    """A name that is not in one of attnexplain's name tables (backends, methods, interventions,
+    data sets, ...); the message lists the known names. Also a ``KeyError`` (and ``str()`` gives
+    the plain message, not KeyError's quoted repr)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
