@@ -371,3 +371,62 @@ def test_contribution_rollout_and_normalize_rows():
     torch.testing.assert_close(R.sum(-1), torch.ones(3, 5, dtype=torch.float64))
     Z = normalize_rows(torch.zeros(2, 2))
     assert (Z == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# through the CLI: explain, analyze --methods, report
+# ---------------------------------------------------------------------------------------------
+
+NEW = "norm_residual_ln,globenc,alti,value_zeroing,grad_rollout,attention_gradient"
+
+
+@pytest.fixture
+def tiny_cli(monkeypatch):
+    import attnexplain.runs.analyze as analyze_mod
+
+    def fake(name, *, backend="dense", backend_options=None):
+        lm = tiny_model("bert")
+        lm.model.config.id2label = {0: "neg", 1: "pos"}
+        lm.labels = ["neg", "pos"]
+        return lm
+
+    monkeypatch.setattr(analyze_mod, "load_model_for_run", fake)
+    monkeypatch.setenv("ATTNEXPLAIN_FSYNC", "0")
+
+
+def test_cli_explain_analyze_and_report_run_the_new_methods(tiny_cli, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from attnexplain.cli.main import app
+    from attnexplain.runs import open_run
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["explain", "a very good film", "--model", "tiny", "--methods", NEW])
+    assert res.exit_code == 0, (res.output, res.exception)
+    for m in NEW.split(","):
+        assert m in res.stdout
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"text": ["good film", "bad plot, dull", "not very good", "great"], "label": ["pos", "neg", "neg", "pos"]}
+                 ).to_csv(data, index=False)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["analyze", "--dataset", str(data), "--split", "all", "--model", "tiny", "--batch-size", "2",
+                              "--no-progress", "--methods", NEW + ",random", "--out", str(out)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    run = open_run(out)
+    assert run.methods == NEW.split(",") + ["random"]
+    res = runner.invoke(app, ["report", str(out), "--n-resamples", "50"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "globenc" in res.stdout and "value_zeroing" in res.stdout
+
+
+def test_cli_refuses_a_decomposition_on_a_pre_ln_model_with_exit_2(monkeypatch):
+    import attnexplain.runs.analyze as analyze_mod
+    from typer.testing import CliRunner
+
+    from attnexplain.cli.main import app
+
+    monkeypatch.setattr(analyze_mod, "load_model_for_run", lambda name, **kw: tiny_model("gpt2"))
+    res = CliRunner().invoke(app, ["explain", "a very good film", "--model", "tiny", "--methods", "alti"])
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert "post-LN" in res.output and "Traceback" not in res.output

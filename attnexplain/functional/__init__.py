@@ -15,8 +15,25 @@ heads) and works on CPU and GPU. Formulas and papers are in each docstring and i
 * rollout and flow (Abnar & Zuidema, ACL 2020): :func:`attention_rollout`,
   :func:`attention_flow`, :func:`augmented_attention`
 * readouts: :func:`token_importance`, :func:`aggregate`
+* context mixing (Kobayashi et al. 2021, GlobEnc, ALTI, value zeroing):
+  :func:`attention_residual_vectors`, :func:`layer_norm_parts`, :func:`norm_residual_ln`,
+  :func:`globenc_layer`, :func:`alti_layer`, :func:`contribution_rollout`,
+  :func:`value_zeroing_scores`, :func:`normalize_rows`
+* gradient-weighted attention relevance (Chefer et al., ICCV 2021):
+  :func:`gradient_weighted_attention`, :func:`self_attention_relevance`,
+  :func:`normalize_self_relevance`, :func:`encoder_decoder_relevance`
 """
 
+from .context_mixing import (
+    alti_layer,
+    attention_residual_vectors,
+    contribution_rollout,
+    globenc_layer,
+    layer_norm_parts,
+    norm_residual_ln,
+    normalize_rows,
+    value_zeroing_scores,
+)
 from .distribution import DistributionResult, attention_distribution
 from .effective import (
     column_space_basis,
@@ -31,6 +48,12 @@ from .effective import (
 from .flow import attention_flow
 from .norms import NormAttention, norm_based_attention, norm_based_attention_from_values
 from .readouts import aggregate, token_importance
+from .relevance import (
+    encoder_decoder_relevance,
+    gradient_weighted_attention,
+    normalize_self_relevance,
+    self_attention_relevance,
+)
 from .rollout import attention_rollout, augmented_attention
 
 __all__ = [
@@ -52,4 +75,16 @@ __all__ = [
     "attention_flow",
     "token_importance",
     "aggregate",
+    "attention_residual_vectors",
+    "layer_norm_parts",
+    "norm_residual_ln",
+    "alti_layer",
+    "globenc_layer",
+    "normalize_rows",
+    "contribution_rollout",
+    "value_zeroing_scores",
+    "gradient_weighted_attention",
+    "self_attention_relevance",
+    "normalize_self_relevance",
+    "encoder_decoder_relevance",
 ]
