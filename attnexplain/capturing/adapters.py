@@ -23,7 +23,7 @@ from ..errors import AttnExplainError
 
 __all__ = [
     "AdapterRule", "ADAPTER_RULES", "FIRST_TOKEN_CLASSIFIERS", "AttentionSite", "find_attention_sites",
-    "UnsupportedArchitectureError", "PostLNLayout",
+    "UnsupportedArchitectureError", "PostLNLayout", "unsupported_message",
 ]
 
 
@@ -72,6 +72,7 @@ class AdapterRule:
 
 # The table. Order matters: the first rule whose markers all exist on a module wins.
 ADAPTER_RULES: tuple[AdapterRule, ...] = (
+    AdapterRule("albert", ("query", "key", "value", "dense"), "dense"),  # ALBERT: the projection sits on the attention module
     AdapterRule("bert-style", ("query", "key", "value"), "../output.dense", post_attention_path="..",  # BERT, RoBERTa, ELECTRA, XLM-R
                 block_path="../..", post_ln=PostLNLayout("../output.LayerNorm", "../../output.LayerNorm")),
     AdapterRule("llama-style", ("q_proj", "k_proj", "v_proj", "o_proj"), "o_proj", block_path=".."),  # Llama, Mistral, Qwen, ViT (5.x); pre-LN RMSNorm
@@ -80,6 +81,11 @@ ADAPTER_RULES: tuple[AdapterRule, ...] = (
                 block_path="..", post_ln=PostLNLayout("../sa_layer_norm", "../output_layer_norm")),
     AdapterRule("t5", ("q", "k", "v", "o"), "o", block_path="../../.."),  # pre-LN RMSNorm
     AdapterRule("gpt2", ("c_attn", "c_proj"), "c_proj", layout="conv1d", block_path=".."),  # pre-LN
+    # registry-using models whose projections have other names (fused q/k/v or another output name)
+    AdapterRule("modernbert", ("Wqkv", "Wo"), "Wo"),  # ModernBERT
+    AdapterRule("phi", ("q_proj", "k_proj", "v_proj", "dense"), "dense"),  # Phi-1, 1.5, 2
+    AdapterRule("fused-qkv-o", ("qkv_proj", "o_proj"), "o_proj"),  # Phi-3
+    AdapterRule("gpt-neox", ("query_key_value", "dense"), "dense"),  # GPT-NeoX, Pythia
 )
 
 _CROSS_MARKERS = ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")
@@ -161,6 +167,16 @@ def _stack_and_layer(module_name: str) -> tuple[str, int]:
     return stack, layer
 
 
+def unsupported_message(model: nn.Module, why: str) -> str:
+    """The refusal of a model attnexplain cannot capture: its type, why, and the fallback."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return (
+        f"{type(model).__name__} (model_type {model_type!r}) is not supported by attnexplain's attention capture: "
+        f"{why}. Mark its attention modules yourself with attnexplain.capturing.mark_attention_site(module, layer=..., "
+        "weights_from=...) (see the README, 'Supported architectures')"
+    )
+
+
 def find_attention_sites(model: nn.Module) -> dict[int, AttentionSite]:
     """Map ``id(module)`` -> :class:`AttentionSite` for every attention module of ``model``.
 
@@ -180,12 +196,18 @@ def find_attention_sites(model: nn.Module) -> dict[int, AttentionSite]:
         )
         found.append((module, site))
     if not found:
-        raise UnsupportedArchitectureError(
-            f"no attention module of {type(model).__name__} matches the adapter table "
-            f"({', '.join(r.name for r in ADAPTER_RULES)}). Mark the attention modules yourself with "
-            "attnexplain.capturing.mark_attention_site(module, ...) or add a rule to "
-            "attnexplain.capturing.adapters.ADAPTER_RULES."
-        )
+        raise UnsupportedArchitectureError(unsupported_message(
+            model, f"no attention module matches the adapter table ({', '.join(r.name for r in ADAPTER_RULES)}); "
+            "a rule in attnexplain.capturing.adapters.ADAPTER_RULES naming its projections adds it"))
+    # one site per attention module: models whose names hold several indices (Swin's
+    # layers.<stage>.blocks.<block>) are numbered in module order within their stack and kind
+    groups: dict[tuple[str, str], list[AttentionSite]] = {}
+    for _, site in found:
+        groups.setdefault((site.stack, site.kind), []).append(site)
+    for group in groups.values():
+        if len({s.layer for s in group}) < len(group):
+            for i, site in enumerate(group):
+                site.layer = i
     has_decoder = any(s.stack == "decoder" for _, s in found)
     sites: dict[int, AttentionSite] = {}
     for module, site in found:

@@ -101,6 +101,10 @@ class Session:
     records: list[Record] = field(default_factory=list)
     sites: dict[int, AttentionSite] = field(default_factory=dict)
     calls: int = 0
+    #: attention calls from modules that match no adapter rule (and are not marked)
+    unmatched_calls: int = 0
+    #: why the adapter table found no site in this model (None when it found some)
+    adapter_error: Exception | None = None
 
     def site_of(self, module: nn.Module) -> AttentionSite | None:
         site = self.sites.get(id(module))
@@ -134,10 +138,11 @@ def session(
 
     ``interventions`` maps site keys (``"main.3.self"``) to functions A -> A'.
     """
+    adapter_error = None
     try:
         sites = _model_sites(model)
-    except ValueError:
-        sites = {}
+    except ValueError as exc:  # no module matches the adapter table: kept to explain an empty capture
+        sites, adapter_error = {}, exc
     unknown = set(interventions or {}) - {s.key for s in sites.values()}
     marked = {s.key for s in _marked_sites(model)}
     unknown -= marked
@@ -146,7 +151,8 @@ def session(
             f"unknown attention site(s) {sorted(unknown)}; this model has "
             f"{sorted({s.key for s in sites.values()} | marked)}"
         )
-    state = Session(model=model, spec=spec, interventions=dict(interventions or {}), sites=sites)
+    state = Session(model=model, spec=spec, interventions=dict(interventions or {}), sites=sites,
+                    adapter_error=adapter_error)
     token = _ACTIVE.set(state)
     try:
         yield state
@@ -239,6 +245,8 @@ def run_attention(backend: AttentionBackend, module: nn.Module, call: AttentionC
     state = _ACTIVE.get()
     site = state.site_of(module) if state is not None else None
     if site is None:
+        if state is not None:
+            state.unmatched_calls += 1
         return backend.forward(call), None
     state.calls += 1
     spec = state.spec
@@ -318,17 +326,20 @@ def use_backend(model: nn.Module, backend: AttentionBackend | str = "dense", **o
     """
     from .positions import follow_mask_positions
 
+    from .adapters import UnsupportedArchitectureError, unsupported_message
+
     name = register_backend_function(backend, **options)
     follow_mask_positions(model)
     try:
         model.set_attn_implementation(name)
     except (ValueError, AttributeError) as exc:
-        from .adapters import UnsupportedArchitectureError
-
-        raise UnsupportedArchitectureError(
-            f"{type(model).__name__} does not accept custom attention functions ({exc}). "
-            "Mark its attention modules with attnexplain.capturing.mark_attention_site instead."
-        ) from exc
+        raise UnsupportedArchitectureError(unsupported_message(model, f"it refuses custom attention functions ({exc})")) from exc
+    # transformers only logs (and keeps its own code) for models outside the attention registry
+    taken = getattr(getattr(model, "config", None), "_attn_implementation", None) == name
+    if not taken:
+        raise UnsupportedArchitectureError(unsupported_message(
+            model, "it does not call attention through transformers' attention registry, so the switch did not take"
+            f" (attention implementation still {getattr(getattr(model, 'config', None), '_attn_implementation', None)!r})"))
     return name
 
 

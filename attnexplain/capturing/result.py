@@ -276,6 +276,65 @@ def _model_of(model: Any) -> tuple[nn.Module, Any]:
     return torch_module(model), (model if isinstance(model, LoadedModel) else None)
 
 
+def _raise_nothing_captured(torch_model: nn.Module, state: Any) -> None:
+    """The real reason an attention capture came back empty."""
+    from .adapters import UnsupportedArchitectureError, unsupported_message
+
+    impl = getattr(getattr(torch_model, "config", None), "_attn_implementation", None)
+    if state.unmatched_calls and state.adapter_error is not None:
+        raise UnsupportedArchitectureError(str(state.adapter_error))
+    if state.unmatched_calls:
+        raise UnsupportedArchitectureError(unsupported_message(
+            torch_model, f"{state.unmatched_calls} attention call(s) came from modules the adapter table does not know"))
+    if backend_of(torch_model) is None:
+        raise NothingCapturedError(
+            f"{type(torch_model).__name__} runs attention implementation {impl!r}, not an attnexplain backend, and has no "
+            "marked attention sites: switch it with attnexplain.use_backend(model), or mark its attention modules with "
+            "attnexplain.capturing.mark_attention_site"
+        )
+    raise NothingCapturedError(
+        f"{type(torch_model).__name__} ran under {impl!r} but made no attention call (capture options "
+        "layers/stacks/kinds may exclude every site)"
+    )
+
+
+def _check_batch_layout(torch_model: nn.Module, records: list[Record], batch: dict[str, Any]) -> None:
+    """Refuse matrices whose batch axis is not the input's: window attention (Swin) runs each window
+    of each image as its own row, which is not one attention matrix per example."""
+    from .adapters import UnsupportedArchitectureError, unsupported_message
+
+    ref = next((v for k, v in batch.items() if k in ("input_ids", "pixel_values", "inputs_embeds", "input_features")
+                and isinstance(v, torch.Tensor)), None)
+    if ref is None:
+        return
+    for rec in records:
+        if rec.probs.shape[0] != ref.shape[0]:
+            raise UnsupportedArchitectureError(unsupported_message(
+                torch_model, f"its attention at {rec.site.key} runs on {rec.probs.shape[0]} rows for {ref.shape[0]} "
+                "input(s): window attention (each window of each image attends separately), which is not one "
+                "token-by-token matrix per example"))
+
+
+def _one_site_per_call(records: list[Record]) -> list[Record]:
+    """Models that reuse one attention module for several layers (ALBERT's shared layer) call the
+    same site more than once per forward pass: the k-th call of a (stack, kind) becomes layer k."""
+    counts: dict[str, int] = defaultdict(int)
+    for rec in records:
+        counts[rec.site.key] += 1
+    if all(c == 1 for c in counts.values()):
+        return records
+    import dataclasses
+
+    out, order = [], defaultdict(int)
+    for rec in records:
+        group = (rec.site.stack, rec.site.kind)
+        layer = order[group]
+        order[group] += 1
+        site = dataclasses.replace(rec.site, layer=layer, key=f"{rec.site.stack}.{layer}.{rec.site.kind}")
+        out.append(dataclasses.replace(rec, site=site))
+    return out
+
+
 def _prepare_model(torch_model: nn.Module) -> None:
     """Positions that follow the mask; the dense backend for a model that runs no attnexplain
     backend and has no marked sites (a bare HF model straight from ``from_pretrained``)."""
@@ -341,16 +400,12 @@ def capture(
     with torch.no_grad(), session(torch_model, spec) as state:
         output = torch_model(**batch)
     if not state.records:
-        impl = getattr(getattr(torch_model, "config", None), "_attn_implementation", None)
-        raise NothingCapturedError(
-            f"{type(torch_model).__name__} ran but no attention call reached attnexplain (attention implementation: "
-            f"{impl!r}). Switch it with attnexplain.use_backend(model) if it uses transformers' attention registry, "
-            "or mark its attention modules with attnexplain.capturing.mark_attention_site."
-        )
+        _raise_nothing_captured(torch_model, state)
+    _check_batch_layout(torch_model, state.records, batch)
     records: dict[str, list[Record]] = defaultdict(list)
     sites: dict[str, AttentionSite] = {}
     out_proj: dict[str, torch.Tensor] = {}
-    for rec in state.records:
+    for rec in _one_site_per_call(state.records):
         records[rec.site.key].append(rec)
         sites[rec.site.key] = rec.site
         if rec.site.key not in out_proj and rec.site.out_proj is not None:
