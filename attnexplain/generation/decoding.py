@@ -125,7 +125,8 @@ def _tokenize_prompts(lm: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
     if lm.task == "causal-lm":
         tok.padding_side = "left"  # generated tokens follow the prompt directly in every row
     try:
-        return lm.tokenize(prompts, on_long="error")
+        enc = lm.tokenize(prompts, on_long="error")
+        return {k: enc[k] for k in ("input_ids", "attention_mask")}  # token types are not generation inputs
     finally:
         tok.padding_side = side
 

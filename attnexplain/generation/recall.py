@@ -1,0 +1,127 @@
+"""A language-model task with known evidence: key-value recall.
+
+``"The code of Mara is 41. The code of Tobi is 17. The code of Lena is 63. The code of Mara is"``
+-> ``" 41"``. The continuation can only come from one place of the prompt: the value stated for the
+queried name. That value (its characters in the queried pair's sentence) is the **gold evidence**;
+the queried name's earlier mention is recorded too (``key_span``). Names and two-digit values are
+drawn without repetition per prompt (seeded), the queried pair's position is uniform.
+
+:func:`recall_evaluation` measures, on a model:
+
+1. **accuracy**: greedy decoding of ``len(answer tokens)`` tokens starts with the answer;
+2. per method, **plausibility**: average precision (AUPRC, :func:`attnexplain.data.synthetic.auprc`)
+   of each answer token's prompt scores against the gold tokens (prompt tokens overlapping the
+   value's characters), averaged over the answer's tokens and the examples;
+3. per method, **faithfulness**: :func:`attnexplain.generation_faithfulness` (ERASER AOPC on
+   each answer token's probability), with the random baseline.
+
+Explanations are of the forced answer (``target=answer``), so examples the model gets wrong are
+explained too (their answer is still the only continuation the prompt supports).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RecallExample", "key_value_recall", "recall_evaluation", "gold_token_mask"]
+
+NAMES = ("Mara", "Tobi", "Lena", "Omar", "Iris", "Hugo", "Nina", "Pavel", "Sara", "Kofi", "Yuki", "Ravi",
+         "Elsa", "Bruno", "Dana", "Felix")
+
+
+@dataclass(frozen=True)
+class RecallExample:
+    """One prompt: ``answer`` (with its leading space) and the character spans of the evidence."""
+
+    prompt: str
+    answer: str
+    value_span: tuple[int, int]  # characters of the queried pair's value in the prompt
+    key_span: tuple[int, int]  # characters of the queried name in its pair
+
+
+def key_value_recall(n: int = 100, *, n_pairs: int = 3, seed: int = 0,
+                     template: str = "The code of {name} is {value}.") -> list[RecallExample]:
+    """``n`` seeded key-value recall prompts with ``n_pairs`` pairs each (see the module docstring)."""
+    if n_pairs < 1 or n_pairs > len(NAMES):
+        raise ValueError(f"n_pairs must be in 1..{len(NAMES)}, got {n_pairs}")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        names = rng.sample(NAMES, n_pairs)
+        values = rng.sample(range(10, 100), n_pairs)
+        q = rng.randrange(n_pairs)
+        parts, value_span, key_span = [], (0, 0), (0, 0)
+        pos = 0
+        for j, (name, value) in enumerate(zip(names, values)):
+            sentence = template.format(name=name, value=value)
+            if j == q:
+                v0 = pos + sentence.index(str(value))
+                value_span = (v0, v0 + len(str(value)))
+                k0 = pos + sentence.index(name)
+                key_span = (k0, k0 + len(name))
+            parts.append(sentence)
+            pos += len(sentence) + 1
+        query = template.split("{value}")[0].format(name=names[q]).rstrip()
+        prompt = " ".join(parts) + " " + query
+        out.append(RecallExample(prompt=prompt, answer=" " + str(values[q]), value_span=value_span, key_span=key_span))
+    return out
+
+
+def gold_token_mask(tokenizer: Any, prompt: str, span: tuple[int, int]) -> np.ndarray:
+    """(n_tokens,) bool: the prompt's tokens (as the model sees them, special tokens included)
+    whose characters overlap ``span``. Needs a fast tokenizer (``return_offsets_mapping``)."""
+    enc = tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=True)
+    return np.array([e > s and s < span[1] and e > span[0] for s, e in enc["offset_mapping"]], dtype=bool)
+
+
+def recall_evaluation(lm: Any, examples: Sequence[RecallExample], methods: Sequence[Any] | None = None, *,
+                      batch_size: int = 8, seed: int = 0, bins: Sequence[float] | None = None) -> dict[str, Any]:
+    """Accuracy, plausibility (AUPRC) and faithfulness (AOPC) per method on ``examples``.
+
+    Returns ``{"accuracy", "n", "table" (pandas: method, auprc, comprehensiveness, sufficiency),
+    "faithfulness" (list of FaithfulnessResult per batch)}``.
+    """
+    import pandas as pd
+
+    from ..data.synthetic import auprc
+    from ..metrics import ERASER_BINS
+    from .attribution import explain_generation
+    from .decoding import generate
+    from .erasure import generation_faithfulness
+
+    examples = list(examples)
+    correct = 0
+    ap: dict[str, list[float]] = {}
+    aopc_rows = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start: start + batch_size]
+        prompts = [e.prompt for e in chunk]
+        n_new = max(len(lm.tokenizer(e.answer, add_special_tokens=False)["input_ids"]) for e in chunk)
+        free = generate(lm, prompts, n_new, store_values=False, layers=[0])
+        correct += sum(t.strip().startswith(e.answer.strip()) for t, e in zip(free.generated_texts, chunk))
+        ex = explain_generation(lm, prompts, methods, target=[e.answer for e in chunk])
+        for i, e in enumerate(chunk):
+            gold = gold_token_mask(lm.tokenizer, e.prompt, e.value_span)
+            for name, att in ex.attributions.items():
+                n_p = att.n_prompt[i]
+                if gold.size != n_p:
+                    raise ValueError(f"gold mask has {gold.size} tokens, the prompt {n_p}: tokenizer offsets disagree")
+                for t in ex.generation.steps(i):
+                    ap.setdefault(name, []).append(auprc(att.step_scores(i, t)[:n_p], gold))
+        faith = generation_faithfulness(lm, ex, seed=seed, bins=bins or ERASER_BINS)
+        aopc = faith.aopc.copy()
+        aopc["example"] += start
+        aopc_rows.append(aopc)
+    aopc = pd.concat(aopc_rows, ignore_index=True)
+    piv = aopc.pivot_table(index="method", columns="metric", values="aopc", aggfunc="mean")
+    rows = []
+    for name in list(ap) + [m for m in piv.index if m not in ap]:
+        rows.append({"method": name, "auprc": float(np.nanmean(ap[name])) if name in ap else float("nan"),
+                     "comprehensiveness": float(piv.loc[name, "comprehensiveness"]),
+                     "sufficiency": float(piv.loc[name, "sufficiency"])})
+    return {"accuracy": correct / len(examples), "n": len(examples), "table": pd.DataFrame(rows), "aopc": aopc}
