@@ -483,7 +483,19 @@ def _save_converted(model: nn.Module, tokenizer: Any, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=path.parent))
-        model.save_pretrained(tmp, safe_serialization=True)
+        # the GGUF loader leaves a quantizer object behind although the weights are plain float32
+        # tensors after dequantization; without it save_pretrained writes them as they are
+        quantizer = getattr(model, "hf_quantizer", None)
+        qconfig = getattr(model.config, "quantization_config", None)
+        try:
+            model.hf_quantizer = None
+            if qconfig is not None:
+                del model.config.quantization_config
+            model.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            model.hf_quantizer = quantizer
+            if qconfig is not None:
+                model.config.quantization_config = qconfig
         tokenizer.save_pretrained(tmp)
         if path.exists():
             shutil.rmtree(tmp, ignore_errors=True)

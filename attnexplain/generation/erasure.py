@@ -19,7 +19,7 @@ metrics x bins x steps, identical ones once) runs in length-bucketed, left-padde
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,6 +73,7 @@ def generation_faithfulness(
     rounding: str = "ceil",
     max_batch: int = 64,
     forward_cost_tokens: float = 64.0,
+    select: Callable[[int, int], bool] | None = None,
 ) -> FaithfulnessResult:
     """ERASER comprehensiveness / sufficiency / AOPC of each method's per-token explanations.
 
@@ -83,6 +84,8 @@ def generation_faithfulness(
             rankings unless a method of that name is there.
         bins / mode ("delete" | "mask") / rounding / max_batch / forward_cost_tokens: as
             :func:`attnexplain.ablations.faithfulness`.
+        select: ``select(example, step) -> bool`` keeps only some generated tokens (default: every
+            step every method explained; steps left unexplained, all-NaN rows, are always skipped).
 
     Returns:
         :class:`~attnexplain.ablations.FaithfulnessResult` whose ``table`` and ``aopc`` have a
@@ -138,6 +141,11 @@ def generation_faithfulness(
             continue
         ks = bin_sizes(len(content), bins, rounding)
         for t in g.steps(i):
+            if select is not None and not select(i, t):
+                continue
+            if names and all(np.isnan(explanation.attributions[m].scores[i][t, :n_p]).all()
+                             for m in names if m in explanation.attributions):
+                continue  # a step explain_generation(steps=...) left out
             cont = real[n_p: n_p + t]
             y = int(g.generated_ids[i, t])
             full = slot(i, t, prompt, cont, frozenset(), y)

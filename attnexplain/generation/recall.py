@@ -11,7 +11,8 @@ drawn without repetition per prompt (seeded), the queried pair's position is uni
 1. **accuracy**: greedy decoding of ``len(answer tokens)`` tokens starts with the answer;
 2. per method, **plausibility**: average precision (AUPRC, :func:`attnexplain.data.synthetic.auprc`)
    of each answer token's prompt scores against the gold tokens (prompt tokens overlapping the
-   value's characters), averaged over the answer's tokens and the examples;
+   value's characters), averaged over the answer's tokens and the examples (whitespace-only answer
+   tokens, e.g. the " " before digits a tokenizer splits off, are left out: they recall nothing);
 3. per method, **faithfulness**: :func:`attnexplain.generation_faithfulness` (ERASER AOPC on
    each answer token's probability), with the random baseline.
 
@@ -105,15 +106,21 @@ def recall_evaluation(lm: Any, examples: Sequence[RecallExample], methods: Seque
         free = generate(lm, prompts, n_new, store_values=False, layers=[0])
         correct += sum(t.strip().startswith(e.answer.strip()) for t, e in zip(free.generated_texts, chunk))
         ex = explain_generation(lm, prompts, methods, target=[e.answer for e in chunk])
+        g = ex.generation
+
+        def is_digit_step(i: int, t: int) -> bool:  # " 41" may be " ", "4", "1": the space is no recall
+            return bool(g.generated_tokens[i][t].strip())
+
         for i, e in enumerate(chunk):
             gold = gold_token_mask(lm.tokenizer, e.prompt, e.value_span)
             for name, att in ex.attributions.items():
                 n_p = att.n_prompt[i]
                 if gold.size != n_p:
                     raise ValueError(f"gold mask has {gold.size} tokens, the prompt {n_p}: tokenizer offsets disagree")
-                for t in ex.generation.steps(i):
-                    ap.setdefault(name, []).append(auprc(att.step_scores(i, t)[:n_p], gold))
-        faith = generation_faithfulness(lm, ex, seed=seed, bins=bins or ERASER_BINS)
+                for t in g.steps(i):
+                    if is_digit_step(i, t):
+                        ap.setdefault(name, []).append(auprc(att.step_scores(i, t)[:n_p], gold))
+        faith = generation_faithfulness(lm, ex, seed=seed, bins=bins or ERASER_BINS, select=is_digit_step)
         aopc = faith.aopc.copy()
         aopc["example"] += start
         aopc_rows.append(aopc)

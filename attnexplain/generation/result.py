@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..capturing.attention import Record
 from ..capturing.result import CaptureResult
 
 __all__ = ["GenerationResult"]
@@ -106,13 +105,13 @@ class GenerationResult(CaptureResult):
         if self.is_encoder_decoder:
             raise ValueError("step_view is for decoder-only generations; use step_attention(kind='cross'/'self')")
         r = self.readout_position(step) + 1
+        mask = self.attention_mask[:, :r]
         records = {
-            key: [Record(site=rec.site, probs=rec.probs.to_dense()[:, :, :r, :r] if rec.probs.is_sparse else rec.probs[:, :, :r, :r],
-                         values=None if rec.values is None else rec.values[:, :, :r], heads=rec.heads,
-                         num_heads=rec.num_heads) for rec in recs]
+            key: [dataclasses.replace(rec, probs=(rec.probs.to_dense() if rec.probs.is_sparse else rec.probs)[:, :, :r, :r],
+                                      values=None if rec.values is None else rec.values[:, :, :r],
+                                      key_mask=mask.bool().to(rec.probs.device), key_mask_known=True) for rec in recs]
             for key, recs in self.records.items()
         }
-        mask = self.attention_mask[:, :r]
         return CaptureResult(
             input_ids=self.input_ids[:, :r], attention_mask=mask,
             tokens=[[t for t, keep in zip(self._all_tokens(i), mask[i].tolist()) if keep] for i in range(mask.shape[0])],
