@@ -194,8 +194,12 @@ def test_each_generated_token_is_explained_as_its_own_call():
                 assert abs(got - np_ref).max() < 1e-4, (name, i, t, abs(got - np_ref).max())
             assert np.isnan(ex["raw_attention"].scores[i][t, n_p + t :]).all()  # not visible to step t
     df = ex.to_dataframe()
-    assert set(EXPLAINED) <= set(df.columns) and len(df) == sum(ex["random"].n_prompt[i] * 3 + 3 for i in range(2))
-    assert "step 0" in ex.format(0)
+    # every visible (step, token) pair once, without the BOS token (special and the attention sink)
+    assert set(EXPLAINED) <= set(df.columns) and len(df) == sum((ex["random"].n_prompt[i] - 1) * 3 + 3 for i in range(2))
+    assert "<s>" not in set(df["token"]) and "step 0" in ex.format(0)
+    for i in range(2):
+        for t in range(3):
+            assert all(tok != "<s>" for tok, _ in ex.top_sources(i, t, "raw_attention", k=50))
 
 
 def test_contrastive_scores_attribute_the_log_prob_difference():

@@ -92,8 +92,11 @@ class ExplainArgs:
             return "\n".join(header + [g.summary(0), "", "(per-token explanations are implemented for decoder-only "
                                                           "models; this shows the generation and its step probabilities)"])
         ex = explain_generation(lm, [self.text], generation_methods(self.methods), max_new_tokens=n,
-                                target=self.continuation, contrast=self.contrast)
-        return "\n".join(header + [ex.format(0, top=self.top)])
+                                target=self.continuation, contrast=self.contrast,
+                                exclude_special_tokens=not self.include_special_tokens)
+        note = ("" if self.include_special_tokens else
+                "(special tokens and the first token, the attention sink, left out; --include-special-tokens shows them)")
+        return "\n".join(header + [ex.format(0, top=self.top), note]).rstrip()
 
     def run(self) -> str:
         """Explain the text; returns a printable summary."""

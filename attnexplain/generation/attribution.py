@@ -79,6 +79,9 @@ class GenerationAttribution:
         n_prompt: per example, how many of ``tokens`` are prompt tokens.
         scores: per example a (N_i, n_i) float64 matrix, NaN where not visible.
         contrast: per example the contrast tokens per step (None if not contrastive).
+        excluded: per example (n_i,) bool, tokens left out of rankings and tables (special tokens
+            and the attention sink, :func:`attnexplain.methods.special_tokens.special_token_mask`);
+            None when every token is shown. ``scores`` keep every token's value.
     """
 
     method: str
@@ -86,6 +89,14 @@ class GenerationAttribution:
     n_prompt: list[int]
     scores: list[np.ndarray]
     contrast: list[list[str]] | None = None
+    excluded: list[np.ndarray] | None = None
+
+    def shown(self, i: int) -> np.ndarray:
+        """(n_i,) bool: the tokens shown in rankings and tables (all but special tokens and a causal
+        model's attention sink when the explanation left them out; see ``exclude_special_tokens``)."""
+        if self.excluded is None:
+            return np.ones(len(self.tokens[i]), dtype=bool)
+        return ~self.excluded[i]
 
     def source(self, i: int) -> np.ndarray:
         """(N_i, prompt tokens): scores of the prompt tokens for each generated token."""
@@ -120,9 +131,13 @@ class GenerationExplanation:
         """The ``k`` highest-scored visible tokens for generated token ``step``: (token, score)."""
         from ..methods import rank_tokens
 
-        s = self.attributions[method].step_scores(example, step)
-        toks = self.attributions[method].tokens[example]
-        return [(toks[j], float(s[j])) for j in rank_tokens(s)[:k]]
+        att = self.attributions[method]
+        s = att.step_scores(example, step)
+        toks = att.tokens[example]
+        keep = np.flatnonzero(att.shown(example)[: s.size])
+        if keep.size == 0:
+            keep = np.arange(s.size)
+        return [(toks[keep[j]], float(s[keep[j]])) for j in rank_tokens(s[keep])[:k]]
 
     def to_dataframe(self):
         """Long table: example, step, generated_token, prob, position, token, is_prompt, one column per method."""
@@ -133,8 +148,11 @@ class GenerationExplanation:
         first = next(iter(self.attributions.values()))
         for i in range(len(first.scores)):
             n_p = first.n_prompt[i]
+            shown = first.shown(i)
             for t in g.steps(i):
                 for j in range(n_p + t):
+                    if not shown[j]:
+                        continue
                     row = {"example": i, "step": t, "generated_token": g.generated_tokens[i][t],
                            "prob": float(g.step_probs[i, t]), "position": j, "token": first.tokens[i][j],
                            "is_prompt": j < n_p}
@@ -219,6 +237,7 @@ def explain_generation(
     target: str | Sequence[str] | None = None,
     contrast: str | Sequence[str] | None = None,
     steps: Sequence[int] | None = None,
+    exclude_special_tokens: bool = True,
     **generate_kwargs: Any,
 ) -> GenerationExplanation:
     """Explain every generated token of ``prompts`` with each method.
@@ -235,6 +254,9 @@ def explain_generation(
             ``log p(y_t) - log p(c_t)`` with ``c_t`` the contrast's ``t``-th token, for the steps
             the contrast has tokens for (see the module docstring).
         steps: explain only these steps (default: all).
+        exclude_special_tokens: leave special tokens and the attention sink (a causal model's first
+            token) out of rankings and tables (the project's one option for this,
+            :mod:`attnexplain.methods.special_tokens`); their scores stay in ``scores``.
 
     Returns:
         :class:`GenerationExplanation` (``.format()`` for text, ``.to_dataframe()`` for a table).
@@ -299,10 +321,16 @@ def explain_generation(
                 if valid[i]:
                     mats[m.name][i][t, : n_prompt[i] + t] = np.asarray(scores[i], dtype=np.float64)
     tokens = [list(gen.tokens[i][: n_prompt[i] + n_steps[i]]) for i in range(B)]
+    excluded = None
+    if exclude_special_tokens:
+        from ..methods.special_tokens import special_token_mask
+
+        excluded = [m[: n_prompt[i] + n_steps[i]] for i, m in
+                    enumerate(special_token_mask(lm, gen.input_ids, gen.attention_mask, attention_sink=True))]
     contrast_tokens = None
     if foil is not None:
         from ..token_text import readable_tokens
 
         contrast_tokens = [readable_tokens(lm.tokenizer, [c for c in foil[i].tolist() if c >= 0]) for i in range(B)]
-    atts = {m.name: GenerationAttribution(m.name, tokens, n_prompt, mats[m.name], contrast_tokens) for m in built}
+    atts = {m.name: GenerationAttribution(m.name, tokens, n_prompt, mats[m.name], contrast_tokens, excluded) for m in built}
     return GenerationExplanation(generation=gen, attributions=atts, contrast_ids=foil, skipped=skipped)

@@ -89,7 +89,7 @@ def recall_evaluation(lm: Any, examples: Sequence[RecallExample], methods: Seque
     """
     import pandas as pd
 
-    from ..data.synthetic import auprc
+    from ..metrics import auprc
     from ..metrics import ERASER_BINS
     from .attribution import explain_generation
     from .decoding import generate
