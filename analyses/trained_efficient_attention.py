@@ -53,10 +53,11 @@ import torch  # noqa: E402
 from attnexplain.capturing.attention import CaptureSpec, session  # noqa: E402
 from attnexplain.efficient_models import ATTENTION_MECHANISMS, load_efficient_classifier, train_efficient_classifier  # noqa: E402
 from attnexplain.efficient_models.train import TextEncoder, load_texts  # noqa: E402
+from attnexplain.metrics import ERASER_BINS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "analyses" / "out" / "trained_efficient_attention"
-BINS = (0.01, 0.05, 0.10, 0.20, 0.50)
+BINS = ERASER_BINS
 
 
 # --------------------------------------------------------------------------------------------

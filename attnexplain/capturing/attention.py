@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import repeat_kv
 
 from ..backends import AttentionBackend, AttentionCall, get_backend
 from .adapters import AttentionSite, find_attention_sites
@@ -164,13 +165,6 @@ def _marked_sites(model: nn.Module) -> list[AttentionSite]:
     return [m._attnexplain_site for m in model.modules() if getattr(m, "_attnexplain_site", None) is not None]
 
 
-def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    if n_rep == 1:
-        return x
-    b, h, s, d = x.shape
-    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
-
-
 def build_call(
     module: nn.Module,
     query: torch.Tensor,
@@ -185,8 +179,8 @@ def build_call(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     n_rep = query.shape[1] // key.shape[1]
-    key = _repeat_kv(key, n_rep)
-    value = _repeat_kv(value, n_rep)
+    key = repeat_kv(key, n_rep)  # transformers' own (grouped-query attention: each k/v head serves n_rep query heads)
+    value = repeat_kv(value, n_rep)
     mask = attention_mask
     if mask is not None and mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(

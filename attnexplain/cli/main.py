@@ -16,6 +16,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import AttnExplainError
+from ..models import DEFAULT_MODEL
 from .args import (
     AnalyzeArgs,
     CompareArgs,
@@ -30,7 +31,6 @@ from .args import (
     parse_list,
 )
 
-DEFAULT_MODEL = "minilm-rotten-tomatoes"  # same as attnexplain.models.DEFAULT_MODEL (kept import-free for --help)
 
 app = typer.Typer(
     name="attnexplain",

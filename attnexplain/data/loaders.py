@@ -43,9 +43,10 @@ Rules for user data (all documented failures raise :class:`DatasetError`, a ``Va
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from .._registry import Registry
 from .builtin import BUILTINS, load_builtin
 from .dataset import SPLITS, DatasetError, TextDataset
 from .synthetic import SYNTHETIC_TASKS, load_synthetic
@@ -57,10 +58,9 @@ def list_datasets() -> dict[str, str]:
     return {name: description for name, (_, description) in _named_loaders().items()}
 
 
-def _named_loaders() -> dict[str, tuple[Callable[..., TextDataset], str]]:
+def _named_loaders() -> Registry:
     """The name table ``load_dataset`` dispatches through: name -> (loader(name, split=...), description)."""
-    table: dict[str, tuple[Callable[..., TextDataset], str]] = {
-        name: (load_builtin, spec.description) for name, spec in BUILTINS.items()}
+    table = Registry("data set", {name: (load_builtin, spec.description) for name, spec in BUILTINS.items()})
     table.update({name: (load_synthetic, spec.description) for name, spec in SYNTHETIC_TASKS.items()})
     return table
 

@@ -44,7 +44,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dataset import DatasetError, TextDataset, split_of
+from .._registry import Registry
+from .dataset import TextDataset, split_of
 
 __all__ = [
     "SYNTHETIC_TASKS",
@@ -137,7 +138,7 @@ class SyntheticSpec:
     prefix: str
 
 
-SYNTHETIC_TASKS: dict[str, SyntheticSpec] = {
+SYNTHETIC_TASKS: Registry = Registry("synthetic task", {
     "synthetic-negation": SyntheticSpec(
         "synthetic-negation",
         "sentiment word whose polarity an in-scope negator flips (out-of-scope negators as distractors); "
@@ -152,7 +153,7 @@ SYNTHETIC_TASKS: dict[str, SyntheticSpec] = {
         "synthetic-markers",
         "does the closing marker </u> match the opening marker <t>? (match/mismatch); gold rationale: both markers",
         ("mismatch", "match"), _markers_example, "markers"),
-}
+})
 
 
 # -- a simple negation variant (no rationales; tiny training runs) --------------------------
@@ -193,9 +194,7 @@ def generate(task: str, n: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED) -> list
     Deterministic: the same ``(task, n, seed)`` gives the same rows everywhere (``random.Random``
     seeded with a string, whose seeding is stable across Python versions and platforms).
     """
-    if task not in SYNTHETIC_TASKS:
-        raise DatasetError(f"unknown synthetic task {task!r}; known: {', '.join(SYNTHETIC_TASKS)}")
-    spec = SYNTHETIC_TASKS[task]
+    spec = SYNTHETIC_TASKS[task]  # UnknownNameError listing the tasks
     rng = random.Random(f"{task}:{seed}")
     width = len(str(n - 1))
     rows = []
@@ -231,9 +230,7 @@ def package_file(task: str) -> Path:
 
 def load_synthetic(name: str, *, split: str = "test") -> TextDataset:
     """A synthetic task as a :class:`TextDataset` with ``rationales`` (word indices)."""
-    if name not in SYNTHETIC_TASKS:
-        raise DatasetError(f"unknown synthetic task {name!r}; known: {', '.join(SYNTHETIC_TASKS)}")
-    spec = SYNTHETIC_TASKS[name]
+    spec = SYNTHETIC_TASKS[name]  # UnknownNameError listing the tasks
     rows = None
     path = package_file(name)
     if path.exists():

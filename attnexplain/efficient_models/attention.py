@@ -33,6 +33,7 @@ import math
 import torch
 from torch import nn
 
+from .._registry import Registry
 from ..capturing.attention import active_session
 from ..capturing.sites import report_attention
 
@@ -70,7 +71,8 @@ def attention_param_formula(attention: str, d_model: int, max_len: int | None = 
         if max_len is None:
             raise ValueError("the super-attention parameter count needs max_len (W_A is max_len x max_len)")
         return 2 * d * d + 2 * d + max_len * max_len
-    raise ValueError(f"unknown attention {attention!r}; choose one of {sorted(ATTENTION_MECHANISMS)}")
+    ATTENTION_MECHANISMS[attention]  # UnknownNameError listing the mechanisms
+    raise AssertionError(f"no parameter formula for the attention mechanism {attention!r}")
 
 
 class _AttentionBase(nn.Module):
@@ -486,21 +488,19 @@ class ElementwiseAttention(_AttentionBase):
 
 
 #: name -> class
-ATTENTION_MECHANISMS: dict[str, type[_AttentionBase]] = {
+ATTENTION_MECHANISMS: Registry = Registry("attention mechanism", {
     "standard": StandardAttention,
     "optimised": OptimisedAttention,
     "efficient": EfficientAttention,
     "super": SuperAttention,
     "elementwise": ElementwiseAttention,
-}
+})
 
 
 def make_attention(attention: str, d_model: int, n_heads: int, *, causal: bool = False,
                    max_len: int | None = None, taylor_order: int = 2, allow_odd_order: bool = False) -> nn.Module:
     """Build one of :data:`ATTENTION_MECHANISMS` by name (``taylor_order`` only for elementwise)."""
-    cls = ATTENTION_MECHANISMS.get(attention)
-    if cls is None:
-        raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_MECHANISMS)}")
+    cls = ATTENTION_MECHANISMS[attention]  # UnknownNameError (a ValueError) listing the mechanisms
     if cls is ElementwiseAttention:
         return cls(d_model, n_heads, causal=causal, max_len=max_len, taylor_order=taylor_order,
                    allow_odd_order=allow_odd_order)

@@ -82,8 +82,7 @@ class EfficientTransformerClassifier(nn.Module):
             raise ValueError(f"num_labels must be >= 2, got {num_labels}")
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        if attention not in ATTENTION_MECHANISMS:
-            raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_MECHANISMS)}")
+        ATTENTION_MECHANISMS[attention]  # UnknownNameError (a ValueError) listing the mechanisms
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         if not 0.0 <= dropout < 1.0:

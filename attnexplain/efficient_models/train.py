@@ -309,8 +309,7 @@ def train_efficient_classifier(
     ``epochs_done``, ``final_loss``, sizes, ``data_source``, ``path`` (None unless saved) and
     the settings.
     """
-    if attention not in ATTENTION_MECHANISMS:
-        raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_MECHANISMS)}")
+    ATTENTION_MECHANISMS[attention]  # UnknownNameError (a ValueError) listing the mechanisms
     if num_threads is not None:
         if num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {num_threads}")

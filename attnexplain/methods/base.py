@@ -28,6 +28,10 @@ __all__ = [
     "rank_tokens",
 ]
 
+#: the methods ``explain`` and ``compare_backends`` use when none are named (``analyze``'s longer
+#: default list is :data:`attnexplain.runs.settings.DEFAULT_METHODS`)
+DEFAULT_EXPLAIN_METHODS = ("raw_attention", "effective_attention")
+
 METHODS = Registry("explanation method")  # name -> ExplanationMethod subclass
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Attribution, ExplanationMethod, get_method
+from .base import DEFAULT_EXPLAIN_METHODS, Attribution, ExplanationMethod, get_method
 
 
 def explain_batch(
@@ -66,7 +66,7 @@ def _refuse_headless(lm: Any) -> None:
 def explain(
     lm: Any,
     texts: str | Sequence[str],
-    methods: Sequence[str | ExplanationMethod] = ("raw_attention", "effective_attention"),
+    methods: Sequence[str | ExplanationMethod] = DEFAULT_EXPLAIN_METHODS,
     *,
     target: Sequence[int] | None = None,
     batch_size: int = 16,

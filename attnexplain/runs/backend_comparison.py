@@ -59,6 +59,7 @@ from ..backends.spec import (
     smyrf_cluster_size,
     smyrf_config_for_share,
 )
+from ..methods.base import DEFAULT_EXPLAIN_METHODS
 from .markdown import format_markdown_table
 
 __all__ = [
@@ -73,7 +74,7 @@ __all__ = [
     "format_markdown_table",
 ]
 
-DEFAULT_METHODS = ("raw_attention", "effective_attention")
+DEFAULT_METHODS = DEFAULT_EXPLAIN_METHODS
 
 
 # --------------------------------------------------------------------------------------------

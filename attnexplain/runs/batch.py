@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..metrics import jsd
+
 
 @dataclass
 class _Setup:
@@ -59,22 +61,12 @@ def _faithfulness(setup: _Setup, enc: dict[str, torch.Tensor], scores: dict[str,
     return {m: vals[i] for i, m in enumerate(setup.method_names)}
 
 
-def _jsd_rows(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon divergence (natural log) between rows (last dim) of P and Q."""
-    M = 0.5 * (P + Q)
-
-    def kl(a, b):
-        return torch.where(a > 0, a * (torch.log(a.clamp_min(1e-30)) - torch.log(b.clamp_min(1e-30))), torch.zeros((), dtype=a.dtype)).sum(-1)
-
-    return (0.5 * kl(P, M) + 0.5 * kl(Q, M)).clamp_min(0)
-
-
 def _head_stats(setup: _Setup, cap: Any, mask: torch.Tensor, readout_pos: torch.Tensor, stored: list[int]):
     """Per (layer, example, head): entropy, eff_raw_jsd, eff_raw_l1; plus effective matrices of ``stored``."""
     layers = cap.layers()
     km = mask.bool()
     B = km.shape[0]
-    ent, jsd, l1 = [], [], []
+    ent, jsds, l1 = [], [], []
     eff_store: dict[int, list[torch.Tensor]] = {i: [] for i in stored}
     qmask = km[:, None, :].float()  # (B, 1, n) over query rows
     nq = km.sum(-1).clamp_min(1).float()[:, None]  # (B, 1)
@@ -88,17 +80,17 @@ def _head_stats(setup: _Setup, cap: Any, mask: torch.Tensor, readout_pos: torch.
         except (ValueError, RuntimeError):
             E = None
         if E is None:
-            jsd.append(torch.full(rows.shape[:2], float("nan")))
+            jsds.append(torch.full(rows.shape[:2], float("nan")))
             l1.append(torch.full(rows.shape[:2], float("nan")))
             continue
         absE = E.abs()
         Q = absE / absE.sum(-1, keepdim=True).clamp_min(1e-30)
-        d = _jsd_rows(A, Q)  # (B, H, n)
-        jsd.append((d * qmask).sum(-1) / nq)
+        d = jsd(A, Q)  # (B, H, n), per row
+        jsds.append((d * qmask).sum(-1) / nq)
         l1.append(((A - E).abs().sum(-1) * qmask).sum(-1) / nq)
         for i in stored:
             eff_store[i].append(E[i])
-    stats = {"entropy": torch.stack(ent), "eff_raw_jsd": torch.stack(jsd), "eff_raw_l1": torch.stack(l1)}  # (L, B, H)
+    stats = {"entropy": torch.stack(ent), "eff_raw_jsd": torch.stack(jsds), "eff_raw_l1": torch.stack(l1)}  # (L, B, H)
     eff = {i: torch.stack(v) for i, v in eff_store.items() if v}
     return stats, eff
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..metrics import kendall_tau_matrix
 from .markdown import format_markdown_table
 from .reader import Run, open_run
 
@@ -94,22 +95,6 @@ def aopc_table(run: Run, examples: Any = None, n_resamples: int = 2000):
     return pd.DataFrame(rows)
 
 
-def _kendall_matrix(scores: np.ndarray) -> np.ndarray:
-    """Kendall tau-b between all pairs of rows of ``scores`` (M, n), vectorised: (M, M)."""
-    M, n = scores.shape
-    if n < 2:
-        return np.full((M, M), np.nan)
-    iu = np.triu_indices(n, 1)
-    s = np.sign(scores[:, :, None] - scores[:, None, :])[:, iu[0], iu[1]]  # (M, P)
-    num = s @ s.T  # concordant - discordant
-    nonzero = (s != 0).sum(1).astype(np.float64)  # pairs not tied in that ranking
-    den = np.sqrt(np.outer(nonzero, nonzero))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tau = num / den
-    tau[den == 0] = np.nan
-    return tau
-
-
 def method_agreement(tokens: Any, methods: list[str]):
     """Mean (over examples) Kendall tau-b between every pair of methods' token scores: DataFrame M x M."""
     import pandas as pd
@@ -128,7 +113,7 @@ def method_agreement(tokens: Any, methods: list[str]):
             if n * M != len(grp):
                 continue
             sc = grp["score"].to_numpy(dtype=np.float64).reshape(M, n)
-            tau = _kendall_matrix(sc)
+            tau = kendall_tau_matrix(sc)
             ok = ~np.isnan(tau)
             total[ok] += tau[ok]
             count[ok] += 1
@@ -348,7 +333,7 @@ def compare(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *, o
             if ta != tb:
                 skipped += 1
                 continue
-            tau = _kendall_matrix(np.stack([xa, xb]))[0, 1]
+            tau = kendall_tau_matrix(np.stack([xa, xb]))[0, 1]
             if not np.isnan(tau):
                 taus.append(tau)
         row["rank_tau"] = float(np.mean(taus)) if taus else float("nan")

@@ -9,14 +9,15 @@ import platform
 from collections.abc import Mapping, Sequence
 
 from ..errors import AttnExplainError
+from ..metrics import ERASER_BINS
 from .atomic_io import _log_stderr
 
 
 #: the methods ``analyze`` runs by default (integrated gradients is left out: it is ~20x slower;
 #: ``methods=["all"]`` runs every registered method)
 DEFAULT_METHODS = ("raw_attention", "effective_attention", "norm", "rollout", "gradient_x_input", "random")
-#: ERASER's bins (fractions of the content tokens)
-DEFAULT_BINS = (0.01, 0.05, 0.1, 0.2, 0.5)
+#: ERASER's bins (fractions of the content tokens): :data:`attnexplain.metrics.ERASER_BINS`
+DEFAULT_BINS = ERASER_BINS
 #: methods left out of ``"all"`` because they are far too slow for data sets
 SLOW_METHODS = ("flow", "attention_distribution")
 

@@ -45,6 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._registry import Registry
+from ..errors import UnknownNameError
+
 __all__ = ["prepare_classifier", "prepare_tiny", "CLASSIFIERS", "TINY_TASKS", "train_classifier", "evaluate",
            "cpu_threads"]
 
@@ -60,22 +63,22 @@ class ClassifierRecipe:
 
 
 #: the classifiers :func:`prepare_classifier` knows; their defaults
-CLASSIFIERS: dict[str, ClassifierRecipe] = {
+CLASSIFIERS: Registry = Registry("classifier", {
     "minilm-rotten-tomatoes": ClassifierRecipe(
         "rotten-tomatoes", 64, 1, None, "MiniLM fine-tuned on rotten-tomatoes (fresh/rotten); the default model"),
     "minilm-bbc-news": ClassifierRecipe(
         "bbc-news", 256, 1, None, "MiniLM fine-tuned on bbc-news (5 topics), inputs truncated to 256 tokens"),
-}
+})
 
 #: synthetic tasks :func:`prepare_tiny` trains on -> default (epochs, lr), tuned for >= 95 % validation
 #: accuracy. The labels have no first-order signal (XOR-like: no single word predicts them), so
 #: training starts on a loss plateau; weights initialised with std 0.1 instead of BERT's 0.02 leave
 #: it within 1-4 epochs (with 0.02: 3-15 epochs, or not at all with some learning rates).
-TINY_TASKS: dict[str, tuple[int, float]] = {
+TINY_TASKS: Registry = Registry("synthetic task", {
     "synthetic-negation": (6, 2e-3),
     "synthetic-lookup": (12, 2e-3),
     "synthetic-markers": (12, 2e-3),
-}
+})
 
 
 def _log(msg: str) -> None:
@@ -296,8 +299,8 @@ def prepare_classifier(name: str = "minilm-rotten-tomatoes", *, epochs: int | No
     from ..models import cache_dir, load_model
 
     if name not in CLASSIFIERS:
-        raise ValueError(f"unknown classifier {name!r}; known: {', '.join(CLASSIFIERS)} "
-                         f"(and tiny-<task> via prepare_tiny)")
+        raise UnknownNameError(f"unknown classifier {name!r}; available: {', '.join(CLASSIFIERS.names())} "
+                               f"(and tiny-<task> via prepare_tiny)")
     recipe = CLASSIFIERS[name]
     epochs = recipe.epochs if epochs is None else int(epochs)
     max_length = recipe.max_length if max_length is None else int(max_length)
@@ -394,8 +397,7 @@ def prepare_tiny(task: str = "synthetic-negation", *, epochs: int | None = None,
     from ..data import load_dataset
     from ..models import cache_dir
 
-    if task not in TINY_TASKS:
-        raise ValueError(f"unknown synthetic task {task!r}; known: {', '.join(TINY_TASKS)}")
+    TINY_TASKS[task]  # UnknownNameError (a ValueError) listing the tasks
     epochs = TINY_TASKS[task][0] if epochs is None else int(epochs)
     lr = TINY_TASKS[task][1] if lr is None else float(lr)
     threads = cpu_threads() if threads is None else int(threads)

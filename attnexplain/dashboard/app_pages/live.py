@@ -13,12 +13,14 @@ import pandas as pd
 import streamlit as st
 
 from attnexplain.dashboard import example_views
+from attnexplain.models import DEFAULT_MODEL
+from attnexplain.runs.settings import DEFAULT_METHODS
 
-DEFAULT_MODEL = "minilm-rotten-tomatoes"
 FALLBACK_MODEL = "minilm"
 MAX_FLOW_TOKENS = 128
 MAX_DISTRIBUTION_TOKENS = 256
-LIVE_DEFAULT_METHODS = ["raw_attention", "effective_attention", "norm", "rollout", "gradient_x_input"]
+#: analyze's default methods without the random baseline
+LIVE_DEFAULT_METHODS = [m for m in DEFAULT_METHODS if m != "random"]
 
 st.title("Live")
 
