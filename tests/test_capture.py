@@ -386,3 +386,27 @@ def test_first_token_readout_refuses_other_readouts(arch):
         with first_token_readout(model):
             pass
     assert not first_token_readout_supported(tiny_hf_model("bert", task="base"))  # not a classifier
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_captured_layers_take_their_output_from_the_captured_probabilities(arch, monkeypatch):
+    """Where attention is captured, the layer output is A @ V from the probabilities just computed
+    (no fused SDPA call beside them); layers not captured run the fused kernel. Logits equal SDPA's."""
+    import attnexplain.backends.dense as dense_mod
+
+    lm = tiny_model(arch)
+    ref = _reference(arch, "sdpa")
+    inputs = tiny_inputs(arch, pad=None if arch == "vit" else "right")
+    with torch.no_grad():
+        expected = ref(**_with_positions(ref, inputs)).logits
+    calls = []
+    real_sdpa = dense_mod.F.scaled_dot_product_attention
+    monkeypatch.setattr(dense_mod.F, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or real_sdpa(*a, **k))
+    full = capture(lm, inputs)
+    assert calls == []  # every site captured: no fused call at all
+    assert (full.logits - expected).abs().max().item() < 1e-5
+    n_sites = len(full.records)
+    part = capture(lm, inputs, layers=[0])
+    assert len(calls) == n_sites - len(part.records) > 0  # the others keep the fused kernel
+    assert (part.logits - expected).abs().max().item() < 1e-5

@@ -13,9 +13,33 @@ import torch.nn.functional as F
 from .base import AttentionBackend, AttentionCall, register_backend
 
 
+def _scores(call: AttentionCall) -> torch.Tensor:
+    """``call.scores()`` with the scaling applied to the queries (B, H, n, d) instead of the
+    scores (B, H, n, m): one small multiplication instead of a pass over the n x m scores."""
+    q = call.query
+    if call.extras.get("softcap") is not None or q.shape[-1] > call.key.shape[-2]:
+        return call.scores()
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    # scaled into a contiguous buffer: the GEMM then needs no copy of the (transposed-view) queries
+    qs = torch.mul(q.to(dtype), call.scaling, out=torch.empty(q.shape, dtype=dtype, device=q.device)) \
+        if not q.requires_grad else q.to(dtype) * call.scaling
+    s = torch.matmul(qs, call.key.to(dtype).transpose(-1, -2))
+    if call.mask is not None:
+        mask = call.mask.to(dtype)
+        return s.add_(mask) if s.shape == torch.broadcast_shapes(s.shape, mask.shape) else s + mask
+    if call.causal:  # no mask given: causal structure must still hold (query i sees keys <= i + m - n)
+        n, m = s.shape[-2], s.shape[-1]
+        allowed = torch.ones(n, m, dtype=torch.bool, device=s.device).tril_(diagonal=m - n)
+        s = s.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return s
+
+
 def dense_attention_probs(call: AttentionCall) -> torch.Tensor:
-    """softmax(Q K^T * scaling + mask) in float32 (B, H, n, m); fully masked rows become 0."""
-    probs = torch.softmax(call.scores(), dim=-1)
+    """softmax(Q K^T * scaling + mask) in float32 (B, H, n, m); fully masked rows become 0.
+
+    Without autograd the softmax overwrites the fresh score tensor (no second n x m buffer)."""
+    scores = _scores(call)
+    probs = torch.softmax(scores, dim=-1) if scores.requires_grad else torch.softmax(scores, dim=-1, out=scores)
     # transformers' masks use the dtype's minimum (finite), so rows never become NaN; a mask with
     # -inf can fully mask a row (NaN after softmax): make those rows exact zeros.
     if call.mask is not None and torch.isinf(call.mask).any():

@@ -188,14 +188,19 @@ def build_call(
         )
     if mask is not None:
         mask = mask[..., : key.shape[-2]]
+    causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
+    n, m = query.shape[-2], key.shape[-2]
+    all_real = False
+    if mask is not None and not (causal and n > 1) and not bool(mask.any()):
+        # an all-zero additive mask (no padding, no structure: e.g. an unpadded encoder batch) changes
+        # nothing; without it SDPA takes its mask-free kernel and the capture skips adding it
+        mask, all_real = None, True
     position_bias = kwargs.get("position_bias")
     if position_bias is not None:  # T5: relative position bias added to the scores
         position_bias = position_bias[..., -query.shape[-2] :, : key.shape[-2]]
         mask = position_bias if mask is None else mask + position_bias
-    causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
-    n, m = query.shape[-2], key.shape[-2]
     key_padding = None
-    if attention_mask is not None and attention_mask.dim() == 4:
+    if attention_mask is not None and attention_mask.dim() == 4 and not all_real:
         base = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
         base = base[..., :m]
         kp = base.any(dim=-2).any(dim=1)  # (B, m)
