@@ -64,7 +64,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models import LoadedModel
 from ..metrics import ERASER_BINS, aopc as _aopc, bootstrap_ci
+
 
 __all__ = [
     "REMOVAL_MODES",
@@ -233,7 +235,7 @@ class _Example:
     content: list[int]  # positions of content tokens in ids
 
 
-def _examples_from_batch(lm: Any, batch: Mapping[str, torch.Tensor]) -> list[_Example]:
+def _examples_from_batch(lm: LoadedModel, batch: Mapping[str, torch.Tensor]) -> list[_Example]:
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
     tt = batch.get("token_type_ids")
@@ -358,7 +360,7 @@ def _readout_context(model: Any, run: Any) -> Any:
     return (lambda: first_token_readout(model)) if ok else contextlib.nullcontext
 
 
-def _forward_probs(lm: Any, seqs: list[tuple[list[int], list[int] | None]], max_batch: int,
+def _forward_probs(lm: LoadedModel, seqs: list[tuple[list[int], list[int] | None]], max_batch: int,
                    forward_cost_tokens: float = 64.0, precision: str = "float32",
                    skip_unread: bool = True) -> tuple[np.ndarray, int]:
     """Class probabilities for each sequence (length-bucketed batches); returns (probs, forwards).
@@ -429,7 +431,7 @@ def _per_method(x: Any, default_name: str) -> dict[str, Sequence[Any]]:
 
 
 def faithfulness(
-    lm: Any,
+    lm: LoadedModel,
     inputs: str | Sequence[str] | Mapping[str, torch.Tensor],
     scores: Mapping[str, Sequence[Any]] | Sequence[Any] | None = None,
     *,
@@ -586,7 +588,7 @@ def random_rankings(lengths: Sequence[int], seed: int = 0) -> list[np.ndarray]:
 
 
 def faithfulness_for_methods(
-    lm: Any,
+    lm: LoadedModel,
     texts: str | Sequence[str],
     methods: Sequence[Any] = ("raw_attention", "effective_attention"),
     *,

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models import LoadedModel
 from ..capturing.adapters import AttentionSite
 from ..capturing.attention import session
 
@@ -16,7 +17,7 @@ from .interventions import mean, zero
 from .runners import _grouped, _logits, _output_change, _sites_by_key, _torch_model, run_with_interventions, site_keys
 
 
-def head_means(lm: Any, texts: str | Sequence[str], *, layers: Sequence[int | str] | None = None,
+def head_means(lm: LoadedModel, texts: str | Sequence[str], *, layers: Sequence[int | str] | None = None,
                batch_size: int = 16) -> dict[str, torch.Tensor]:
     """Mean head output per site: {site key: (H, d_v)}, ``mu_h = mean over all real query
     positions of all texts of a_i V_h`` (the head's output before the output projection)."""
@@ -62,7 +63,7 @@ def _output_patch(site: AttentionSite, H: int, groups: list[dict[int, torch.Tens
 
 
 def head_ablation(
-    lm: Any,
+    lm: LoadedModel,
     texts: str | Sequence[str],
     *,
     mode: str = "zero",

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models import LoadedModel
 from ..backends import AttentionCall
 from ..capturing.adapters import AttentionSite, find_attention_sites
 from ..capturing.attention import session
@@ -18,20 +19,20 @@ from ..capturing.attention import session
 from .interventions import Intervention, build_intervention, topk
 
 
-def _torch_model(lm: Any) -> torch.nn.Module:
+def _torch_model(lm: LoadedModel) -> torch.nn.Module:
     from ..models import torch_module
 
     return torch_module(lm)
 
 
-def _sites_by_key(lm: Any) -> dict[str, AttentionSite]:
+def _sites_by_key(lm: LoadedModel) -> dict[str, AttentionSite]:
     model = _torch_model(lm)
     cached = getattr(model, "_attnexplain_sites", None)
     sites = cached if cached is not None else find_attention_sites(model)
     return {s.key: s for s in sites.values()}
 
 
-def site_keys(lm: Any, layers: Sequence[int | str] | int | str | None = None) -> list[str]:
+def site_keys(lm: LoadedModel, layers: Sequence[int | str] | int | str | None = None) -> list[str]:
     """Site keys for ``layers``: ints are layers of the primary stack's self-attention
     (``"main"``, else ``"encoder"``), strings are site keys; None = all self-attention layers of
     the primary stack."""
@@ -57,7 +58,7 @@ def site_keys(lm: Any, layers: Sequence[int | str] | int | str | None = None) ->
     return out
 
 
-def _as_batch(lm: Any, inputs: Any) -> dict[str, torch.Tensor]:
+def _as_batch(lm: LoadedModel, inputs: Any) -> dict[str, torch.Tensor]:
     if isinstance(inputs, (str, list, tuple)):
         return lm.tokenize([inputs] if isinstance(inputs, str) else list(inputs))
     return dict(inputs)
@@ -68,14 +69,14 @@ def _logits(out: Any) -> torch.Tensor:
     return logits if logits.dim() == 2 else logits[:, -1]
 
 
-def _resolve_keys(lm: Any, interventions: Mapping[Any, Intervention]) -> dict[str, Intervention]:
+def _resolve_keys(lm: LoadedModel, interventions: Mapping[Any, Intervention]) -> dict[str, Intervention]:
     out: dict[str, Intervention] = {}
     for key, fn in interventions.items():
         out[site_keys(lm, key)[0] if not isinstance(key, str) else key] = fn
     return out
 
 
-def run_with_interventions(lm: Any, batch: Any, interventions: Mapping[str | int, Intervention] | None = None) -> torch.Tensor:
+def run_with_interventions(lm: LoadedModel, batch: Any, interventions: Mapping[str | int, Intervention] | None = None) -> torch.Tensor:
     """Logits ((B, C); last position for sequence outputs) of the model run with ``interventions``
     ({site key or layer int: fn(A, call, site) -> A'}). ``batch``: texts or tokenized inputs."""
     batch = _as_batch(lm, batch)
@@ -109,7 +110,7 @@ def _grouped(per_group: list[Intervention | None], B: int) -> Intervention:
 
 
 def run_conditions(
-    lm: Any,
+    lm: LoadedModel,
     batch: Any,
     conditions: Sequence[Mapping[str | int, Intervention]],
     *,
@@ -170,7 +171,7 @@ def _measured(fn: Intervention, acc: dict[str, torch.Tensor]) -> Intervention:
 
 
 def intervention_effects(
-    lm: Any,
+    lm: LoadedModel,
     texts: str | Sequence[str],
     kinds: Sequence[str | tuple[str, Mapping[str, Any]]] = ("effective", "null_perturbation", "minus_effective", "uniform", "permute"),
     *,
@@ -216,7 +217,7 @@ def intervention_effects(
 
 
 def topk_sweep(
-    lm: Any,
+    lm: LoadedModel,
     texts: str | Sequence[str],
     ks: Sequence[int] = (1, 2, 4, 8, 16, 32),
     *,

@@ -9,8 +9,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models import LoadedModel
 from ..backends.spec import parse_key_values
 from ..models import DEFAULT_MODEL
+
 
 __all__ = [
     "PrepareArgs",
@@ -77,7 +79,7 @@ class ExplainArgs:
     text_pair: str | None = None
     include_special_tokens: bool = False
 
-    def _run_generation(self, lm: Any) -> str:
+    def _run_generation(self, lm: LoadedModel) -> str:
         """Language models: generate (or force ``continuation``), explain every generated token."""
         from ..generation import explain_generation, generate, generation_methods
         from ..runs.settings import AnalyzeError

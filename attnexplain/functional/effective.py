@@ -334,7 +334,7 @@ def _basis_from_values(V, W, key_mask, rtol, with_ones):
         V64 = _mask_rows(V64, key_mask)
     _check_finite(V64, "V")
     W64 = W.to(device=V.device, dtype=torch.float64)
-    _check_finite(W64, "W_O_blocks")
+    _check_finite(W64, "out_proj_blocks")
     if tol >= 1e-6 and V64.dim() >= 3 and V64.numel() > 0:
         U, rank = _certified_basis(V64, W64, key_mask, tol)
     else:
@@ -556,22 +556,22 @@ def effective_attention(
     return _project(A, U, _out_dtype(A.dtype, T.dtype))
 
 
-def _check_values(V: torch.Tensor, W_O_blocks: torch.Tensor) -> int:
-    """Check V (..., H, m, d_v) against W_O_blocks (H, d_v, d); returns H."""
+def _check_values(V: torch.Tensor, out_proj_blocks: torch.Tensor) -> int:
+    """Check V (..., H, m, d_v) against out_proj_blocks (H, d_v, d); returns H."""
     _check_tensor(V, "V", 3, "(..., H, m, d_v)")
-    _check_tensor(W_O_blocks, "W_O_blocks", 3, "(H, d_v, d)")
-    if W_O_blocks.ndim != 3:
-        raise ValueError(f"W_O_blocks must have shape (H, d_v, d), got {tuple(W_O_blocks.shape)}")
-    H, d_v, _ = W_O_blocks.shape
+    _check_tensor(out_proj_blocks, "out_proj_blocks", 3, "(H, d_v, d)")
+    if out_proj_blocks.ndim != 3:
+        raise ValueError(f"out_proj_blocks must have shape (H, d_v, d), got {tuple(out_proj_blocks.shape)}")
+    H, d_v, _ = out_proj_blocks.shape
     if V.shape[-3] != H or V.shape[-1] != d_v:
-        raise ValueError(f"V {tuple(V.shape)} must be (..., H={H}, m, d_v={d_v}) to match W_O_blocks {tuple(W_O_blocks.shape)}")
+        raise ValueError(f"V {tuple(V.shape)} must be (..., H={H}, m, d_v={d_v}) to match out_proj_blocks {tuple(out_proj_blocks.shape)}")
     return H
 
 
 def effective_attention_from_values(
     A: torch.Tensor,
     V: torch.Tensor,
-    W_O_blocks: torch.Tensor,
+    out_proj_blocks: torch.Tensor,
     *,
     key_mask: torch.Tensor | None = None,
     rtol: float | None = None,
@@ -580,7 +580,7 @@ def effective_attention_from_values(
 ) -> torch.Tensor:
     """Effective attention from per-head values and output-projection blocks (fast, exact).
 
-    Same result as ``effective_attention(A, value_transforms(V, W_O_blocks))`` (Brunner et al.,
+    Same result as ``effective_attention(A, value_transforms(V, out_proj_blocks))`` (Brunner et al.,
     ICLR 2020), computed without the SVD of the m x d matrix ``T = V W_O``::
 
         V = Q R,   W_O^T = Q_w R_w   (reduced QRs)   =>   T = Q (R R_w^T) Q_w^T
@@ -596,16 +596,16 @@ def effective_attention_from_values(
     Args:
         A: ``(..., H, n, m)``.
         V: ``(..., H, m, d_v)`` value vectors per head (bias included).
-        W_O_blocks: ``(H, d_v, d)`` the output projection split per head.
+        out_proj_blocks: ``(H, d_v, d)`` the output projection split per head.
         key_mask: ``(..., m)`` bool, True = real key, **without** the head dim (``(B, m)`` for
             ``A`` of shape ``(B, H, n, m)``); otherwise as :func:`effective_attention`.
         rtol, preserve_row_sums, check_stochastic: as :func:`effective_attention`.
 
     Returns:
-        ``(..., H, n, m)`` in ``promote_types(A.dtype, V.dtype, W_O_blocks.dtype)``.
+        ``(..., H, n, m)`` in ``promote_types(A.dtype, V.dtype, out_proj_blocks.dtype)``.
     """
     _check_tensor(A, "A", 3, "(..., H, n, m)")
-    H = _check_values(V, W_O_blocks)
+    H = _check_values(V, out_proj_blocks)
     n, m = A.shape[-2:]
     if V.shape[-2] != m:
         raise ValueError(f"A {tuple(A.shape)} has m = {m} keys (last dim) but V {tuple(V.shape)} has {V.shape[-2]} rows (dim -2)")
@@ -618,13 +618,13 @@ def effective_attention_from_values(
         key_mask = key_mask[..., None, :]  # add the head dim
     _broadcast(shapes, "A (..., H, n, m), V (..., H, m, d_v), key_mask (..., m) without the head dim")
     A = _prepare_A(A, key_mask, check_stochastic)
-    U, _ = _basis_from_values(V, W_O_blocks, key_mask, rtol, preserve_row_sums)
-    return _project(A, U, _out_dtype(A.dtype, V.dtype, W_O_blocks.dtype))
+    U, _ = _basis_from_values(V, out_proj_blocks, key_mask, rtol, preserve_row_sums)
+    return _project(A, U, _out_dtype(A.dtype, V.dtype, out_proj_blocks.dtype))
 
 
 def value_space_basis(
     V: torch.Tensor,
-    W_O_blocks: torch.Tensor,
+    out_proj_blocks: torch.Tensor,
     *,
     key_mask: torch.Tensor | None = None,
     rtol: float | None = None,
@@ -639,7 +639,7 @@ def value_space_basis(
 
     Args:
         V: ``(..., H, m, d_v)`` value vectors per head.
-        W_O_blocks: ``(H, d_v, d)`` output projection split per head.
+        out_proj_blocks: ``(H, d_v, d)`` output projection split per head.
         key_mask: ``(..., m)`` bool without the head dim; masked keys' rows of ``U_r`` are 0.
         rtol, with_ones: as ``rtol`` / ``preserve_row_sums`` of :func:`effective_attention`.
 
@@ -647,14 +647,14 @@ def value_space_basis(
         ``(U_r, rank)``: ``(..., H, m, r_max)`` float64 (zero columns beyond each rank) and
         ``(..., H)`` long.
     """
-    _check_values(V, W_O_blocks)
+    _check_values(V, out_proj_blocks)
     m = V.shape[-2]
     key_mask = _check_key_mask(key_mask, m)
     if key_mask is not None:
         _broadcast({"V": V.shape[:-3], "key_mask": key_mask.shape[:-1]},
                    "V (..., H, m, d_v), key_mask (..., m) without the head dim")
         key_mask = key_mask[..., None, :]
-    return _basis_from_values(V, W_O_blocks, key_mask, rtol, with_ones)
+    return _basis_from_values(V, out_proj_blocks, key_mask, rtol, with_ones)
 
 
 def effective_attention_from_basis(A: torch.Tensor, U: torch.Tensor, *, key_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -119,7 +119,7 @@ def norm_based_attention(
 def norm_based_attention_from_values(
     A: torch.Tensor,
     V: torch.Tensor,
-    W_O_blocks: torch.Tensor,
+    out_proj_blocks: torch.Tensor,
     *,
     key_mask: torch.Tensor | None = None,
 ) -> NormAttention:
@@ -134,28 +134,28 @@ def norm_based_attention_from_values(
     otherwise be built only for it.
 
     Args:
-        A: ``(..., H, n, m)``; V: ``(..., H, m, d_v)``; W_O_blocks: ``(H, d_v, d)``;
+        A: ``(..., H, n, m)``; V: ``(..., H, m, d_v)``; out_proj_blocks: ``(H, d_v, d)``;
         key_mask: ``(..., m)`` without the head dim; masked keys contribute 0.
 
     Returns:
-        :class:`NormAttention` in ``promote_types(A.dtype, V.dtype, W_O_blocks.dtype)`` (computed
+        :class:`NormAttention` in ``promote_types(A.dtype, V.dtype, out_proj_blocks.dtype)`` (computed
         in float32, float64 for float64 inputs).
     """
     _check_tensor(A, "A", 3, "(..., H, n, m)")
     _check_tensor(V, "V", 3, "(..., H, m, d_v)")
-    _check_tensor(W_O_blocks, "W_O_blocks", 3, "(H, d_v, d)")
+    _check_tensor(out_proj_blocks, "out_proj_blocks", 3, "(H, d_v, d)")
     H, n, m = A.shape[-3:]
-    if W_O_blocks.ndim != 3 or V.shape[-3] != H or V.shape[-2] != m or V.shape[-1] != W_O_blocks.shape[1] \
-            or W_O_blocks.shape[0] != H:
-        raise ValueError(f"V {tuple(V.shape)} must be (..., H={H}, m={m}, d_v) and W_O_blocks {tuple(W_O_blocks.shape)} "
+    if out_proj_blocks.ndim != 3 or V.shape[-3] != H or V.shape[-2] != m or V.shape[-1] != out_proj_blocks.shape[1] \
+            or out_proj_blocks.shape[0] != H:
+        raise ValueError(f"V {tuple(V.shape)} must be (..., H={H}, m={m}, d_v) and out_proj_blocks {tuple(out_proj_blocks.shape)} "
                          f"(H={H}, d_v, d) to match A {tuple(A.shape)}")
     key_mask = _check_key_mask(key_mask, m)
     km = key_mask[..., None, :] if key_mask is not None else None
-    out_dtype = _out_dtype(A.dtype, V.dtype, W_O_blocks.dtype)
+    out_dtype = _out_dtype(A.dtype, V.dtype, out_proj_blocks.dtype)
     cdt = torch.float64 if out_dtype == torch.float64 else torch.float32
     A = _mask_cols(A, km).to(cdt)
     V = _mask_rows(V, km).to(cdt)
-    W = W_O_blocks.to(device=V.device, dtype=cdt)
+    W = out_proj_blocks.to(device=V.device, dtype=cdt)
     _check_finite(A, "A")
     _check_finite(V, "V")
     d_v, d = W.shape[-2:]

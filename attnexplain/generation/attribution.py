@@ -37,9 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models import LoadedModel
 from ..models import InputError
 from .decoding import _as_list, continuation_ids, generate
 from .result import GenerationResult
+
 
 __all__ = ["GenerationAttribution", "GenerationExplanation", "explain_generation", "DEFAULT_GENERATION_METHODS",
            "generation_methods"]
@@ -185,7 +187,7 @@ class GenerationExplanation:
         return "\n".join(lines)
 
 
-def _contrast_ids(lm: Any, gen: GenerationResult, contrast: str | Sequence[str]) -> torch.Tensor:
+def _contrast_ids(lm: LoadedModel, gen: GenerationResult, contrast: str | Sequence[str]) -> torch.Tensor:
     """(B, N) contrast token per step (-1 where none): the contrast continuation's tokens."""
     items = _as_list(contrast, len(gen.prompts), "contrast")
     out = torch.full_like(gen.generated_ids, -1)
@@ -196,7 +198,7 @@ def _contrast_ids(lm: Any, gen: GenerationResult, contrast: str | Sequence[str])
     return out
 
 
-def _occlusion_contrast(method: Any, lm: Any, batch: dict[str, torch.Tensor], target: torch.Tensor,
+def _occlusion_contrast(method: Any, lm: LoadedModel, batch: dict[str, torch.Tensor], target: torch.Tensor,
                         foil: torch.Tensor) -> list[np.ndarray]:
     """Occlusion of ``log p(target) - log p(foil)`` at the last position (same removal rules as the
     registered occlusion method: replacement id, special tokens left alone)."""
@@ -229,7 +231,7 @@ def _occlusion_contrast(method: Any, lm: Any, batch: dict[str, torch.Tensor], ta
 
 
 def explain_generation(
-    lm: Any,
+    lm: LoadedModel,
     prompts: str | Sequence[str] | GenerationResult,
     methods: Sequence[Any] | str | None = None,
     *,

@@ -16,14 +16,16 @@ from typing import Any
 
 import torch
 
+from ..models import LoadedModel
 from ..models import InputError
 from ..token_text import readable_tokens
 from .result import GenerationResult, step_scores
 
+
 __all__ = ["generate", "check_generator", "continuation_ids", "eos_ids"]
 
 
-def check_generator(lm: Any) -> None:
+def check_generator(lm: LoadedModel) -> None:
     """Refuse models that cannot generate text (classifiers, bare encoders), naming the fix."""
     model = getattr(lm, "model", None)
     if model is None or getattr(lm, "tokenizer", None) is None:
@@ -37,7 +39,7 @@ def check_generator(lm: Any) -> None:
         )
 
 
-def eos_ids(lm: Any) -> set[int]:
+def eos_ids(lm: LoadedModel) -> set[int]:
     """End-of-sequence ids (generation config, then config, then tokenizer)."""
     out: set[int] = set()
     for src in (getattr(lm.model, "generation_config", None), lm.model.config, lm.tokenizer):
@@ -51,7 +53,7 @@ def eos_ids(lm: Any) -> set[int]:
     return out
 
 
-def _pad_id(lm: Any) -> int:
+def _pad_id(lm: LoadedModel) -> int:
     for src in (lm.tokenizer, getattr(lm.model, "generation_config", None), lm.model.config):
         v = getattr(src, "pad_token_id", None) if src is not None else None
         if isinstance(v, int):
@@ -91,7 +93,7 @@ def _ids_of(tok: Any, text: str, special: bool) -> list[int]:
     return [int(i) for i in ids]
 
 
-def continuation_ids(lm: Any, prompt: str, continuation: str, *, what: str = "target") -> list[int]:
+def continuation_ids(lm: LoadedModel, prompt: str, continuation: str, *, what: str = "target") -> list[int]:
     """Token ids of ``continuation`` as it follows ``prompt`` (decoder-only: the tokens of
     ``prompt + continuation`` after those of ``prompt``, so " Paris" tokenizes as it would in the
     text; a space is put between two word characters; encoder-decoder: the continuation alone).
@@ -118,7 +120,7 @@ def continuation_ids(lm: Any, prompt: str, continuation: str, *, what: str = "ta
     return [int(i) for i in ids]
 
 
-def _tokenize_prompts(lm: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
+def _tokenize_prompts(lm: LoadedModel, prompts: list[str]) -> dict[str, torch.Tensor]:
     tok = lm.tokenizer
     _ensure_pad_token(tok)
     side = getattr(tok, "padding_side", "right")
@@ -144,7 +146,7 @@ def _end_mask(gen: torch.Tensor, lengths: torch.Tensor | None, eos: set[int]) ->
 
 
 def generate(
-    lm: Any,
+    lm: LoadedModel,
     prompts: str | Sequence[str],
     max_new_tokens: int | None = 20,
     *,

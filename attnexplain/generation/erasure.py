@@ -20,20 +20,22 @@ metrics x bins x steps, identical ones once) runs in length-bucketed, left-padde
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+
 
 import numpy as np
 import torch
 
+from ..models import LoadedModel
 from ..ablations.eraser import FaithfulnessResult, _chunks, bin_sizes, special_token_ids
 from ..metrics import ERASER_BINS
 from ..metrics import aopc as _aopc
 from .attribution import GenerationExplanation
 
+
 __all__ = ["generation_faithfulness"]
 
 
-def _last_token_probs(lm: Any, seqs: list[list[int]], targets: list[int], max_batch: int,
+def _last_token_probs(lm: LoadedModel, seqs: list[list[int]], targets: list[int], max_batch: int,
                       forward_cost_tokens: float) -> tuple[np.ndarray, int]:
     """p(target_j | seqs_j) at each sequence's last position; left-padded length buckets."""
     from .decoding import _pad_id
@@ -62,7 +64,7 @@ def _last_token_probs(lm: Any, seqs: list[list[int]], targets: list[int], max_ba
 
 
 def generation_faithfulness(
-    lm: Any,
+    lm: LoadedModel,
     explanation: GenerationExplanation,
     *,
     methods: Sequence[str] | None = None,

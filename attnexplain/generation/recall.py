@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from ..models import LoadedModel
+
+
 __all__ = ["RecallExample", "key_value_recall", "recall_evaluation", "gold_token_mask"]
 
 NAMES = ("Mara", "Tobi", "Lena", "Omar", "Iris", "Hugo", "Nina", "Pavel", "Sara", "Kofi", "Yuki", "Ravi",
@@ -80,7 +83,7 @@ def gold_token_mask(tokenizer: Any, prompt: str, span: tuple[int, int]) -> np.nd
     return np.array([e > s and s < span[1] and e > span[0] for s, e in enc["offset_mapping"]], dtype=bool)
 
 
-def recall_evaluation(lm: Any, examples: Sequence[RecallExample], methods: Sequence[Any] | None = None, *,
+def recall_evaluation(lm: LoadedModel, examples: Sequence[RecallExample], methods: Sequence[Any] | None = None, *,
                       batch_size: int = 8, seed: int = 0, bins: Sequence[float] | None = None) -> dict[str, Any]:
     """Accuracy, plausibility (AUPRC) and faithfulness (AOPC) per method on ``examples``.
 

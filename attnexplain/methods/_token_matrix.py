@@ -17,8 +17,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..models import LoadedModel
 from .attention_methods import _check_readout, readout_rows, real_positions, resolve_readout
 from .base import ExplanationMethod
+
 
 __all__ = ["TokenMatrixMethod", "check_layers_option", "select_layer_positions"]
 
@@ -58,10 +60,10 @@ class TokenMatrixMethod(ExplanationMethod):
     def __post_init__(self) -> None:
         _check_readout(self.readout)
 
-    def _resolve_readout(self, lm: Any) -> str | int:
+    def _resolve_readout(self, lm: LoadedModel) -> str | int:
         return resolve_readout(self.readout, lm, None)
 
-    def token_matrices(self, lm: Any, batch: dict[str, torch.Tensor], target: torch.Tensor,
+    def token_matrices(self, lm: LoadedModel, batch: dict[str, torch.Tensor], target: torch.Tensor,
                        idxs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per example ``i``: ``(n_i, n_i)`` over its real tokens ``idxs[i]`` (positions in the batch)."""
         raise NotImplementedError

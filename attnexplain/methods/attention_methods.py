@@ -36,7 +36,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..models import LoadedModel
 from .base import ExplanationMethod, register_method
+
 
 __all__ = [
     "AttentionMethod",
@@ -67,7 +69,7 @@ def real_positions(attention_mask: torch.Tensor | None, i: int, n: int) -> torch
     return attention_mask[i].bool().nonzero().flatten().cpu()
 
 
-def is_causal_model(lm: Any, capture: Any | None = None) -> bool:
+def is_causal_model(lm: LoadedModel, capture: Any | None = None) -> bool:
     """True for decoder-only (causal) models: they are explained from the last real token."""
     if getattr(lm, "task", None) == "causal-lm":
         return True
@@ -86,7 +88,7 @@ def is_causal_model(lm: Any, capture: Any | None = None) -> bool:
     return any(bool(getattr(m, "is_causal", False)) for m in model.modules())
 
 
-def resolve_readout(readout: str | int, lm: Any, capture: Any | None = None) -> str | int:
+def resolve_readout(readout: str | int, lm: LoadedModel, capture: Any | None = None) -> str | int:
     """``"auto"`` -> ``"last"`` for causal models, else ``"cls"``; other values unchanged."""
     if readout == "auto":
         return "last" if is_causal_model(lm, capture) else "cls"

@@ -16,7 +16,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..models import LoadedModel
 from .._registry import Registry
+
 
 __all__ = [
     "Attribution",
@@ -107,7 +109,7 @@ class ExplanationMethod:
 
     def attribute(
         self,
-        lm: Any,
+        lm: LoadedModel,
         batch: dict[str, torch.Tensor],
         *,
         target: torch.Tensor,

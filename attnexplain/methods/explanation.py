@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models import LoadedModel
 from .base import DEFAULT_EXPLAIN_METHODS, Attribution, ExplanationMethod, get_method
 
 
 def explain_batch(
-    lm: Any,
+    lm: LoadedModel,
     batch: dict[str, torch.Tensor],
     methods: Sequence[str | ExplanationMethod],
     *,
@@ -51,7 +52,7 @@ def explain_batch(
     return scores, target, cap
 
 
-def _refuse_headless(lm: Any) -> None:
+def _refuse_headless(lm: LoadedModel) -> None:
     """An encoder without a head has no prediction to explain: say which classifier to use."""
     from ..models import InputError
 
@@ -64,7 +65,7 @@ def _refuse_headless(lm: Any) -> None:
 
 
 def explain(
-    lm: Any,
+    lm: LoadedModel,
     texts: str | Sequence[str],
     methods: Sequence[str | ExplanationMethod] = DEFAULT_EXPLAIN_METHODS,
     *,

@@ -19,7 +19,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..models import LoadedModel
 from .base import ExplanationMethod, register_method
+
 
 __all__ = ["IntegratedGradients", "GradientXInput", "target_scores", "pad_token_id", "special_token_ids"]
 
@@ -55,7 +57,7 @@ def target_scores(logits: torch.Tensor, attention_mask: torch.Tensor | None = No
     raise ValueError(f"cannot explain model output logits of shape {tuple(logits.shape)}")
 
 
-def pad_token_id(lm: Any) -> int:
+def pad_token_id(lm: LoadedModel) -> int:
     """The pad token id: tokenizer's, else the config's, else EOS, else 0."""
     tok = getattr(lm, "tokenizer", None)
     for src, attr in ((tok, "pad_token_id"), (getattr(lm.model, "config", None), "pad_token_id"),
@@ -68,7 +70,7 @@ def pad_token_id(lm: Any) -> int:
     return 0
 
 
-def special_token_ids(lm: Any) -> set[int]:
+def special_token_ids(lm: LoadedModel) -> set[int]:
     """Ids of the tokenizer's special tokens ([CLS], [SEP], <s>, </s>, ...), padding excluded."""
     tok = getattr(lm, "tokenizer", None)
     if tok is None:
@@ -102,7 +104,7 @@ def _replace_output(module: torch.nn.Module, fn):
         handle.remove()
 
 
-def _check_text_batch(method: ExplanationMethod, lm: Any, batch: dict[str, Any]) -> None:
+def _check_text_batch(method: ExplanationMethod, lm: LoadedModel, batch: dict[str, Any]) -> None:
     if "input_ids" not in batch:
         raise ValueError(f"method {method.name!r} explains token inputs: the batch has no input_ids")
     if lm.model.get_input_embeddings() is None:
@@ -162,7 +164,7 @@ class IntegratedGradients(ExplanationMethod):
             raise ValueError(f"internal_batch_size must be >= 1, got {self.internal_batch_size}")
         self.convergence_delta: np.ndarray | None = None
 
-    def baseline_ids(self, lm: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def baseline_ids(self, lm: LoadedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The baseline input ids (see the class docstring)."""
         ids = batch["input_ids"]
         replace = _real_masks(batch)

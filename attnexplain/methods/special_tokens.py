@@ -20,10 +20,12 @@ never remove).
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
+
+from ..models import LoadedModel
+
 
 __all__ = ["EXCLUDE_SPECIAL_TOKENS_DEFAULT", "special_token_mask", "drop_special_tokens"]
 
@@ -31,7 +33,7 @@ __all__ = ["EXCLUDE_SPECIAL_TOKENS_DEFAULT", "special_token_mask", "drop_special
 EXCLUDE_SPECIAL_TOKENS_DEFAULT = True
 
 
-def special_token_mask(lm: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+def special_token_mask(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                        attention_sink: bool | None = None) -> list[np.ndarray]:
     """Per example, a bool array over its real tokens (padding removed): True = left out.
 

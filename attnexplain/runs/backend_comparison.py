@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from ..models import LoadedModel
 from ..backends.spec import (
     BackendConfig,
     BackendSpecError,
@@ -61,6 +62,7 @@ from ..backends.spec import (
 )
 from ..methods.base import DEFAULT_EXPLAIN_METHODS
 from .markdown import format_markdown_table
+
 
 __all__ = [
     "BackendComparison",
@@ -172,7 +174,7 @@ def _layer_jsd(cap_ref: Any, cap_alt: Any, mask: Any) -> np.ndarray:
     return out
 
 
-def _effective_scores(lm: Any, cap: Any, batch: Mapping[str, Any]) -> list[np.ndarray]:
+def _effective_scores(lm: LoadedModel, cap: Any, batch: Mapping[str, Any]) -> list[np.ndarray]:
     """The registry's ``effective_attention`` scores (default options: readout "auto", mean over
     heads and all layers), computed with :func:`attnexplain.functional.effective_attention_from_values`
     (QR of the n x d_h values instead of the SVD of the n x d value transforms; same basis, same
@@ -208,7 +210,7 @@ def _effective_scores(lm: Any, cap: Any, batch: Mapping[str, Any]) -> list[np.nd
 _FAST_METHODS = {"effective_attention": _effective_scores}
 
 
-def _scores(lm: Any, batch: Mapping[str, Any], methods: Sequence[str], cap: Any) -> dict[str, list[np.ndarray]]:
+def _scores(lm: LoadedModel, batch: Mapping[str, Any], methods: Sequence[str], cap: Any) -> dict[str, list[np.ndarray]]:
     from ..methods import explain_batch
 
     slow = [m for m in methods if m not in _FAST_METHODS]
@@ -229,7 +231,7 @@ def _n_real(batch: Mapping[str, Any]) -> list[int]:
 
 
 def compare_backends(
-    lm: Any,
+    lm: LoadedModel,
     texts: Sequence[str],
     backends: Sequence[Any],
     *,

@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models import LoadedModel
 from ..metrics import jsd
 
 
 @dataclass
 class _Setup:
-    lm: Any
+    lm: LoadedModel
     methods: list[Any]  # built ExplanationMethod objects
     method_names: list[str]
     bins: tuple[float, ...]
@@ -31,7 +32,7 @@ class _Setup:
     precision: str = "float32"
 
 
-def _readout(lm: Any, cap: Any) -> str:
+def _readout(lm: LoadedModel, cap: Any) -> str:
     from ..methods.attention_methods import resolve_readout
 
     r = resolve_readout("auto", lm, cap)
