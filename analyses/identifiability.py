@@ -8,8 +8,8 @@ Expected (Brunner et al. 2020, Sec. 3-4):
 
 1. ``A_eff == A`` exactly for inputs of at most ``d_h`` tokens (MiniLM: d_h = 32, so identical
    below 33 tokens; SmolLM2: d_h = 64), and the Pearson correlation between raw and effective
-   attention falls as the length grows past ``d_h``. ``shared/notes/methods.md`` records for the
-   fine-tuned MiniLM a mean per-head correlation of about 0.5 at 44-58 tokens (the project's own
+   attention falls as the length grows past ``d_h``. The project measured earlier, for the
+   fine-tuned MiniLM, a mean per-head correlation of about 0.5 at 44-58 tokens (the project's own
    earlier measurement, not a number from the paper).
 2. Raw attention puts much weight on [CLS], [SEP] and punctuation; effective attention puts
    less on them (Brunner et al., Sec. 4.3: that weight lies largely in the null space).
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
         "identifiable once the input is longer than the head dimension d_h; effective attention (the part of A "
         "outside the left null space of T = V_h W_O^h) equals raw attention up to d_h tokens and departs from it "
         "beyond, and the weight raw attention puts on [CLS], [SEP] and punctuation is largely in the null space. "
-        "The ~0.5 correlation at 44-58 tokens for MiniLM is the project's earlier measurement (shared/notes/methods.md).",
+        "The ~0.5 correlation at 44-58 tokens for MiniLM is the project's earlier measurement (docs/methods.md has the formula).",
         "**Do our numbers agree?**\n" + "\n".join(verdicts(df, dh) + mass_verdicts(mdf)),
         f"**Setup**: {args.dataset}/{args.split} articles truncated to each length (the same articles at every "
         f"length); Pearson over all n x n entries per head, mean over heads and examples; effective attention by "

@@ -6,7 +6,7 @@ Claims tested.
    attention" isolates the effective components, is a probability distribution and gives
    minimally necessary and sufficient conditions for the output). Replacing every attention
    matrix by its effective part ``A_eff`` - or by the output-preserving distribution nearest to
-   it (the project's own formulation of Naim & Asher's idea, ``shared/notes/methods.md``) -
+   it (the project's own formulation of Naim & Asher's idea, ``docs/methods.md``) -
    leaves the output unchanged (expected TVD 0 up to float error); adding a random null-space
    perturbation too.
 2. Necessity: keeping only the null part ``A - A_eff`` (the head then adds nothing), uniform
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict:
     header = [
         "**Claims**: the effective part of attention (Brunner et al., ICLR 2020), or an output-preserving distribution "
         "(after Naim & Asher, ECAI 2024, *Efficient attention*; the construction is the project's own, "
-        "shared/notes/methods.md), is sufficient for the output and the null part is not necessary; uniform or permuted "
+        "docs/methods.md), is sufficient for the output and the null part is not necessary; uniform or permuted "
         "attention (Wiegreffe & Pinter 2019; Jain & Wallace 2019) changes the output; minimal sufficient key sets are "
         "small (at most rank(T) + 1 keys); faithful explanations beat a random ranking on ERASER comprehensiveness and "
         "sufficiency (DeYoung et al., ACL 2020); plausibility against gold rationales.",

@@ -4,7 +4,7 @@ Claim tested. SMYRF (balanced asymmetric-LSH clustering of queries and keys) app
 attention well enough to be dropped into a pretrained transformer: on GLUE with BERT-base at
 length 128, Daras et al. report an average of 82.69 (dense), 82.98 with 2 hashes x 32-token
 clusters (50 % of the dense attention memory) and 81.74 with 2 x 16 (25 %); on SST-2 93.46 /
-93.23 / 93.12 (``shared/notes/methods.md``). They also compare with BERT run on truncated
+93.23 / 93.12 (Daras et al., NeurIPS 2020; formulas in ``docs/methods.md``). They also compare with BERT run on truncated
 inputs of the same memory. Note the setting differs: in the paper the pretrained model is
 fine-tuned on each task *with* SMYRF attention (no re-pretraining); here the classifiers were
 fine-tuned with dense attention and SMYRF is swapped in at inference only, with no training at

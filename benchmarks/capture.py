@@ -5,7 +5,7 @@ MiniLM (6 layers x 12 heads, head dim 32), batch 16 x 128 tokens, 2 threads. Mea
 - ``eager``: HF eager with output_attentions=True (the usual way, for reference);
 - ``capture``: attnexplain.capture (all layers and heads, float32, values stored).
 Each is timed as the median of several repetitions after warm-up, interleaved so that machine
-load affects all equally. Targets (issue 17): capture / sdpa <= 1.15, and capture no slower than
+load affects all equally. Targets (README's performance table): capture / sdpa <= 1.15, and capture no slower than
 eager (capture / sdpa <= eager / sdpa). Prints the machine (CPU, threads, load average) and the
 precision (float32 throughout) at start and end.
 

@@ -1,6 +1,6 @@
 """Benchmark: effective attention for all 72 heads of MiniLM-L6 vs one forward pass.
 
-Setting (issue 3): all-MiniLM-L6-v2 (6 layers x 12 heads, head dim 32, hidden 384), batch 8,
+Setting: all-MiniLM-L6-v2 (6 layers x 12 heads, head dim 32, hidden 384), batch 8,
 n = 256 tokens, ``torch.set_num_threads(2)``, CPU. The forward pass is the one that produces
 what effective attention needs: the eager model with ``output_attentions=True`` and forward hooks
 on each layer's value projection. Effective attention uses the exact QR fast path

@@ -1,5 +1,6 @@
 """Small transformer classifiers running efficient attention mechanisms, trained here, explained
-with the same capture tools as pretrained models (issue 9).
+with the same capture tools as pretrained models (formulas: docs/methods.md, "Trained attention
+mechanisms").
 
 Mechanisms (:mod:`.attention`): standard softmax attention (control), Optimised / Efficient /
 Super attention (Hosseini & Hosseini 2024) and element-wise attention (Feng 2025). Classifier:

@@ -2,7 +2,7 @@
 
 Every function takes torch tensors, is batched over arbitrary leading dims (examples, layers,
 heads) and works on CPU and GPU. Formulas and papers are in each docstring and in
-``shared/notes/methods.md``.
+``docs/methods.md``.
 
 * effective attention (Brunner et al., ICLR 2020): :func:`effective_attention`,
   :func:`effective_attention_from_values`, :func:`null_attention`, :func:`effective_rank`,
