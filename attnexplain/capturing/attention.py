@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -121,11 +122,16 @@ def active_session() -> Session | None:
     return _ACTIVE.get()
 
 
+#: model -> its attention sites (keyed by ``id(module)``). Held beside the model, not on it: a
+#: copied or unpickled model (``copy.deepcopy``, a Ray worker) has new module ids and must not
+#: inherit the original's table
+_SITES: "weakref.WeakKeyDictionary[nn.Module, dict[int, AttentionSite]]" = weakref.WeakKeyDictionary()
+
+
 def _model_sites(model: nn.Module) -> dict[int, AttentionSite]:
-    cached = getattr(model, "_attnexplain_sites", None)
+    cached = _SITES.get(model)
     if cached is None:
-        cached = find_attention_sites(model)
-        model._attnexplain_sites = cached
+        cached = _SITES[model] = find_attention_sites(model)
     return cached
 
 

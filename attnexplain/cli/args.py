@@ -210,6 +210,10 @@ class AnalyzeArgs:
     text_pair_column: str | None = None
     threads: int | None = None
     progress: bool = True
+    engine: str = "local"
+    address: str | None = None
+    num_workers: int | None = None
+    worker_threads: int | None = None
 
     def run(self, **extra: Any):
         from ..runs.analyze import analyze

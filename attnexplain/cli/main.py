@@ -192,6 +192,16 @@ def analyze(
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Label column of a user file."),
     seed: int = typer.Option(0, help="Random seed (random baseline)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (1 is often fastest on a busy machine)."),
+    engine: str = typer.Option("local", help="local (this process) | ray (an actor pool on a Ray cluster; needs "
+                                              "pip install 'attnexplain[ray]'). Same shards, same run folder."),
+    address: Optional[str] = typer.Option(None, help="Ray only. Default: start Ray on this machine. auto | HOST:PORT: "
+                                                     "join the cluster of `ray start --head` (this machine a node); "
+                                                     "ray://HOST:10001: Ray Client. The run folder must be a path "
+                                                     "every node sees."),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Ray only: workers, each loads the model "
+                                                                        "once (default: CPUs / --worker-threads)."),
+    worker_threads: Optional[int] = typer.Option(None, "--worker-threads",
+                                                 help="Ray only: torch threads (= Ray CPUs) per worker (default 1)."),
     force: bool = typer.Option(False, "--force", help="Delete a different run in --out and start over."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
@@ -203,6 +213,7 @@ def analyze(
         backend_options=_kv(backend_option, "--backend-option"), force=force,
         label_map=_kv(label_map, "--label-map", typed=False) or None, max_length=max_length, seed=seed,
         text_column=text_column, label_column=label_column, threads=threads, progress=not no_progress,
+        engine=engine, address=address, num_workers=num_workers, worker_threads=worker_threads,
     )
     run = args.run(command=["attnexplain", *sys.argv[1:]])
     typer.echo(f"{run.path}: {run.status}, {run.n_done} examples. Next: attnexplain report {run.path}")

@@ -34,6 +34,7 @@ class; AOPC = mean over the bins. Ties in a ranking: earlier token first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -47,10 +48,11 @@ import torch
 from ..ablations.eraser import PRECISIONS, resolve_precision
 from ..models import load_model_for_run
 from .atomic_io import _log_stderr
-from .batch import _Setup, _readout, analyze_batch
+from .batch import _Setup, batch_inputs, build_setup, run_batch
 from .reader import Run
 from .settings import (
     DEFAULT_BINS,
+    ENGINES,
     AnalyzeError,
     package_versions,
     parse_shard,
@@ -72,6 +74,21 @@ def _contiguous_batches(positions: list[int], batch_size: int) -> list[list[int]
     if run:
         out += [run[i : i + batch_size] for i in range(0, len(run), batch_size)]
     return out
+
+
+def _run_batches_locally(writer: RunWriter, ds: Any, batches: list[list[int]], setup: _Setup, *, seed: int,
+                         store_set: set[int], bar: Any, on_batch: Callable[[int, int, int], None] | None) -> int:
+    """The local engine: the batches one after the other in this process; returns #truncated texts."""
+    n_trunc = 0
+    for number, batch in enumerate(batches):
+        tables, arrays = run_batch(setup, seed, batch_inputs(ds, batch, setup.label_mapping, store_set))
+        n_trunc += int(np.sum(tables["examples"]["truncated"]))
+        writer.write_batch(batch[0], tables, arrays)
+        if bar is not None:
+            bar.update(len(batch))
+        if on_batch is not None:
+            on_batch(number, batch[0], len(batch))
+    return n_trunc
 
 
 def analyze(
@@ -103,6 +120,10 @@ def analyze(
     on_batch: Callable[[int, int, int], None] | None = None,
     command: list[str] | None = None,
     threads: int | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    num_workers: int | None = None,
+    worker_threads: int | None = None,
 ) -> Run:
     """Explain every example of ``dataset`` with ``model`` into the run folder ``out``; returns the :class:`Run`.
 
@@ -134,7 +155,17 @@ def analyze(
         threads: torch CPU threads (default: torch's choice; ``$ATTNEXPLAIN_THREADS``). On a
             machine shared with other jobs, 1 thread is often much faster than oversubscribing.
         on_batch: called as ``on_batch(batch_number, start, size)`` after each batch is written
-            (tests use it to simulate a crash).
+            (tests use it to simulate a crash); with the Ray engine, in the order workers finish them.
+        engine: ``"local"`` (default: this process, batch after batch) or ``"ray"``: the batches
+            spread over an actor pool on a Ray cluster (:mod:`attnexplain.runs.ray_engine`; needs
+            ``pip install 'attnexplain[ray]'``). Same shards, same run folder, same tables.
+        address: Ray only: ``None`` starts a private Ray instance on this machine (stopped at the
+            end); ``"auto"`` joins the cluster ``ray start`` runs on this machine; ``"HOST:PORT"``
+            joins the cluster whose head runs there (this machine must be a node of it: ``ray start
+            --address=HOST:PORT``); ``"ray://HOST:PORT"`` connects through Ray Client.
+        num_workers: Ray only: actors (each loads the model once). Default: the CPUs of this
+            machine (no ``address``) or of the cluster, divided by ``worker_threads``.
+        worker_threads: Ray only: torch threads (and Ray CPUs reserved) per worker. Default 1.
 
     Raises:
         AnalyzeError, DatasetError, ModelNotFoundError, RunMismatchError: user errors, with messages.
@@ -165,6 +196,15 @@ def analyze(
         raise AnalyzeError(f"faithfulness bins must be fractions in (0, 1], got {bins}")
     shard_t = parse_shard(shard)
     method_names = resolve_methods(methods)
+    if engine not in ENGINES:
+        raise AnalyzeError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    ray_session = None
+    if engine == "ray":
+        from .ray_engine import RaySession
+
+        ray_session = RaySession(address=address, num_workers=num_workers, worker_threads=worker_threads, log=log)
+    elif address is not None or num_workers is not None or worker_threads is not None:
+        raise AnalyzeError("--address, --num-workers and --worker-threads are options of --engine ray")
     backend_options = dict(backend_options or {})
 
     # -- data ---------------------------------------------------------------------------------
@@ -208,6 +248,9 @@ def analyze(
     mapping = resolve_label_map(ds_labels, lm.labels, label_map, dataset_name=ds_name, model_name=model_name,
                                 max_label=max(ds.labels) if ds.labels else None)
 
+    # the model object itself travels to the Ray workers when it was given as an object (tests,
+    # notebooks); a name is loaded by each worker (it must be loadable on every node)
+    ray_model = lm if isinstance(model, LoadedModel) else model_name
     manifest = {
         "format_version": 1, "attnexplain_version": __version__, "command": list(command or sys.argv),
         "model": model_name, "model_source": getattr(lm, "source", "") or "object", "task": lm.task,
@@ -220,9 +263,12 @@ def analyze(
         "store_attention": int(store_attention), "batch_size": int(batch_size),
         "text_column": text_column, "label_column": label_column, "text_pair_column": text_pair_column,
         "versions": package_versions(), "n_examples": len(positions), "dataset_size": n_total,
+        "engine": ray_session.info if ray_session is not None else {"name": "local", "threads": torch.get_num_threads()},
     }
     writer = RunWriter(out, manifest, force=force, log=log)
-    with writer:
+    # the Ray session connects first (an unreachable cluster fails before the run folder is touched;
+    # it fills manifest["engine"]) and is closed last
+    with ray_session or contextlib.nullcontext(), writer:
         if writer.is_complete:
             log(f"[analyze] {out} is already complete ({len(writer.done_ids)} examples); nothing to do")
             return writer.finalize()
@@ -232,47 +278,30 @@ def analyze(
                 + (f"; redoing {len(writer.redone)} corrupt batch(es)" if writer.redone else ""))
         store_set = set(positions[:store_attention])
 
-        built = []
-        for m in method_names:
-            built.append(get_method(m, seed=int(seed)) if m == "random" else get_method(m))
-        setup = _Setup(
-            lm=lm, methods=built, method_names=method_names, bins=bins, removal=removal,
-            head_ablation=bool(head_ablation), max_length=max_len, readout="cls",
-            label_mapping=mapping, label_names=ds_labels, model_labels=list(lm.labels or []),
-            precision=precision,
-        )
-        setup.readout = _readout(lm, None)
+        setup = build_setup(lm, method_names, seed=seed, bins=bins, removal=removal, head_ablation=head_ablation,
+                            max_length=max_len, label_mapping=mapping, label_names=ds_labels, precision=precision)
         torch.manual_seed(seed)
         batches = _contiguous_batches(todo, batch_size)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(positions), initial=len(positions) - len(todo), unit="ex", desc="analyze",
+            bar = tqdm(total=len(positions), initial=len(positions) - len(todo), unit="ex", desc=f"analyze ({engine})",
                        file=sys.stderr, dynamic_ncols=True)
         t0 = time.perf_counter()
-        n_trunc = 0
         try:
-            for number, batch in enumerate(batches):
-                texts = [ds.texts[p] for p in batch]
-                ids = [ds.ids[p] for p in batch]
-                if ds.labels is not None:
-                    raw_labels = [ds.labels[p] for p in batch]
-                    labels = [mapping[y] if mapping is not None else y for y in raw_labels]
-                    lnames = [ds_labels[y] if ds_labels is not None and y < len(ds_labels) else None for y in raw_labels]
-                else:
-                    labels, lnames = None, None
-                pairs = [ds.text_pairs[p] for p in batch] if ds.text_pairs is not None else None
-                store_idx = {j for j, p in enumerate(batch) if p in store_set}
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(int(seed) * 1_000_003 + batch[0])
-                    tables, arrays = analyze_batch(setup, ids, batch, texts, labels, lnames, pairs, store_idx)
-                n_trunc += int(np.sum(tables["examples"]["truncated"]))
-                writer.write_batch(batch[0], tables, arrays)
-                if bar is not None:
-                    bar.update(len(batch))
-                if on_batch is not None:
-                    on_batch(number, batch[0], len(batch))
+            if engine == "ray":
+                from .ray_engine import run_batches_on_ray
+
+                worker_setup = dict(method_names=method_names, seed=int(seed), bins=bins, removal=removal,
+                                    head_ablation=bool(head_ablation), max_length=max_len, label_mapping=mapping,
+                                    label_names=ds_labels, precision=precision)
+                n_trunc = run_batches_on_ray(writer, ds, batches, ray_session, model=ray_model,
+                                             worker_setup=worker_setup, store_set=store_set, bar=bar, log=log,
+                                             on_batch=on_batch)
+            else:
+                n_trunc = _run_batches_locally(writer, ds, batches, setup, seed=int(seed), store_set=store_set,
+                                               bar=bar, on_batch=on_batch)
         finally:
             if bar is not None:
                 bar.close()

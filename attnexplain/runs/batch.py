@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -242,3 +243,49 @@ def analyze_batch(setup: _Setup, ids: list[str], positions: list[int], texts: li
                 arrays["norm"] = cut(norm[a])
             attention[str(ids[i])] = arrays
     return {"examples": ex, "tokens": tok_tab, "faithfulness": f_tab, "heads": h_tab}, attention
+
+
+def build_setup(lm: Any, method_names: Sequence[str], *, seed: int, bins: Sequence[float], removal: str,
+                head_ablation: bool, max_length: int, label_mapping: list[int] | None,
+                label_names: list[str] | None, precision: str) -> _Setup:
+    """The per-model state every batch of a run shares (the built methods, the readout, the options).
+
+    The local engine builds it once; each Ray worker builds its own after loading the model."""
+    from ..methods import get_method
+
+    built = [get_method(m, seed=int(seed)) if m == "random" else get_method(m) for m in method_names]
+    setup = _Setup(
+        lm=lm, methods=built, method_names=list(method_names), bins=tuple(bins), removal=removal,
+        head_ablation=bool(head_ablation), max_length=int(max_length), readout="cls",
+        label_mapping=label_mapping, label_names=label_names, model_labels=list(lm.labels or []),
+        precision=precision,
+    )
+    setup.readout = _readout(lm, None)
+    return setup
+
+
+def batch_inputs(ds: Any, batch: Sequence[int], mapping: list[int] | None, store_set: set[int]) -> dict[str, Any]:
+    """What :func:`analyze_batch` needs for the dataset positions ``batch`` (small, picklable: the
+    Ray engine sends it to a worker)."""
+    ds_labels = ds.label_names
+    if ds.labels is not None:
+        raw_labels = [ds.labels[p] for p in batch]
+        labels = [mapping[y] if mapping is not None else y for y in raw_labels]
+        lnames = [ds_labels[y] if ds_labels is not None and y < len(ds_labels) else None for y in raw_labels]
+    else:
+        labels, lnames = None, None
+    return {
+        "ids": [ds.ids[p] for p in batch], "positions": list(batch), "texts": [ds.texts[p] for p in batch],
+        "labels": labels, "label_names": lnames,
+        "text_pairs": [ds.text_pairs[p] for p in batch] if ds.text_pairs is not None else None,
+        "store": {j for j, p in enumerate(batch) if p in store_set},
+    }
+
+
+def run_batch(setup: _Setup, seed: int, inputs: Mapping[str, Any]):
+    """:func:`analyze_batch` under the batch's own random seed (``seed * 1_000_003 + first position``),
+    so a batch gives the same tables whichever process or engine runs it, and in whatever order."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed) * 1_000_003 + int(inputs["positions"][0]))
+        return analyze_batch(setup, inputs["ids"], inputs["positions"], inputs["texts"], inputs["labels"],
+                             inputs["label_names"], inputs["text_pairs"], inputs["store"])

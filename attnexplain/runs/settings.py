@@ -21,6 +21,8 @@ DEFAULT_BINS = ERASER_BINS
 #: methods left out of ``"all"`` because they are far too slow for data sets
 SLOW_METHODS = ("flow", "attention_distribution")
 
+#: where ``analyze`` runs the batches: this process, or an actor pool on a Ray cluster
+ENGINES = ("local", "ray")
 
 class AnalyzeError(AttnExplainError, ValueError):
     """A user error in an analyze request (bad option, labels that do not match the model...)."""

@@ -1,0 +1,114 @@
+"""``analyze --engine ray`` against the local engine, end to end, on the benchmarks/analyze.py workload.
+
+    python benchmarks/ray_engine.py [--limit 512] [--batch-size 32] [--model minilm-rotten-tomatoes]
+
+Workload: the ``target`` workload of benchmarks/analyze.py (one capture per batch with all
+layers, heads and values; effective_attention, norm, rollout and the ERASER faithfulness of each;
+head statistics; the arrays of the first 50 examples; shard writes and the final merge) on the
+first ``--limit`` rotten-tomatoes test examples. Every configuration is a whole ``analyze`` call
+into a fresh run folder, timed from the call to the finished run: model loading, and for Ray the
+start of a private Ray instance, the workers' start-up and their model loading, are included.
+
+Configurations, in this order, in the same run:
+
+* local engine, 2 torch threads;
+* Ray, 1 worker x 2 threads;   * Ray, 1 worker x 1 thread;   * Ray, 2 workers x 1 thread.
+
+``ray_overhead`` = Ray 1x2 time / local time (the engine's own cost; target <= 1.25);
+``worker_scaling`` = Ray 1x1 time / Ray 2x1 time (do two workers use two cores? target >= 1.6).
+The serial fraction follows from Amdahl's law for 2 workers, ``s = 2 / worker_scaling - 1``, and
+bounds the speed-up on N machines at ``1 / (s + (1 - s) / N)`` (on paper: it assumes the per-batch
+work spreads evenly and the start-up cost stays what it is here).
+
+Model: ``--model`` (default the prepared ``minilm-rotten-tomatoes``; each Ray worker loads it by
+name, so it must be prepared: ``attnexplain prepare``). The machine's load average is printed
+before and after: on a shared machine both ratios are distorted (other jobs take the cores the
+second worker needs).
+
+Last line: ``RESULT local_examples_per_s=<x> ray1_examples_per_s=<Ray 1 worker 2 threads>
+ray_overhead=<...> worker_scaling=<...>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--model", default="minilm-rotten-tomatoes")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import torch
+
+    from attnexplain.ablations.eraser import resolve_precision
+    from attnexplain.data import load_dataset
+    from attnexplain.runs.analyze import analyze
+
+    methods = ["effective_attention", "norm", "rollout"]  # benchmarks/analyze.py's target workload
+    ds = load_dataset("rotten-tomatoes", split="test", limit=args.limit)
+    n = len(ds)
+    print(f"CPU: {cpu_model()}; {os.cpu_count()} logical CPUs; load average {os.getloadavg()[0]:.2f} "
+          f"{os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min)", flush=True)
+    print(f"model {args.model}; {n} rotten-tomatoes test examples; batch size {args.batch_size}; methods "
+          f"{', '.join(methods)} + ERASER faithfulness (precision {resolve_precision('auto', torch.device('cpu'))})",
+          flush=True)
+    configs = [
+        ("local 2 threads", dict(engine="local", threads=2)),
+        ("ray 1 worker x 2 threads", dict(engine="ray", num_workers=1, worker_threads=2)),
+        ("ray 1 worker x 1 thread", dict(engine="ray", num_workers=1, worker_threads=1)),
+        ("ray 2 workers x 1 thread", dict(engine="ray", num_workers=2, worker_threads=1)),
+    ]
+    tmp = tempfile.mkdtemp(prefix="attnexplain-bench-ray-")
+    seconds: dict[str, float] = {}
+    try:
+        for name, opts in configs:
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            run = analyze(os.path.join(tmp, name.replace(" ", "-")), model=args.model, dataset=ds, methods=methods,
+                          batch_size=args.batch_size, store_attention=50, progress=False, log=lambda m: None,
+                          force=True, **opts)
+            seconds[name] = time.perf_counter() - t0
+            assert run.n_done == n, (name, run.n_done)
+            print(f"  {name}: {seconds[name]:.1f} s = {n / seconds[name]:.1f} examples/s "
+                  f"(load average at start {load:.2f})", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    local, ray12, ray11, ray21 = (seconds[c[0]] for c in configs)
+    overhead = ray12 / local
+    scaling = ray11 / ray21
+    serial = min(1.0, max(0.0, 2.0 / scaling - 1.0))
+    print(f"ray_overhead {overhead:.2f} (target <= 1.25: {'met' if overhead <= 1.25 else 'NOT met'}); "
+          f"worker_scaling {scaling:.2f} (target >= 1.6: {'met' if scaling >= 1.6 else 'NOT met'})")
+    proj = ", ".join(f"{k} machines {1 / (serial + (1 - serial) / k):.1f}x" for k in (2, 4, 8, 16))
+    print(f"serial fraction (Amdahl, from the 2-worker scaling) {serial:.2f}; on paper: {proj}; "
+          f"limit {'inf' if serial == 0 else f'{1 / serial:.1f}'}x")
+    print(f"load average after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    print(f"RESULT local_examples_per_s={n / local:.2f} ray1_examples_per_s={n / ray12:.2f} "
+          f"ray_overhead={overhead:.2f} worker_scaling={scaling:.2f}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
