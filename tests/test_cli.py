@@ -169,7 +169,7 @@ def test_user_errors_are_clear(tiny, data, tmp_path):
 
 
 def test_corrupt_shard_on_resume_is_reported(tiny, data, tmp_path, monkeypatch):
-    import attnexplain.runs.analyze as analyze_mod
+    import attnexplain.runs.batch as analyze_mod  # run_batch calls analyze_batch there
 
     out = tmp_path / "r"
     real = analyze_mod.analyze_batch
