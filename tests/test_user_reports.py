@@ -285,3 +285,80 @@ def test_explain_sentence_pairs_equal_the_pair_batch():
 
     with pytest.raises(InputError, match="one second segment per text"):
         attnexplain.explain(lm, a, ["raw_attention"], text_pairs=b[:1])
+
+
+# --------------------------------------------------------- 5. every backend under every precision
+
+#: options that give every efficient backend several clusters / windows / landmarks at these lengths
+_SMALL = {"local": {"window": 8}, "lsh": {"bucket_size": 8}, "nystrom": {"n_landmarks": 8},
+          "smyrf": {"q_cluster_size": 8, "k_cluster_size": 8}}
+
+
+def _backends():
+    from attnexplain.backends import available_backends
+
+    return available_backends()
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("backend", _backends())
+def test_every_backend_runs_under_every_precision(backend, precision):
+    """The report: SMYRF and LSH crashed under bfloat16 autocast (scatter dtype). Faithfulness
+    forwards in each precision agree with float32 (bfloat16: within its rounding), and capture under
+    autocast gives stochastic rows over the real keys."""
+    from attnexplain.ablations import faithfulness
+
+    lm = tiny_model("bert")
+    lm.use_backend(backend, **_SMALL.get(backend, {}))
+    texts = ["the film was a witty, moving and gorgeous mess of ideas", "dull and overlong"]
+    enc = lm.tokenize(texts)
+    scores = [np.linspace(1, 0, len(t)) for t in lm.tokens(enc["input_ids"], enc["attention_mask"])]
+    got = faithfulness(lm, texts, scores, precision=precision, skip_unread=False)
+    ref = faithfulness(lm, texts, scores, precision="float32", skip_unread=False)
+    assert got.precision == precision
+    np.testing.assert_allclose(got.table["p_perturbed"], ref.table["p_perturbed"], atol=0.03 if precision == "bfloat16" else 1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        res = attnexplain.capture(lm, enc)
+    am = enc["attention_mask"].bool()
+    for layer in res.layers():
+        A = res.attention(layer).float()
+        assert torch.isfinite(A).all()
+        rows = A.sum(-1)[am[:, None, :].expand(-1, A.shape[1], -1)]
+        torch.testing.assert_close(rows, torch.ones_like(rows), atol=2e-2, rtol=0)
+
+
+def test_a_run_that_fails_before_any_result_leaves_no_run_folder(tmp_path, monkeypatch):
+    """The report: a backend crash in the first batch left a run folder that the corrected rerun
+    (another backend) then refused without --force."""
+    import pandas as pd
+
+    from attnexplain.runs.analyze import analyze
+
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"text": ["a good film", "dull", "not bad at all"], "label": ["pos", "neg", "pos"]}).to_csv(data, index=False)
+    lm = tiny_model("bert")
+    lm.model.config.id2label = {0: "neg", 1: "pos"}
+    lm.labels = ["neg", "pos"]
+    out = tmp_path / "runs" / "r"
+
+    def broken(*a, **k):
+        raise RuntimeError("scatter(): Expected self.dtype to be equal to src.dtype")
+
+    with monkeypatch.context() as m:
+        m.setattr(lm.model, "forward", broken)
+        with pytest.raises(RuntimeError, match="scatter"):
+            analyze(out, model=lm, dataset=str(data), split="all", methods=["random"], progress=False, log=lambda s: None)
+    assert not out.exists()
+    run = analyze(out, model=lm, dataset=str(data), split="all", methods=["random"], batch_size=2, progress=False,
+                  log=lambda s: None)
+    assert run.status == "complete"
+    # a run that fails after its first results keeps them (it resumes)
+    out2 = tmp_path / "runs" / "r2"
+
+    def crash(number, start, size):
+        raise RuntimeError("after the first batch")
+
+    with pytest.raises(RuntimeError):
+        analyze(out2, model=lm, dataset=str(data), split="all", methods=["random"], batch_size=2, progress=False,
+                log=lambda s: None, on_batch=crash)
+    assert any((out2 / "shards").iterdir())

@@ -114,6 +114,10 @@ class AttentionBackend:
     sparse_implied: ClassVar[bool] = False
     #: extras this backend honours; any other non-None extra raises a clear error
     supported_extras: ClassVar[frozenset[str]] = frozenset()
+    #: True when the backend chooses its own precision under ``torch.autocast`` (dense); the others
+    #: run with autocast switched off (their sums, sorts and scatters in their compute dtype, float32
+    #: for bfloat16 inputs) and hand the output back in the value dtype
+    handles_autocast: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         if options:

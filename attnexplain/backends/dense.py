@@ -52,6 +52,7 @@ class DenseAttention(AttentionBackend):
     """Exact softmax attention; the reference every other backend is compared with."""
 
     name = "dense"
+    handles_autocast = True  # runs SDPA in float32 under CPU autocast itself (see forward)
     supported_extras = frozenset({"softcap", "sliding_window", "position_bias"})
 
     def attention(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:

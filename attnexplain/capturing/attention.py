@@ -295,8 +295,14 @@ def _make_function(backend: AttentionBackend) -> Callable:
         dropout: float = 0.0,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        call = build_call(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-        out, probs = run_attention(backend, module, call)
+        device = query.device.type
+        if backend.handles_autocast or not torch.is_autocast_enabled(device):
+            call = build_call(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+            out, probs = run_attention(backend, module, call)
+        else:  # e.g. bfloat16 faithfulness forwards: the backend computes in its own dtype
+            with torch.autocast(device, enabled=False):
+                call = build_call(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+                out, probs = run_attention(backend, module, call)
         return out.transpose(1, 2).contiguous(), (probs if probs is None or not probs.is_sparse else probs.to_dense())
 
     attnexplain_attention.backend = backend  # type: ignore[attr-defined]

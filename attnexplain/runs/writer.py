@@ -90,6 +90,7 @@ class RunWriter:
         from .. import __version__
 
         path = self.path
+        self._made_folder = not path.exists()
         if path.exists() and not path.is_dir():
             raise RunMismatchError(f"--out {path} is a file, not a folder")
         previous: dict | None = None
@@ -173,8 +174,32 @@ class RunWriter:
     def __enter__(self) -> "RunWriter":
         return self.open()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None:
+            self._remove_if_empty()
         self.close()
+
+    def _remove_if_empty(self) -> None:
+        """A new run that failed before writing any result leaves nothing behind (not an empty
+        run folder that a corrected rerun would need ``--force`` for)."""
+        path = self.path
+        if self.resumed or not path.is_dir() or self.manifest.get("status") != "running":
+            return
+        parts = [path / SHARDS, path / ATTENTION]
+        if any(p.is_dir() and any(p.iterdir()) for p in parts):
+            return
+        if any(c.name not in {MANIFEST, SHARDS, ATTENTION, ".lock"} for c in path.iterdir()):
+            return
+        for p in parts:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        with contextlib.suppress(OSError):
+            (path / MANIFEST).unlink()
+        with contextlib.suppress(OSError):
+            (path / ".lock").unlink()
+        if getattr(self, "_made_folder", False):
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
     def _clear(self) -> None:
         self.log(f"[analyze] --force: deleting the previous run in {self.path}")
