@@ -293,7 +293,7 @@ def test_first_token_classifier_skips_unread_positions_and_falls_back(monkeypatc
 
 
 def test_length_buckets():
-    from attnexplain.ablations.eraser import _chunks
+    from attnexplain.ablations.perturbed_inputs import _chunks
 
     # short inputs are not padded to the long ones; equal lengths share a forward
     assert _chunks([3] * 10 + [4] * 5 + [30] * 20 + [31] * 3 + [60], 256, 64) == [(0, 15), (15, 38), (38, 39)]

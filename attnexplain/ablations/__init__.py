@@ -6,7 +6,8 @@
   :mod:`.perturbations`;
 * :mod:`.runners`: run a model under interventions and report the output change (TVD, max |logit
   change|, prediction flips), top-k sweeps; :mod:`.heads`: head ablation tables.
-* :mod:`.eraser`: comprehensiveness, sufficiency and AOPC of token rankings, batched.
+* :mod:`.eraser`: comprehensiveness, sufficiency and AOPC of token rankings, batched (the perturbed
+  inputs and their forwards in :mod:`.perturbed_inputs`).
 """
 
 from .eraser import (

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ..models import LoadedModel
-from ..ablations.eraser import FaithfulnessResult, _chunks, bin_sizes, special_token_ids
+from ..ablations.eraser import FaithfulnessResult
+from ..ablations.perturbed_inputs import _chunks, bin_sizes, special_token_ids
 from ..metrics import ERASER_BINS
 from ..metrics import aopc as _aopc
 from .attribution import GenerationExplanation

@@ -43,7 +43,7 @@ def special_token_mask(lm: LoadedModel, input_ids: torch.Tensor, attention_mask:
         attention_sink: also mark the first real token; ``None`` (default): for causal models
             (:func:`attnexplain.methods.attention_methods.is_causal_model`).
     """
-    from ..ablations.eraser import special_token_ids
+    from ..ablations.perturbed_inputs import special_token_ids
     from .attention_methods import is_causal_model
 
     specials = special_token_ids(getattr(lm, "tokenizer", None))
