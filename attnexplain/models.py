@@ -481,6 +481,7 @@ def _save_converted(model: nn.Module, tokenizer: Any, path: Path) -> None:
     import shutil
     import tempfile
 
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=path.parent))
@@ -503,4 +504,6 @@ def _save_converted(model: nn.Module, tokenizer: Any, path: Path) -> None:
             return
         tmp.rename(path)
     except Exception as exc:  # noqa: BLE001 - a cache, never a reason to fail
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         warnings.warn(f"could not keep a converted SmolLM2 copy in {path}: {exc}", stacklevel=3)
