@@ -382,6 +382,29 @@ def test_live_page_explains_text(runs_dir, monkeypatch):
     assert _plotly_count(at) == 4  # probabilities, norm, rollout, flow
 
 
+def test_live_page_generation_view_for_a_causal_lm(runs_dir, monkeypatch):
+    """A causal LM on the Live page: generated text, step table, heatmap per method, a generated
+    token's row and that step's attention per head; switching the token redraws its row."""
+    monkeypatch.setenv("ATTNEXPLAIN_LIVE_MODELS", "tiny-llama-lm")
+    at = _app(runs_dir, monkeypatch, "live")
+    at.text_area(key="live_text_input").input("the cat sat")
+    at.selectbox(key="live_model").set_value("tiny-llama-lm")
+    at.multiselect(key="live_methods").set_value(["raw_attention", "gradient_x_input"])
+    at.number_input(key="live_max_new_tokens").set_value(3)
+    at.button[0].click().run()
+    _no_exception(at)
+    text = _text(at)
+    assert "Generated:" in text and "tiny random test model" in text
+    assert _plotly_count(at) == 2  # heatmap (generated x source tokens) + step attention per head
+    heat = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert len(heat["data"][0]["y"]) == 3  # one row per generated token
+    at.selectbox(key="live-gen-step").set_value(2).run()
+    _no_exception(at)
+    at.selectbox(key="live-gen-method").set_value("gradient_x_input").run()
+    _no_exception(at)
+    assert _plotly_count(at) == 2
+
+
 # ------------------------------------------------------------------------------------------
 # figure builders (attnexplain/dashboard/figures.py): valid plotly, long inputs reduced, HTML escaped
 # ------------------------------------------------------------------------------------------

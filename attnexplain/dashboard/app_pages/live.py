@@ -1,4 +1,6 @@
 """Live: explain a typed text with a model and attention backend, same views as the explorer.
+A causal language model (smollm2) takes the text as a prompt: the page generates and shows the
+generation view (:mod:`attnexplain.dashboard.generation_views`).
 
 Everything is computed by attnexplain's public API (load_model, explain_batch / capture and the
 attnexplain.functional functions); models are cached per (name, backend), results per input.
@@ -36,6 +38,11 @@ def _load(name: str, backend: str):
     import attnexplain
     from attnexplain.models import ModelNotFoundError
 
+    if name.startswith("tiny-") and name.endswith("-lm"):  # tiny-llama-lm: a tiny random causal LM
+        from attnexplain.testing import tiny_generator
+
+        return tiny_generator(name[len("tiny-"): -len("-lm")], backend=backend), (
+            f"{name} is a tiny random test model: its generations and attention mean nothing.")
     if name.startswith("tiny-"):
         from attnexplain.testing import tiny_model
 
@@ -91,6 +98,16 @@ def _analyse(model: str, backend: str, text: str, methods: tuple[str, ...]) -> d
             "probs": probs, "pred": int(target[0]), "labels": lm.labels, "A": A, "T": T, "n": n}
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _generation(model: str, backend: str, text: str, methods: tuple[str, ...], max_new_tokens: int):
+    """Causal language models: generate and explain every generated token (attnexplain.explain_generation)."""
+    import attnexplain
+
+    lm, _ = _load(model, backend)
+    usable = [m for m in methods if m not in ("flow", "attention_distribution")]
+    return attnexplain.explain_generation(lm, [text], usable, max_new_tokens=max_new_tokens)
+
+
 @st.cache_resource(show_spinner="Solving the distribution variant for this head...", max_entries=64)
 def _distribution(model: str, backend: str, text: str, methods: tuple[str, ...], layer: int, head: int):
     from attnexplain import functional as F
@@ -105,7 +122,7 @@ def _distribution(model: str, backend: str, text: str, methods: tuple[str, ...],
 from attnexplain.backends import available_backends  # noqa: E402
 from attnexplain.methods import available_methods  # noqa: E402
 
-models = [DEFAULT_MODEL, FALLBACK_MODEL, "minilm-bbc-news", *_extra_models()]
+models = [DEFAULT_MODEL, FALLBACK_MODEL, "minilm-bbc-news", "smollm2", *_extra_models()]
 all_methods = available_methods()
 with st.form("live_form"):
     text = st.text_area("Text", value=st.session_state.get("live_text", "a gorgeous, witty, seductive movie ."),
@@ -117,19 +134,21 @@ with st.form("live_form"):
     backend = c2.selectbox("Attention backend", available_backends(), key="live_backend")
     chosen = st.multiselect("Explanation methods", all_methods, key="live_methods",
                             default=[m for m in LIVE_DEFAULT_METHODS if m in all_methods])
+    max_new = st.number_input("New tokens (language models: the text is the prompt)", min_value=1, max_value=64,
+                              value=5, key="live_max_new_tokens")
     submitted = st.form_submit_button("Explain", type="primary")
 
 if submitted:
     if not text.strip():
         st.error("Type some text first.")
         st.stop()
-    st.session_state["live_params"] = (model, backend, text, tuple(chosen))
+    st.session_state["live_params"] = (model, backend, text, tuple(chosen), int(max_new))
 params = st.session_state.get("live_params")
 if params is None:
     st.info("Type a text, pick a model and an attention backend, and press **Explain**.")
     st.stop()
 
-model, backend, text, methods = params
+model, backend, text, methods, max_new = params
 try:
     lm, warning = _load(model, backend)
 except Exception as exc:  # noqa: BLE001 - show the loader's message (it says how to fix it)
@@ -137,6 +156,17 @@ except Exception as exc:  # noqa: BLE001 - show the loader's message (it says ho
     st.stop()
 if warning:
     st.warning(warning, icon=":material/warning:")
+if lm.task == "causal-lm":  # a prompt to continue: the generation view
+    from attnexplain.dashboard import generation_views
+
+    with st.spinner("Generating and explaining each generated token..."):
+        try:
+            gen_ex = _generation(model, backend, text, methods, max_new)
+        except Exception as exc:  # noqa: BLE001 - bad input messages name the fix
+            st.error(f"Explaining the generation failed: {exc}")
+            st.stop()
+    generation_views.render(gen_ex, key="live-gen")
+    st.stop()
 with st.spinner("Explaining..."):
     try:
         res = _analyse(model, backend, text, methods)
