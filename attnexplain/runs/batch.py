@@ -213,36 +213,60 @@ def analyze_batch(setup: _Setup, ids: list[str], positions: list[int], texts: li
 
     # -- stored arrays -------------------------------------------------------------------------------
     attention: dict[str, dict[str, np.ndarray]] = {}
-    if stored_local:
-        from ..functional import attention_rollout, norm_based_attention
-
-        sub = torch.as_tensor(stored_local)
-        raw = cap.stacked().float()[:, sub]  # (L, S, H, n, n)
-        subm = km[sub]
-        roll = attention_rollout(raw, key_mask=subm)  # (S, L, n, n)
-        norms = []
-        for li_, layer in enumerate(cap.layers()):
-            try:
-                T = cap.value_transforms(layer).float()[sub]
-                norms.append(norm_based_attention(raw[li_], T, key_mask=subm).summed)
-            except (ValueError, RuntimeError):
-                norms = []
-                break
-        norm = torch.stack(norms, 1) if norms else None  # (S, L, n, n)
-        for a, i in enumerate(stored_local):
-            idx = real_idx[i]
-
-            def cut(x):
-                return x.index_select(-2, idx).index_select(-1, idx).to(torch.float16).cpu().numpy()
-
-            arrays = {"tokens": np.asarray(tokens[i], dtype=str), "raw": cut(raw[:, a]),
-                      "rollout": cut(roll[a]), "probs": probs_np[i].astype(np.float32)}
-            if i in eff:
-                arrays["effective"] = cut(eff[i])
-            if norm is not None:
-                arrays["norm"] = cut(norm[a])
-            attention[str(ids[i])] = arrays
+    for i, arrays in example_arrays(cap, km, stored_local, effective=eff).items():
+        attention[str(ids[i])] = {"tokens": np.asarray(tokens[i], dtype=str), **arrays,
+                                  "probs": probs_np[i].astype(np.float32)}
     return {"examples": ex, "tokens": tok_tab, "faithfulness": f_tab, "heads": h_tab}, attention
+
+
+def example_arrays(cap: Any, key_mask: torch.Tensor, indices: Sequence[int], *,
+                   effective: dict[int, torch.Tensor] | None = None,
+                   dtype: torch.dtype = torch.float16) -> dict[int, dict[str, np.ndarray]]:
+    """The attention arrays of a run folder's ``attention/<id>.npz`` for the batch examples ``indices``
+    of a capture: ``raw`` and ``effective`` (L, H, n, n), ``norm`` (norm-based attention, heads summed)
+    and ``rollout`` (L, n, n), cut to each example's real tokens (``key_mask`` (B, m), True = real),
+    as ``dtype`` numpy arrays. ``effective`` gives matrices already computed per example (else
+    ``cap.effective_attention``); ``effective`` / ``norm`` are left out where the capture cannot give
+    them. Used by ``analyze`` (float16, stored) and the dashboard's Live page (float32)."""
+    from ..functional import attention_rollout, norm_based_attention
+
+    out: dict[int, dict[str, np.ndarray]] = {}
+    if not len(indices):
+        return out
+    km = key_mask.bool().cpu()
+    sub = torch.as_tensor(list(indices))
+    raw = cap.stacked().float()[:, sub]  # (L, S, H, n, n)
+    subm = km[sub]
+    roll = attention_rollout(raw, key_mask=subm)  # (S, L, n, n)
+    norms = []
+    for li_, layer in enumerate(cap.layers()):
+        try:
+            T = cap.value_transforms(layer).float()[sub]
+            norms.append(norm_based_attention(raw[li_], T, key_mask=subm).summed)
+        except (ValueError, RuntimeError):
+            norms = []
+            break
+    norm = torch.stack(norms, 1) if norms else None  # (S, L, n, n)
+    if effective is None:
+        effective = {}
+        try:
+            per_layer = [cap.effective_attention(layer).float() for layer in cap.layers()]
+            effective = {i: torch.stack([E[i] for E in per_layer]) for i in indices}
+        except (ValueError, RuntimeError):
+            pass
+    for a, i in enumerate(indices):
+        idx = km[i].nonzero().flatten()
+
+        def cut(x):
+            return x.index_select(-2, idx.to(x.device)).index_select(-1, idx.to(x.device)).to(dtype).cpu().numpy()
+
+        arrays = {"raw": cut(raw[:, a]), "rollout": cut(roll[a])}
+        if i in effective:
+            arrays["effective"] = cut(effective[i])
+        if norm is not None:
+            arrays["norm"] = cut(norm[a])
+        out[i] = arrays
+    return out
 
 
 def build_setup(lm: Any, method_names: Sequence[str], *, seed: int, bins: Sequence[float], removal: str,

@@ -71,6 +71,7 @@ def _analyse(model: str, backend: str, text: str, methods: tuple[str, ...]) -> d
     from attnexplain import functional as F
     from attnexplain.capturing import capture
     from attnexplain.methods import explain_batch
+    from attnexplain.runs.batch import example_arrays
 
     lm, _ = _load(model, backend)
     enc = lm.tokenize([text])
@@ -79,14 +80,12 @@ def _analyse(model: str, backend: str, text: str, methods: tuple[str, ...]) -> d
         cap = capture(lm, enc)
     tokens = [str(t) for t in cap.tokens[0]]
     n = len(tokens)
+    key_mask = enc.get("attention_mask", torch.ones_like(enc["input_ids"]))
+    # the same arrays analyze stores for an example (runs.batch.example_arrays), in float32
+    arrays = {"tokens": np.array(tokens), **example_arrays(cap, key_mask, [0], dtype=torch.float32)[0]}
     A = cap.stacked()[:, 0].float()[..., :n, :n]                       # (L, H, n, n)
     T = torch.stack([cap.value_transforms(l)[0] for l in cap.layers()]).float()[..., :n, :]  # (L, H, n, d)
-    eff = F.effective_attention(A, T)
-    norm = F.norm_based_attention(A, T).summed
-    rollout = F.attention_rollout(A)
     readout = n - 1 if lm.task == "causal-lm" else 0
-    arrays = {"tokens": np.array(tokens), "raw": A.numpy(), "effective": eff.float().numpy(),
-              "norm": norm.float().numpy(), "rollout": rollout.float().numpy()}
     if n <= MAX_FLOW_TOKENS:
         arrays["flow"] = F.attention_flow(A, query=readout).float().numpy().reshape(-1)
     probs = cap.probs[0].numpy() if cap.probs is not None else None
