@@ -58,6 +58,7 @@ import torch
 
 from .._registry import Registry
 from ..backends import AttentionCall
+from ..backends.spec import parse_key_values
 from ..capturing.adapters import AttentionSite
 from ..functional import attention_distribution, effective_attention_from_values, value_transforms
 
@@ -357,13 +358,18 @@ KINDS: Registry = Registry("intervention kind", {
 
 
 def _kind_label(kind: Any) -> tuple[str, str, dict[str, Any]]:
+    """``(label, name, options)`` of ``"name"``, ``"name:key=value,..."`` (the backend-spec syntax,
+    :mod:`attnexplain.backends.spec`) or ``(name, {options})``."""
     if isinstance(kind, str):
-        return kind, kind, {}
+        name, sep, rest = kind.partition(":")
+        if not sep:
+            return kind, kind, {}
+        kind = (name.strip(), parse_key_values(rest, what=f"intervention option in {kind!r}"))
     if isinstance(kind, (tuple, list)) and len(kind) == 2 and isinstance(kind[0], str) and isinstance(kind[1], Mapping):
         name, opts = kind[0], dict(kind[1])
         label = name + "(" + ",".join(f"{k}={v}" for k, v in opts.items()) + ")" if opts else name
         return label, name, opts
-    raise TypeError(f"a kind is a name or (name, options dict), got {kind!r}")
+    raise TypeError(f"a kind is a name, 'name:key=value,...' or (name, options dict), got {kind!r}")
 
 
 def build_intervention(kind: str | tuple[str, Mapping[str, Any]], *, heads: Sequence[int] | None = None,
