@@ -17,6 +17,8 @@ import _common as C  # noqa: I001  (sets offline / thread env before torch is im
 NAME = "key_value_recall"
 METHODS = ["raw_attention", "effective_attention", "norm", "rollout", "gradient_x_input", "integrated_gradients",
            "occlusion", "random"]
+#: ``--cheap``: without the two methods that run the model per step many times (IG, occlusion)
+CHEAP_METHODS = ["raw_attention", "effective_attention", "norm", "rollout", "gradient_x_input", "random"]
 
 
 def main() -> None:
@@ -26,6 +28,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3, help="key-value pairs per prompt")
     p.add_argument("--ig-steps", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cheap", action="store_true", help="leave out integrated gradients and occlusion")
     args = p.parse_args()
     if args.quick:
         args.n, args.pairs, args.model = 2, 2, args.model
@@ -38,7 +41,7 @@ def main() -> None:
     lm = C.load(args.model)
     examples = key_value_recall(args.n, n_pairs=args.pairs, seed=args.seed)
     methods = [get_method("integrated_gradients", n_steps=args.ig_steps) if m == "integrated_gradients" else m
-               for m in METHODS]
+               for m in (CHEAP_METHODS if args.cheap else METHODS)]
     C.log(f"[{NAME}] {args.n} prompts x {args.pairs} pairs on {args.model}")
     res = recall_evaluation(lm, examples, methods, batch_size=args.batch_size, seed=args.seed)
     table = res["table"]
@@ -51,7 +54,8 @@ def main() -> None:
         "Explanations of the forced answer, per answer token (whitespace-only tokens excluded). AUPRC: average "
         "precision of the prompt-token scores against the gold tokens (the queried value's digits; a random "
         "ranking scores about the gold fraction of the prompt). Comprehensiveness (higher = more faithful) and "
-        f"sufficiency (lower = more faithful): ERASER AOPC of the answer token's probability. IG with {args.ig_steps} steps.",
+        f"sufficiency (lower = more faithful): ERASER AOPC of the answer token's probability. "
+        + ("IG and occlusion left out (--cheap)." if args.cheap else f"IG with {args.ig_steps} steps."),
     ]
     C.write_table(out, f"Key-value recall: does the explanation point at the recalled value? ({args.model})", header,
                   [("", C.md_table(table, headers={"auprc": "AUPRC vs gold", "comprehensiveness": "comp. AOPC",
