@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from attnexplain.runs import (
     TABLES,
@@ -165,6 +166,14 @@ def test_analyze_writes_the_run_format(reference, data, lm):
     assert arr["raw"].shape == (L, H, n, n) and arr["raw"].dtype == np.float16
     assert arr["effective"].shape == (L, H, n, n) and arr["effective"].dtype == np.float16
     assert arr["norm"].shape == (L, n, n) and arr["rollout"].shape == (L, n, n)
+    # the stored norm array is norm-based attention of the example captured alone (T = V W_O)
+    from attnexplain.capturing import capture
+    from attnexplain.functional import norm_based_attention
+
+    alone = capture(lm, [ex.loc[1, "text"]])
+    ref = torch.stack([norm_based_attention(alone.attention(l), alone.value_transforms(l)).summed[0]
+                       for l in alone.layers()])
+    np.testing.assert_allclose(arr["norm"].astype(np.float32), ref.numpy(), rtol=2e-3, atol=1e-4)
     assert list(arr["tokens"]) == one["token"].tolist() or len(arr["tokens"]) == n
     np.testing.assert_allclose(arr["raw"].astype(np.float32).sum(-1), 1, atol=2e-3)
     assert run.attention("ex10") is None

@@ -228,7 +228,7 @@ def example_arrays(cap: Any, key_mask: torch.Tensor, indices: Sequence[int], *,
     as ``dtype`` numpy arrays. ``effective`` gives matrices already computed per example (else
     ``cap.effective_attention``); ``effective`` / ``norm`` are left out where the capture cannot give
     them. Used by ``analyze`` (float16, stored) and the dashboard's Live page (float32)."""
-    from ..functional import attention_rollout, norm_based_attention
+    from ..functional import attention_rollout, norm_based_attention, value_transforms
 
     out: dict[int, dict[str, np.ndarray]] = {}
     if not len(indices):
@@ -241,7 +241,8 @@ def example_arrays(cap: Any, key_mask: torch.Tensor, indices: Sequence[int], *,
     norms = []
     for li_, layer in enumerate(cap.layers()):
         try:
-            T = cap.value_transforms(layer).float()[sub]
+            # T = V W_O for these examples only (not the whole batch's, then a slice)
+            T = value_transforms(cap.values(layer)[sub].float(), cap.out_proj_blocks(layer).float())
             norms.append(norm_based_attention(raw[li_], T, key_mask=subm).summed)
         except (ValueError, RuntimeError):
             norms = []
