@@ -92,7 +92,8 @@ def _prepared(name: str) -> Path:
     if not (path / "config.json").exists():
         raise ModelNotFoundError(
             f"model {name!r} has not been prepared yet (looked in {path}); run "
-            f"`attnexplain prepare --model {name}` (the README's main command does this)"
+            f"`attnexplain prepare --model {name}`"
+            + (" (`bash scripts/run.sh`, the README's main command, does this)" if name == DEFAULT_MODEL else "")
         )
     return path
 
@@ -204,7 +205,7 @@ class LoadedModel:
         kwargs: dict[str, Any] = {}
         if text_pairs is not None:
             kwargs["text_pair"] = list(text_pairs)
-        full = self.tokenizer(texts, add_special_tokens=True, truncation=False, **kwargs)["input_ids"]
+        full = untruncated_ids(self.tokenizer, texts, **kwargs)
         too_long = [i for i, ids in enumerate(full) if len(ids) > limit]
         if too_long:
             msg = (f"{len(too_long)} text(s) longer than {limit} tokens (first: text {too_long[0]}, "
@@ -291,6 +292,18 @@ def as_loaded_model(model: Any, tokenizer: Any = None) -> LoadedModel:
         lm.labels = _labels(module, lm.task)
         return lm
     return LoadedModel.from_model(module, tokenizer, name=type(module).__name__)
+
+
+def untruncated_ids(tokenizer: Any, texts: list[str], **kwargs: Any) -> list[list[int]]:
+    """Token ids of ``texts`` without truncation (to measure their length before truncating on purpose).
+
+    transformers' "Token indices sequence length is longer than the specified maximum sequence
+    length" warning is turned off (``verbose=False``): the caller truncates, and says so itself.
+    """
+    try:
+        return tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False, **kwargs)["input_ids"]
+    except TypeError:  # a tokenizer without the verbose keyword
+        return tokenizer(texts, add_special_tokens=True, truncation=False, **kwargs)["input_ids"]
 
 
 def _infer_task(model: nn.Module) -> str:
@@ -451,12 +464,13 @@ def load_model(
 
 
 def load_model_for_run(name: str, *, backend: str = "dense", backend_options: Mapping[str, Any] | None = None):
-    """``load_model`` plus ``tiny-<task>`` names prepared by ``attnexplain prepare``; switches the backend."""
+    """``load_model`` plus the other names ``attnexplain prepare`` caches (``tiny-<task>``, and models made
+    with non-default training options such as ``minilm-rotten-tomatoes-limit100``); switches the backend."""
     try:
         lm = load_model(name)
     except ModelNotFoundError:
         path = cache_dir() / "models" / name
-        if name.startswith("tiny-") and (path / "config.json").is_file():
+        if name and "/" not in name and (path / "config.json").is_file():
             lm = load_model(str(path))
             lm.name = name
         elif name.startswith("tiny-"):

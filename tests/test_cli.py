@@ -151,7 +151,7 @@ def test_user_errors_are_clear(tiny, data, tmp_path):
                                     "--out", out]), "unknown attention backend 'warp'")
     _user_error(runner.invoke(app, ["analyze", "--dataset", str(data), "--split", "all", "--shard", "3/2",
                                     "--out", out]), "--shard")
-    _user_error(runner.invoke(app, ["analyze", "--dataset", str(data), "--split", "all", "--label-map", "neg=pos,pos=maybe",
+    _user_error(runner.invoke(app, ["analyze", "--dataset", str(data), "--split", "all", "--label-map", "neg=neg,pos=maybe",
                                     "--out", out]), "not a model label")
     rt = tmp_path / "rt.csv"
     pd.DataFrame({"text": ["fine", "awful"], "label": ["fresh", "rotten"]}).to_csv(rt, index=False)

@@ -171,14 +171,14 @@ def test_unknown_format(tmp_path):
 
 def test_wrong_column_lists_the_columns(tmp_path):
     p = tmp_path / "c.csv"
-    pd.DataFrame({"body": ["a", "b"], "y": [0, 1]}).to_csv(p, index=False)
-    with pytest.raises(DatasetError, match=r"no text column .*columns found: body, y"):
+    pd.DataFrame({"words": ["a", "b"], "y": [0, 1]}).to_csv(p, index=False)
+    with pytest.raises(DatasetError, match=r"no text column .*columns found: words, y"):
         load_dataset(p)
-    with pytest.raises(DatasetError, match=r"text column 'sentence' not found .*columns found: body, y"):
+    with pytest.raises(DatasetError, match=r"text column 'sentence' not found .*columns found: words, y"):
         load_dataset(p, text_column="sentence")
-    with pytest.raises(DatasetError, match=r"label column 'label' not found .*columns found: body, y"):
-        load_dataset(p, text_column="body", label_column="label")
-    assert load_dataset(p, text_column="body", label_column="y").labels == [0, 1]
+    with pytest.raises(DatasetError, match=r"label column 'label' not found .*columns found: words, y"):
+        load_dataset(p, text_column="words", label_column="label")
+    assert load_dataset(p, text_column="words", label_column="y").labels == [0, 1]
 
 
 def test_empty_rows_are_dropped_with_a_count(tmp_path):

@@ -5,13 +5,26 @@ run from Python with the same defaults, e.g. ``AnalyzeArgs(dataset="rotten-tomat
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..models import LoadedModel
-from ..backends.spec import parse_key_values
-from ..models import DEFAULT_MODEL
+if TYPE_CHECKING:  # only for annotations: attnexplain.models imports torch
+    from ..models import LoadedModel
+
+
+def parse_key_values(items: list[str] | str | None, **kwargs: Any) -> dict[str, Any]:
+    """:func:`attnexplain.backends.spec.parse_key_values`, imported when called: the backends package
+    imports torch, which ``attnexplain --help`` must not wait for."""
+    from ..backends.spec import parse_key_values as parse
+
+    return parse(items, **kwargs)
+
+
+#: same as attnexplain.models.DEFAULT_MODEL (a test checks it); not imported from there, because that
+#: module imports torch and ``attnexplain --help`` must not
+DEFAULT_MODEL = "minilm-rotten-tomatoes"
 
 
 __all__ = [
@@ -37,9 +50,41 @@ def parse_list(values: list[str] | str | None) -> list[str] | None:
     return out or None
 
 
+def training_defaults(model: str) -> dict[str, Any]:
+    """The options ``attnexplain prepare --model MODEL`` trains with when none is given: epochs, limit, seed."""
+    if model.startswith("tiny-"):
+        from ..training import TINY_TASKS
+
+        task = model[len("tiny-"):]
+        if task not in TINY_TASKS:
+            raise ValueError(f"unknown synthetic task {task!r}; known: {', '.join(TINY_TASKS)}")
+        return {"epochs": TINY_TASKS[task][0], "limit": None, "seed": 0}
+    from ..training import CLASSIFIERS
+
+    if model not in CLASSIFIERS:
+        raise ValueError(f"cannot prepare {model!r}: choose {', '.join(CLASSIFIERS)} or tiny-<synthetic task>")
+    recipe = CLASSIFIERS[model]
+    return {"epochs": recipe.epochs, "limit": recipe.limit, "seed": 0}
+
+
+def read_training_record(path: Path) -> dict[str, Any] | None:
+    """``attnexplain_training.json`` of a prepared model folder (None if absent or unreadable)."""
+    try:
+        return json.loads((Path(path) / "attnexplain_training.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 @dataclass
 class PrepareArgs:
-    """``attnexplain prepare``: make a classifier to explain (fine-tune MiniLM, or a tiny synthetic-task model)."""
+    """``attnexplain prepare``: make a classifier to explain (fine-tune MiniLM, or a tiny synthetic-task model).
+
+    The training options are recorded with the model (``attnexplain_training.json``). A model
+    prepared with options other than the recipe's defaults (``--epochs``, ``--limit``, ``--seed``)
+    is cached under its own name, e.g. ``minilm-rotten-tomatoes-epochs1-limit100``, never under
+    the real one; a model cached under the real name whose record shows other options (made by an
+    older version) is made again.
+    """
 
     model: str = DEFAULT_MODEL
     epochs: int | None = None
@@ -47,19 +92,75 @@ class PrepareArgs:
     seed: int = 0
     force: bool = False
 
+    def options(self) -> dict[str, Any]:
+        """The options this request trains with (defaults filled in)."""
+        chosen = dict(training_defaults(self.model))
+        if self.epochs is not None:
+            chosen["epochs"] = int(self.epochs)
+        if self.limit is not None:
+            chosen["limit"] = int(self.limit)
+        chosen["seed"] = int(self.seed)
+        return chosen
+
+    def cached_name(self) -> str:
+        """The name the model is cached under: the model's own name for the default options, else
+        the name plus the options that differ (``-epochs1-limit100-seed3``)."""
+        defaults = training_defaults(self.model)
+        chosen = self.options()
+        suffix = "".join(f"-{k}{chosen[k]}" for k in ("epochs", "limit", "seed") if chosen[k] != defaults[k])
+        return self.model + suffix
+
+    def cached_record(self) -> tuple[Path, dict[str, Any] | None] | None:
+        """(folder, training record) of an already prepared model matching this request, or None."""
+        from ..models import cache_dir
+
+        target = cache_dir() / "models" / self.cached_name()
+        if not (target / "config.json").is_file():
+            return None
+        record = read_training_record(target)
+        if record is not None:
+            chosen = self.options()
+            if any(k in record and record[k] != chosen[k] for k in chosen):
+                return None  # cached under this name with other options (an older version did that): make it again
+        return target, record
+
     def run(self) -> Path:
         from ..models import cache_dir
 
-        target = cache_dir() / "models" / self.model
-        if (target / "config.json").is_file() and not self.force:
-            return target
+        options = self.options()
+        name = self.cached_name()
+        if not self.force and self.cached_record() is not None:
+            return cache_dir() / "models" / name
+        out = cache_dir() / "models" / name
         if self.model.startswith("tiny-"):
             from ..training import prepare_tiny
 
-            return prepare_tiny(self.model[len("tiny-"):], epochs=self.epochs, limit=self.limit, seed=self.seed)
+            return prepare_tiny(self.model[len("tiny-"):], epochs=options["epochs"], limit=options["limit"],
+                                seed=options["seed"], out_dir=out)
         from ..training import prepare_classifier
 
-        return prepare_classifier(self.model, epochs=self.epochs, limit=self.limit, seed=self.seed)
+        return prepare_classifier(self.model, epochs=options["epochs"], limit=options["limit"], seed=options["seed"],
+                                  out_dir=out)
+
+    def summary(self, path: Path) -> str:
+        """One line for the user: where the model is, its validation accuracy and how it was trained."""
+        record = read_training_record(path)
+        name = self.cached_name()
+        if record is None:
+            return f"{name}: ready at {path} (no training record: validation accuracy unknown; --force remakes it)"
+        acc = record.get("validation_accuracy")
+        n_val = (record.get("split_sizes") or {}).get("validation")
+        n_train = (record.get("split_sizes") or {}).get("train")
+        parts = [f"validation accuracy {acc:.3f}" + (f" on {n_val} examples" if n_val else "")
+                 if isinstance(acc, (int, float)) else "validation accuracy unknown"]
+        parts.append(f"{record.get('epochs')} epoch(s) on {n_train if n_train is not None else '?'} training examples"
+                     + (f" (--limit {record['limit']})" if record.get("limit") else "")
+                     + f", seed {record.get('seed')}")
+        line = f"{name}: ready at {path} ({'; '.join(parts)})"
+        if name != self.model:
+            line += (f"\n  non-default training options: cached as {name!r}, not {self.model!r}; "
+                     f"use --model {name} to explain with it")
+        return line
 
 
 @dataclass
@@ -259,7 +360,7 @@ class CompareBackendsArgs:
     """``attnexplain compare-backends``: the same texts through dense and efficient attention backends."""
 
     out: Path
-    model: str = DEFAULT_MODEL
+    model: str = "minilm-bbc-news"  # the default data set's own classifier (long texts: where SMYRF matters)
     dataset: str = "bbc-news"
     split: str = "test"
     limit: int | None = 100
@@ -267,6 +368,7 @@ class CompareBackendsArgs:
     max_length: int | None = None
     min_tokens: int | None = None
     batch_size: int = 4
+    label_map: dict[str, str] | None = None
 
     def run(self):
         from ..runs.backend_comparison import compare_backends_cli
@@ -274,6 +376,7 @@ class CompareBackendsArgs:
         return compare_backends_cli(
             self.model, self.dataset, split=self.split, limit=self.limit, backends=list(self.backends),
             out=self.out, max_length=self.max_length, min_tokens=self.min_tokens, batch_size=self.batch_size,
+            label_map=self.label_map,
         )
 
 

@@ -93,12 +93,16 @@ def prepare(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                               help="minilm-rotten-tomatoes | minilm-bbc-news (fine-tune the packaged MiniLM) or "
                                    "tiny-<synthetic task> (e.g. tiny-synthetic-negation: a tiny BERT in seconds)."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the recipe's)."),
-    limit: Optional[int] = typer.Option(None, help="Train on only the first N training examples (quick runs)."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the recipe's). Non-default options "
+                                                    "cache the model under its own name, e.g. "
+                                                    "minilm-rotten-tomatoes-epochs2."),
+    limit: Optional[int] = typer.Option(None, help="Train on only N training examples (quick runs; cached under "
+                                                   "its own name, e.g. minilm-rotten-tomatoes-limit100)."),
     seed: int = typer.Option(0, help="Random seed."),
     force: bool = typer.Option(False, "--force", help="Train again even if the model is already prepared."),
 ) -> None:
-    """Prepare a classifier to explain (cached under ~/.cache/attnexplain/models; skipped if present)."""
+    """Prepare a classifier to explain (cached under ~/.cache/attnexplain/models with its training options; skipped
+    if present; prints its validation accuracy)."""
     args = PrepareArgs(model=model, epochs=epochs, limit=limit, seed=seed, force=force)
     if not (model.startswith("tiny-") or model in ("minilm-rotten-tomatoes", "minilm-bbc-news")):
         raise UserError(f"cannot prepare {model!r}: choose minilm-rotten-tomatoes, minilm-bbc-news or tiny-<synthetic task>")
@@ -106,7 +110,7 @@ def prepare(
         path = args.run()
     except ValueError as exc:  # unknown task / recipe
         raise UserError(str(exc)) from None
-    typer.echo(f"{model}: ready at {path}")
+    typer.echo(args.summary(path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,7 +175,8 @@ def analyze(
         help="Explanation methods (repeat or comma-separate). Default: raw_attention, effective_attention, norm, "
              "rollout, gradient_x_input, random (no integrated_gradients: slow). 'all' = every registered method "
              "except flow and attention_distribution (name them to include them)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Examples per batch (and per shard file)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="At most N examples per batch (and per shard file); long inputs go in smaller "
+                                                               "batches of at most 4096 tokens (8 x 512), which bounds memory."),
     backend: str = typer.Option("dense", help="Attention backend: dense, smyrf, ... (`attnexplain backends`)."),
     backend_option: Optional[List[str]] = typer.Option(None, "--backend-option",
                                                        help="Backend option key=value (repeatable), e.g. n_hashes=2."),
@@ -216,7 +221,11 @@ def analyze(
         engine=engine, address=address, num_workers=num_workers, worker_threads=worker_threads,
     )
     run = args.run(command=["attnexplain", *sys.argv[1:]])
-    typer.echo(f"{run.path}: {run.status}, {run.n_done} examples. Next: attnexplain report {run.path}")
+    if args.shard:
+        typer.echo(f"{run.path}: {run.status}, {run.n_done} examples (shard {args.shard}). Next: when every shard "
+                   f"is complete, attnexplain merge <shard runs> --out <merged run>, then attnexplain report on it")
+    else:
+        typer.echo(f"{run.path}: {run.status}, {run.n_done} examples. Next: attnexplain report {run.path}")
 
 
 @app.command()
@@ -271,7 +280,9 @@ def compare(
 @command
 def compare_backends(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for table.md, per_example.parquet, manifest.json."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name or folder."),
+    model: str = typer.Option("minilm-bbc-news", "--model", "-m",
+                              help="Model name or folder (default: the bbc-news classifier, `attnexplain prepare "
+                                   "--model minilm-bbc-news`)."),
     dataset: str = typer.Option("bbc-news", "--dataset", "-d", help="Data set name or file."),
     split: str = typer.Option("test", help="Split of a built-in data set."),
     limit: Optional[int] = typer.Option(100, help="At most this many examples."),
@@ -283,11 +294,15 @@ def compare_backends(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to this many tokens."),
     min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="Keep only examples at least this long."),
     batch_size: int = typer.Option(4, "--batch-size"),
+    label_map: Optional[List[str]] = typer.Option(None, "--label-map",
+                                                  help="dataset_label=model_label (repeatable or comma-separated), "
+                                                       "when the data set's label names differ from the model's."),
 ) -> None:
     """Dense vs efficient attention on the same model and texts: prediction agreement, output TVD,
     per-layer JSD of attention rows, Kendall tau of raw/effective token rankings, memory share."""
     args = CompareBackendsArgs(out=out, model=model, dataset=dataset, split=split, limit=limit,
-                               max_length=max_length, min_tokens=min_tokens, batch_size=batch_size)
+                               max_length=max_length, min_tokens=min_tokens, batch_size=batch_size,
+                               label_map=_kv(label_map, "--label-map", typed=False) or None)
     if backend:
         args.backends = list(backend)
     res = args.run()

@@ -41,6 +41,11 @@ rotten-tomatoes, about 100 in bbc-news) always land in the same split and never 
 train into test. ``drug-reviews`` keeps the package's own test file as ``test`` (379 reviews, plus
 the one train-file review whose text repeats a test review: 380) and splits the rest of its train
 file 90/10 into train/validation by the same hash.
+
+Order: within a split the examples come in a **fixed shuffled order** (sorted by
+:func:`example_order_key`, a SHA-256 of the id), not in file order, which is grouped by class.
+So ``load_dataset(name, limit=N)`` / ``analyze --limit N`` takes a random sample of the split
+(the same one everywhere), never the first class only.
 """
 
 from __future__ import annotations
@@ -160,6 +165,21 @@ BUILTINS: Registry = Registry("built-in data set", {
 })
 
 
+# -- order -------------------------------------------------------------------------------------
+
+
+def example_order_key(example_id: str) -> str:
+    """Sort key that puts a built-in split in a fixed shuffled order: ``sha256("attnexplain-order-v1:" + id)``.
+
+    The wheels list their files grouped by class (bbc-news: all business articles first), so the
+    first N examples of a split in file order are one class; in this order any prefix
+    (``--limit N``) is a random sample, the same one on every machine and run.
+    """
+    import hashlib
+
+    return hashlib.sha256(f"attnexplain-order-v1:{example_id}".encode()).hexdigest()
+
+
 # -- cache ---------------------------------------------------------------------------------------
 
 
@@ -269,6 +289,7 @@ def load_builtin(name: str, *, split: str = "test") -> TextDataset:
     names = table.schema.metadata[b"attnexplain.label_names"].decode().split("\t")
     cols = table.to_pydict()
     keep = [i for i, s in enumerate(cols["split"]) if split == "all" or s == split]
+    keep.sort(key=lambda i: example_order_key(cols["id"][i]))
     return TextDataset(
         ids=[cols["id"][i] for i in keep],
         texts=[cols["text"][i] for i in keep],

@@ -10,6 +10,11 @@ from typing import Any
 
 from ..errors import AttnExplainError
 
+#: the columns a user file's text and label are looked for in, in this order (see
+#: :mod:`attnexplain.data.loaders`)
+TEXT_COLUMNS = ("text", "sentence", "review", "content", "document", "body", "comment", "tweet")
+LABEL_COLUMNS = ("label", "labels", "sentiment", "class", "category", "target", "topic", "polarity", "y")
+
 #: the split names every built-in and synthetic data set has
 SPLITS = ("train", "validation", "test")
 
@@ -61,6 +66,8 @@ class TextDataset:
             :func:`attnexplain.data.synthetic.word_index_of_tokens`.
         name: data set name (built-in name or file path).
         split: ``"train"``, ``"validation"``, ``"test"`` or ``"all"``.
+        columns: for user files, the columns used: ``{"text": ..., "label": ... or None,
+            "found": [every column in the file]}``; None for built-in and synthetic data.
     """
 
     ids: list[str]
@@ -71,6 +78,7 @@ class TextDataset:
     rationales: list[list[int]] | None = None
     name: str = "dataset"
     split: str = "all"
+    columns: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.texts)
@@ -131,8 +139,21 @@ class TextDataset:
             label_names=list(self.label_names) if self.label_names is not None else None,
             text_pairs=pick(self.text_pairs),
             rationales=None if self.rationales is None else [list(self.rationales[i]) for i in idx],
-            name=self.name, split=self.split,
+            name=self.name, split=self.split, columns=self.columns,
         )
+
+    def describe_columns(self) -> str | None:
+        """One line saying which columns of a user file were read as text and label (None for built-ins)."""
+        if not self.columns:
+            return None
+        text = f"text column {self.columns['text']!r}"
+        label = self.columns.get("label")
+        if label is None:
+            found = [c for c in self.columns.get("found", []) if c != self.columns["text"]]
+            return (f"{self.name}: {text}; no label column (looked for {', '.join(LABEL_COLUMNS)}; columns: "
+                    f"{', '.join(found) or 'none'}), so accuracy cannot be measured: pass --label-column NAME")
+        classes = f" ({len(self.label_names)} classes: {', '.join(self.label_names)})" if self.label_names else ""
+        return f"{self.name}: {text}, label column {label!r}{classes}"
 
     def head(self, n: int) -> "TextDataset":
         """The first ``n`` examples (all of them if there are fewer)."""

@@ -18,8 +18,11 @@
 Rules for user data (all documented failures raise :class:`DatasetError`, a ``ValueError``):
 
 * **Columns.** The text column defaults to the first of ``text``, ``sentence``, ``review``,
-  ``content``, ``document`` that exists; the label column to ``label`` or ``labels`` if present
-  (otherwise the data set is unlabelled, ``labels=None``). A column named ``id`` gives the example
+  ``content``, ``document``, ``body``, ``comment``, ``tweet`` that exists; the label column to the
+  first of ``label``, ``labels``, ``sentiment``, ``class``, ``category``, ``target``, ``topic``,
+  ``polarity``, ``y`` (otherwise the data set is unlabelled, ``labels=None``). The columns chosen
+  are recorded in ``TextDataset.columns`` and said by :meth:`TextDataset.describe_columns` (which
+  ``analyze`` prints), so a label column that was not found is never silent. A column named ``id`` gives the example
   ids (else ``<file stem>-<row number in the file>``, so ids survive dropped rows); a column
   ``rationale`` (lists of word indices) gives rationales. A column name that does not exist is an
   error that lists the columns found.

@@ -17,8 +17,7 @@ from typing import Any
 from .dataset import DatasetError, TextDataset
 
 
-TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
-LABEL_COLUMNS = ("label", "labels")
+from .dataset import LABEL_COLUMNS, TEXT_COLUMNS
 
 
 _FORMATS = {
@@ -339,4 +338,5 @@ def _load_user(path: Path, *, split: str, text_column: str | None, label_column:
         ids=ids, texts=[texts_raw[i] for i in keep], labels=labels, label_names=names,
         text_pairs=[pairs_raw[i] for i in keep] if pairs_raw is not None else None,
         rationales=rationales, name=str(path), split=split_name,
+        columns={"text": tcol, "label": lcol, "found": [str(c) for c in df.columns]},
     )

@@ -62,17 +62,41 @@ from .settings import (
 from .writer import RunWriter
 
 
-def _contiguous_batches(positions: list[int], batch_size: int) -> list[list[int]]:
-    """Cut sorted positions into runs of consecutive values, then each run into batches."""
+#: at most this many padded tokens (examples x longest input) per analyze batch: 32 inputs of 128
+#: tokens, or 8 of 512. What one batch holds (captured attention of every layer and head, the
+#: perturbed inputs of the faithfulness metrics) grows with it, so it bounds analyze's memory
+MAX_BATCH_TOKENS = 4096
+
+
+def _contiguous_batches(positions: list[int], batch_size: int, lengths: Mapping[int, int] | None = None,
+                        max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Cut sorted positions into runs of consecutive values, then each run into batches of at most
+    ``batch_size`` examples and (given ``lengths``) at most ``max_batch_tokens`` padded tokens
+    (``len(batch) * longest``; a single longer example is a batch of its own)."""
     out: list[list[int]] = []
+
+    def cut(run: list[int]) -> None:
+        batch: list[int] = []
+        longest = 0
+        for p in run:
+            n = lengths[p] if lengths is not None else 0
+            if batch and (len(batch) >= batch_size or (max_batch_tokens and (len(batch) + 1) * max(longest, n)
+                                                       > max_batch_tokens)):
+                out.append(batch)
+                batch, longest = [], 0
+            batch.append(p)
+            longest = max(longest, n)
+        if batch:
+            out.append(batch)
+
     run: list[int] = []
     for p in positions:
         if run and p != run[-1] + 1:
-            out += [run[i : i + batch_size] for i in range(0, len(run), batch_size)]
+            cut(run)
             run = []
         run.append(p)
     if run:
-        out += [run[i : i + batch_size] for i in range(0, len(run), batch_size)]
+        cut(run)
     return out
 
 
@@ -135,7 +159,9 @@ def analyze(
         dataset: a data set name/path (:func:`attnexplain.data.load_dataset`) or a ``TextDataset``.
         split, limit, text_column, label_column, text_pair_column: passed to ``load_dataset``.
         methods: method names (default :data:`DEFAULT_METHODS`; ``"all"``: every registered one).
-        batch_size: examples per forward pass and per shard.
+        batch_size: at most this many examples per forward pass and per shard; batches of long
+            inputs are cut smaller, to at most :data:`MAX_BATCH_TOKENS` (4096) padded tokens
+            (8 examples of 512 tokens), which bounds the memory (see the README for figures).
         store_attention: keep the attention arrays of the first N examples (of this run / shard).
         removal: ``"delete"`` or ``"mask"`` (faithfulness perturbation).
         head_ablation: also measure each head's zero-ablation effect (L forward passes per batch).
@@ -272,6 +298,8 @@ def analyze(
         if writer.is_complete:
             log(f"[analyze] {out} is already complete ({len(writer.done_ids)} examples); nothing to do")
             return writer.finalize()
+        if ds.describe_columns():
+            log(f"[analyze] {ds.describe_columns()}")
         todo = [p for p in positions if p not in writer.done_positions]
         if writer.resumed:
             log(f"[analyze] resuming {out}: {len(positions) - len(todo)} of {len(positions)} examples done"
@@ -281,7 +309,14 @@ def analyze(
         setup = build_setup(lm, method_names, seed=seed, bins=bins, removal=removal, head_ablation=head_ablation,
                             max_length=max_len, label_mapping=mapping, label_names=ds_labels, precision=precision)
         torch.manual_seed(seed)
-        batches = _contiguous_batches(todo, batch_size)
+        lengths = None
+        if todo and lm.tokenizer is not None:
+            from ..models import untruncated_ids
+
+            kw = {"text_pair": [ds.text_pairs[p] for p in todo]} if ds.text_pairs is not None else {}
+            ids_all = untruncated_ids(lm.tokenizer, [ds.texts[p] for p in todo], **kw)
+            lengths = {p: min(len(x), max_len) for p, x in zip(todo, ids_all)}
+        batches = _contiguous_batches(todo, batch_size, lengths, MAX_BATCH_TOKENS)
         bar = None
         if progress:
             from tqdm.auto import tqdm

@@ -411,6 +411,7 @@ def compare_backends_cli(
     batch_size: int = 4,
     methods: Sequence[str] = DEFAULT_METHODS,
     progress: bool = True,
+    label_map: Mapping[str, str] | None = None,
 ) -> BackendComparison:
     """``attnexplain compare-backends``: load ``model`` and ``dataset``, run :func:`compare_backends`
     and write ``table.md``, ``per_example.parquet`` and ``manifest.json`` into ``out``.
@@ -423,6 +424,7 @@ def compare_backends_cli(
         max_length: truncate inputs to this many tokens (default: the model's maximum).
         min_tokens: keep only examples with at least this many tokens after truncation
             (e.g. 256 for the long-input report).
+        label_map: dataset label name -> model label name, when the names differ (as ``analyze``).
     """
     import platform
 
@@ -449,7 +451,7 @@ def compare_backends_cli(
         raise ValueError(f"no examples of {dataset}/{split} left (min_tokens={min_tokens}, limit={limit})")
     mapped = None
     if labels is not None and lm.labels is not None:
-        mapping = resolve_label_map(ds.label_names, lm.labels, dataset_name=dataset, model_name=model,
+        mapping = resolve_label_map(ds.label_names, lm.labels, label_map, dataset_name=dataset, model_name=model,
                                     max_label=max(labels) if labels else None)
         mapped = [mapping[labels[i]] for i in keep] if mapping is not None else None
     cmp = compare_backends(lm, [texts[i] for i in keep], configs, labels=mapped, batch_size=batch_size,

@@ -129,13 +129,14 @@ def analyze_batch(setup: _Setup, ids: list[str], positions: list[int], texts: li
     """Everything for one batch: (tables dict of columns, attention arrays by example id)."""
     from ..capturing import capture
     from ..methods import explain_batch
+    from ..models import untruncated_ids
 
     lm = setup.lm
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*longer than .* tokens.*")
         enc = lm.tokenize(texts, max_length=setup.max_length, text_pairs=text_pairs)
     kw = {"text_pair": list(text_pairs)} if text_pairs is not None else {}
-    full_len = [len(x) for x in lm.tokenizer(texts, add_special_tokens=True, truncation=False, **kw)["input_ids"]]
+    full_len = [len(x) for x in untruncated_ids(lm.tokenizer, texts, **kw)]
     mask = enc.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(enc["input_ids"])

@@ -38,6 +38,10 @@ from ..metrics import kendall_tau_matrix
 from .markdown import format_markdown_table
 from .reader import Run, open_run
 
+#: a JSD (nats) between raw and effective attention rows at or below this is float noise: the two
+#: are equal (always the case when a head sees at most d_head tokens)
+DIFFERENCE_TOLERANCE = 1e-4
+
 __all__ = ["ReportResult", "CompareResult", "report", "compare", "method_agreement", "aopc_table"]
 
 
@@ -196,8 +200,13 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
                   format_markdown_table(per_layer, digits=4, missing="n/a"), ""]
         if "eff_raw_jsd" in per_head:
             top = per_head.sort_values("eff_raw_jsd", ascending=False).head(5)
-            lines += ["Heads where effective attention differs most from raw attention: "
-                      + ", ".join(f"L{int(r.layer)}H{int(r.head)} ({r.eff_raw_jsd:.3f})" for r in top.itertuples()), ""]
+            top = top[top["eff_raw_jsd"] > DIFFERENCE_TOLERANCE]
+            if len(top):
+                lines += ["Heads where effective attention differs most from raw attention: "
+                          + ", ".join(f"L{int(r.layer)}H{int(r.head)} ({r.eff_raw_jsd:.3f})" for r in top.itertuples()), ""]
+            else:
+                lines += [f"Effective attention equals raw attention in every head (JSD <= {DIFFERENCE_TOLERANCE:g}): "
+                          "with at most d_head tokens nothing is hidden in the null space.", ""]
         if "ablation_tvd" in per_head:
             top = per_head.sort_values("ablation_tvd", ascending=False).head(5)
             lines += ["Heads whose zero-ablation changes the output most (mean TVD): "

@@ -96,6 +96,20 @@ def resolve_label_map(dataset_labels: list[str] | None, model_labels: list[str] 
     if label_map:
         if dataset_labels is None:
             raise AnalyzeError("--label-map given but the dataset's labels have no names (integer labels)")
+        contradictions = []
+        for name in dataset_labels:
+            target = label_map.get(name, label_map.get(name.lower()))
+            if target is None or name.lower() not in low_model:
+                continue
+            t = str(target)
+            idx = low_model.index(t.lower()) if t.lower() in low_model else (int(t) if t.isdigit() else None)
+            if idx is not None and idx != low_model.index(name.lower()):
+                contradictions.append(f"{name}={target}")
+        if contradictions:
+            raise AnalyzeError(
+                f"--label-map {', '.join(contradictions)} contradicts {model_name}'s own labels: the model has a class "
+                f"named the same as the data set's label (its id2label: {model_labels}). Labels with the same name "
+                f"are matched by name; leave them out of --label-map")
         out = []
         for name in dataset_labels:
             target = label_map.get(name, label_map.get(name.lower()))
@@ -122,10 +136,12 @@ def resolve_label_map(dataset_labels: list[str] | None, model_labels: list[str] 
     generic = all(m.upper() == f"LABEL_{i}" for i, m in enumerate(model_labels))
     if generic and len(dataset_labels) <= n_model:
         return list(range(len(dataset_labels)))
-    example = ",".join(f"{d}={model_labels[min(i, n_model - 1)]}" for i, d in enumerate(dataset_labels))
+    # no pairing is suggested: the order of the names says nothing about which class is which
+    example = ",".join(f"{d}=<{'|'.join(model_labels)}>" for d in dataset_labels)
     raise AnalyzeError(
         f"the labels of {dataset_name} ({', '.join(dataset_labels)}) do not match the labels of {model_name} "
-        f"({', '.join(model_labels)}). Pass --label-map to say which is which, e.g. --label-map {example}"
+        f"({', '.join(model_labels)}). Pass --label-map to say which data set label is which model label: "
+        f"--label-map {example}"
     )
 
 
