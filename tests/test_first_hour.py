@@ -21,9 +21,9 @@ from attnexplain.cli.main import app
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 
-#: options of other programs that appear in attnexplain's messages (pip, streamlit)
+#: options of other programs that appear in attnexplain's messages (pip, streamlit, `ray start --head`)
 FOREIGN_OPTIONS = {"--no-deps", "--disable-pip-version-check", "--server", "--browser", "--runs-dir", "--help",
-                   "--global", "--client"}
+                   "--global", "--client", "--head"}
 
 
 def _command_options() -> dict[str, set[str]]:

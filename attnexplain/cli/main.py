@@ -16,8 +16,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import AttnExplainError
-from ..models import DEFAULT_MODEL
 from .args import (
+    DEFAULT_MODEL,
     AnalyzeArgs,
     CompareArgs,
     CompareBackendsArgs,
