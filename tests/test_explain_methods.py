@@ -361,7 +361,7 @@ def test_integrated_gradients_few_steps_is_less_complete_than_many():
 def test_gradient_x_input_matches_manual_autograd():
     lm = _lm("bert")
     texts = [SHORT[0], LONG]
-    sc, tgt, enc = _scores(lm, texts, "gradient_x_input")
+    sc, tgt, enc = _scores(lm, texts, "gradient_x_input", input="word_embeddings")
     emb = lm.model.get_input_embeddings()(enc["input_ids"]).detach().requires_grad_(True)
     out = lm.model(inputs_embeds=emb, attention_mask=enc["attention_mask"]).logits
     (grad,) = torch.autograd.grad(out.gather(1, tgt[:, None]).sum(), emb)

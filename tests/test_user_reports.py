@@ -362,3 +362,73 @@ def test_a_run_that_fails_before_any_result_leaves_no_run_folder(tmp_path, monke
         analyze(out2, model=lm, dataset=str(data), split="all", methods=["random"], batch_size=2, progress=False,
                 log=lambda s: None, on_batch=crash)
     assert any((out2 / "shards").iterdir())
+
+
+# ------------------------------------------------------------- 10. gradient x input variants
+
+
+def _grad_wrt_output_of(lm, module, enc, target):
+    """Independent route: d logit / d (output of ``module``) through a forward hook on that module."""
+    store = {}
+
+    def hook(mod, inp, out):
+        out = out.detach().requires_grad_(True)
+        store["x"] = out
+        return out
+
+    h = module.register_forward_hook(hook)
+    try:
+        logits = lm.model(**enc).logits
+    finally:
+        h.remove()
+    (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), store["x"])
+    return store["x"], g
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta", "gpt2"])
+def test_gradient_x_input_on_the_embedding_output_and_l2(arch):
+    """Default input: the first block's input = the embeddings module's output (BERT: after its
+    LayerNorm), computed here from a hook on that module; L2 aggregation = the norm of the same product."""
+    from attnexplain.methods import explain_batch
+
+    lm = tiny_model(arch)
+    enc = lm.tokenize(["a witty film", "dull"])
+    emb_module = {"bert": lambda m: m.bert.embeddings, "roberta": lambda m: m.roberta.embeddings,
+                  "gpt2": lambda m: m.transformer.drop}[arch](lm.model)  # GPT-2: wte + wpe, after dropout
+    target = torch.tensor([0, 1])
+    x, g = _grad_wrt_output_of(lm, emb_module, enc, target)
+    from attnexplain.methods import get_method
+
+    for agg, expected in (("sum", (x * g).sum(-1)), ("l2", (x * g).norm(dim=-1))):
+        sc, _, _ = explain_batch(lm, enc, [get_method("gradient_x_input", aggregation=agg)], target=target)
+        for i in range(2):
+            idx = enc["attention_mask"][i].bool()
+            np.testing.assert_allclose(sc["gradient_x_input"][i], expected[i][idx].detach().numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_word_embedding_gradient_x_input_is_minus_the_position_and_type_part_on_bert():
+    """Why the word-embedding variant is not the default: the embedding LayerNorm makes the model
+    invariant to the scale of x = w + p + t, so sum_k x_k dF/dx_k = 0 per token (hand-derived),
+    and the word part equals minus the position+type part."""
+    lm = tiny_model("bert")
+    enc = lm.tokenize(["a witty film"])
+    emb = lm.model.bert.embeddings
+    ids = enc["input_ids"]
+    w = emb.word_embeddings(ids)
+    p = emb.position_embeddings(torch.arange(ids.shape[1]))[None]
+    t = emb.token_type_embeddings(torch.zeros_like(ids))
+    # gradient with respect to the summed embedding, before the LayerNorm
+    x, g = _grad_wrt_output_of(lm, emb.word_embeddings, enc, torch.tensor([1]))
+    total = ((w + p + t).detach() * g).sum(-1)   # the grad wrt w equals the grad wrt w + p + t
+    word = (w.detach() * g).sum(-1)
+    assert float(word.abs().max()) > 0 and float(total.abs().max()) <= 1e-4 * float(word.abs().max())
+    torch.testing.assert_close(word, -((p + t).detach() * g).sum(-1), atol=1e-6, rtol=1e-4)
+
+
+def test_gradient_x_input_options_are_checked():
+    from attnexplain.methods import get_method
+
+    with pytest.raises(ValueError, match="input must be one of"):
+        get_method("gradient_x_input", input="logits")
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        get_method("gradient_x_input", aggregation="max")

@@ -24,7 +24,7 @@ from ..errors import AttnExplainError
 
 __all__ = [
     "AdapterRule", "ADAPTER_RULES", "FIRST_TOKEN_CLASSIFIERS", "AttentionSite", "find_attention_sites",
-    "UnsupportedArchitectureError", "PostLNLayout", "unsupported_message",
+    "UnsupportedArchitectureError", "PostLNLayout", "unsupported_message", "first_block",
 ]
 
 
@@ -221,3 +221,23 @@ def find_attention_sites(model: nn.Module) -> dict[int, AttentionSite]:
         site.key = f"{site.stack}.{site.layer}.{site.kind}"
         sites[id(module)] = site
     return sites
+
+
+def first_block(model: nn.Module) -> nn.Module:
+    """The first transformer block of the model's input stack (the encoder of an encoder-decoder):
+    the module whose first argument is the residual stream entering layer 0, i.e. the embedding
+    output (after the embedding LayerNorm in BERT-family models).
+
+    Raises:
+        UnsupportedArchitectureError: no attention site, or its rule has no ``block_path``.
+    """
+    sites = [s for s in find_attention_sites(model).values() if s.kind == "self" and s.stack in ("main", "encoder")]
+    if not sites:
+        raise UnsupportedArchitectureError(unsupported_message(model, "it has no self-attention site in its input stack"))
+    site = min(sites, key=lambda s: s.layer)
+    block = None if site.rule is None or site.rule.block_path is None else _resolve(model, site.module_name, site.rule.block_path)
+    if block is None:
+        raise UnsupportedArchitectureError(unsupported_message(
+            model, f"the adapter rule {getattr(site.rule, 'name', None)!r} does not say where its transformer block is "
+            "(block_path)"))
+    return block

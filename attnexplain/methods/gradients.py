@@ -215,34 +215,90 @@ class IntegratedGradients(ExplanationMethod):
         return _split(scores, _real_masks(batch))
 
 
+_GXI_INPUTS = ("block_input", "word_embeddings")
+_GXI_AGGREGATIONS = ("sum", "l2")
+
+
+@contextlib.contextmanager
+def _block_input_leaf(block: torch.nn.Module, store: dict[str, torch.Tensor]):
+    """Forward pre-hook on ``block``: its hidden-states input becomes a leaf that requires grad."""
+
+    def pre(mod, args, kwargs):
+        if args:
+            x = args[0].detach().requires_grad_(True)
+            store["e"] = x
+            return (x, *args[1:]), kwargs
+        x = kwargs["hidden_states"].detach().requires_grad_(True)
+        store["e"] = x
+        return args, {**kwargs, "hidden_states": x}
+
+    handle = block.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @register_method
 @dataclass
 class GradientXInput(ExplanationMethod):
-    """Gradient x input on the word embeddings.
+    """Gradient x input, on the input of the first transformer block (default) or on the word embeddings.
 
-    Formula, with ``e_j`` the word embedding of token ``j`` and ``F`` the target logit::
+    Formula, with ``x_j`` the chosen input vector of token ``j`` and ``F`` the target logit::
 
-        score_j = sum_k e_{jk} * dF/de_{jk}          (signed)
+        g_j = x_j * dF/dx_j                    (per dimension)
+        score_j = sum_k g_{jk}                 (aggregation="sum", signed; default)
+        score_j = ||g_j||_2                    (aggregation="l2", unsigned)
 
-    Computed with one forward and one backward pass per batch (autograd, a hook on
-    ``lm.model.get_input_embeddings()``); equals captum's ``InputXGradient`` applied to the
-    embeddings, summed over dimensions.
+    ``input`` (what ``x`` is):
+
+    * ``"block_input"`` (default): the hidden states entering the first transformer block, i.e. the
+      embedding output (word + position + type embeddings **after the embedding LayerNorm** in
+      BERT-family models; word + position embeddings for GPT-2; the word embeddings for Llama).
+    * ``"word_embeddings"``: the output of ``get_input_embeddings()`` (before position/type
+      embeddings and the LayerNorm).
+
+    Why not the word embeddings by default: in BERT-family models the embedding LayerNorm makes
+    the model invariant to the scale of the summed embedding ``x = w + p + t``, so
+    ``sum_k x_k dF/dx_k = 0`` for every token and the signed word-embedding score is exactly minus
+    the position+type part, uninformative by construction (measured on 500 rotten-tomatoes test
+    examples with the fine-tuned MiniLM: AOPC comprehensiveness 0.055 against 0.051 for random
+    rankings; after the LayerNorm 0.151; L2 aggregation 0.157). The signed block-input score keeps
+    the direction of the evidence and is far from random; ``aggregation="l2"`` is the variant of
+    e.g. Atanasova et al. (2020).
+
+    Computed with one forward and one backward pass per batch (autograd; a hook on the first block
+    or on ``get_input_embeddings()``); ``input="word_embeddings", aggregation="sum"`` equals captum's
+    ``InputXGradient`` on the embeddings summed over dimensions.
+
+    Raises:
+        UnsupportedArchitectureError: ``input="block_input"`` on a model whose adapter rule does not
+            locate its transformer block (use ``input="word_embeddings"``).
 
     Papers: A. Shrikumar, P. Greenside, A. Shcherbina, A. Kundaje, "Not Just a Black Box:
     Learning Important Features Through Propagating Activation Differences", 2016; as a token
     attribution for NLP e.g. J. Bastings, K. Filippova, "The elephant in the interpretability
-    room", BlackboxNLP 2020.
+    room", BlackboxNLP 2020; P. Atanasova, J. G. Simonsen, C. Lioma, I. Augenstein, "A Diagnostic
+    Study of Explainability Techniques for Text Classification", EMNLP 2020.
     """
 
     name: ClassVar[str] = "gradient_x_input"
-    description: ClassVar[str] = "gradient of the target logit x word embedding, summed over dims"
+    description: ClassVar[str] = "gradient of the target logit x the first block's input (after the embedding norm), summed over dims"
     uses_capture: ClassVar[bool] = False
+
+    input: str = "block_input"
+    aggregation: str = "sum"
+
+    def __post_init__(self) -> None:
+        if self.input not in _GXI_INPUTS:
+            raise ValueError(f"input must be one of {_GXI_INPUTS}, got {self.input!r}")
+        if self.aggregation not in _GXI_AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {_GXI_AGGREGATIONS}, got {self.aggregation!r}")
 
     def attribute(self, lm, batch, *, target, capture=None) -> list[np.ndarray]:
         _check_text_batch(self, lm, batch)
         kwargs = _model_kwargs(batch)
         model = lm.model
-        emb = model.get_input_embeddings()
         store: dict[str, torch.Tensor] = {}
 
         def leaf(out: torch.Tensor) -> torch.Tensor:
@@ -250,11 +306,18 @@ class GradientXInput(ExplanationMethod):
             store["e"] = e
             return e
 
+        if self.input == "word_embeddings":
+            hook = _replace_output(model.get_input_embeddings(), leaf)
+        else:
+            from ..capturing.adapters import first_block
+
+            hook = _block_input_leaf(first_block(model), store)
         target = torch.as_tensor(target, device=batch["input_ids"].device).reshape(-1).long()
-        with torch.enable_grad(), _replace_output(emb, leaf):
+        with torch.enable_grad(), hook:
             out = model(**kwargs)
             f = target_scores(out.logits, kwargs.get("attention_mask")).float()
             sel = f.gather(1, target[:, None]).sum()
             (grad,) = torch.autograd.grad(sel, store["e"])
-        scores = (grad * store["e"]).sum(-1)
+        prod = grad * store["e"]
+        scores = prod.sum(-1) if self.aggregation == "sum" else prod.norm(dim=-1)
         return _split(scores, _real_masks(batch))
