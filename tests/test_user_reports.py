@@ -432,3 +432,48 @@ def test_gradient_x_input_options_are_checked():
         get_method("gradient_x_input", input="logits")
     with pytest.raises(ValueError, match="aggregation must be one of"):
         get_method("gradient_x_input", aggregation="max")
+
+
+# ----------------------------------------------------------------- 11. ferret-compatible rounding
+
+
+def test_ferret_rounding_floors_and_skips_empty_bins():
+    from attnexplain.ablations.perturbed_inputs import bin_sizes
+
+    assert bin_sizes(7, rounding="ferret") == [0, 0, 0, 1, 3]  # floor(.07, .35, .7, 1.4, 3.5)
+    assert bin_sizes(7, rounding="ceil") == [1, 1, 1, 2, 4]
+    assert bin_sizes(20, rounding="ferret") == [0, 1, 2, 4, 10]
+    assert bin_sizes(100, (0.1, 1.0), rounding="ferret") == [10, 100]
+    with pytest.raises(ValueError, match="ferret"):
+        bin_sizes(5, rounding="nearest")
+
+
+def test_ferret_rounding_faithfulness_equals_hand_run_deletions():
+    """7 content tokens: only the 20 % (k=1) and 50 % (k=3) bins are scored; each value is
+    p_full - p(model on the input with the top-k tokens deleted), computed here by hand."""
+    from attnexplain.ablations import faithfulness
+
+    lm = tiny_model("bert")
+    text = "abcdefg"  # CharTokenizer: [CLS] a b c d e f g [SEP], 7 content tokens
+    enc = lm.tokenize([text])
+    ids = enc["input_ids"][0].tolist()
+    scores = np.array([0.0, 0.5, 0.9, 0.1, 0.8, 0.2, 0.3, 0.4, 0.0])  # per real token, specials ignored
+    res = faithfulness(lm, [text], [scores], rounding="ferret", skip_unread=False)
+    t = res.table
+    assert sorted(set(t.fraction)) == [0.2, 0.5] and sorted(set(t.k)) == [1, 3]
+    order = [1 + j for j in np.argsort(-scores[1:-1], kind="stable")]  # content positions, best first
+
+    def p(seq):
+        with torch.no_grad():
+            return float(torch.softmax(lm.model(input_ids=torch.tensor([seq])).logits[0], -1)[int(res.targets[0])])
+
+    p_full = p(ids)
+    for k in (1, 3):
+        gone = set(order[:k])
+        comp = p_full - p([x for j, x in enumerate(ids) if j not in gone])
+        kept = set(order[:k]) | {0, len(ids) - 1}
+        suff = p_full - p([x for j, x in enumerate(ids) if j in kept])
+        row = t[t.k == k].set_index("metric")["value"]
+        np.testing.assert_allclose([row["comprehensiveness"], row["sufficiency"]], [comp, suff], atol=1e-6)
+    aopc = res.aopc.set_index("metric")["aopc"]
+    np.testing.assert_allclose(aopc["comprehensiveness"], t[t.metric == "comprehensiveness"].value.mean(), atol=1e-12)

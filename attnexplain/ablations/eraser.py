@@ -17,7 +17,11 @@ Conventions (recorded in :class:`FaithfulnessResult`):
 * **k per bin**: ``k = min(n, max(1, ceil(f * n)))`` for the fraction ``f`` (``rounding="ceil"``,
   default; ``"round"`` uses round-half-up ``floor(f * n + 0.5)``). At least one token, at most
   the whole text. Short texts therefore repeat a k across bins (a 3-token text has k = 1, 1, 1,
-  1, 2); each bin still counts once in the AOPC, as in ERASER.
+  1, 2); each bin still counts once in the AOPC, as in ERASER. ``rounding="ferret"`` follows
+  ferret-xai instead: ``k = floor(f * n)`` and bins with k = 0 are skipped (a 7-token text is
+  scored at the 20 % and 50 % bins only, k = 1 and 3); an example whose every bin rounds to 0
+  has no rows. (ferret also deletes at the string level and re-tokenizes, and by default never
+  removes tokens scored <= 0; those two rules are not emulated: see the README.)
 * **Removal** (``mode``):
   - ``"delete"`` (default): the tokens are dropped and the sequence is re-packed (positions
     shift left; ``token_type_ids`` of the kept tokens are kept). Removing every content token
@@ -216,7 +220,8 @@ def faithfulness(
         target: class per example (default: the class predicted on the full input).
         bins: fractions of the content tokens (ERASER: 1, 5, 10, 20, 50 %).
         mode: ``"delete"`` or ``"mask"`` (see the module docstring).
-        rounding: ``"ceil"`` (default) or ``"round"``, see :func:`bin_sizes`.
+        rounding: ``"ceil"`` (default), ``"round"`` or ``"ferret"`` (ferret-xai's floor, zero bins
+            skipped), see :func:`bin_sizes`.
         max_batch: at most this many rows per forward pass (memory bound).
         forward_cost_tokens: the fixed cost of one forward pass, in tokens of compute. Inputs
             are sorted by length and cut into batches minimising ``forward_cost_tokens`` per
@@ -289,6 +294,8 @@ def faithfulness(
             else:
                 r = _content_ranking(ex, i, name, ranking=by_rank[name][i])
             for f, k in zip(bins, ks_per_example[i]):
+                if k == 0:  # rounding="ferret": a bin of zero tokens is skipped
+                    continue
                 plan.append((i, name, "comprehensiveness", f, k, slot(i, frozenset(r[:k].tolist()))))
                 plan.append((i, name, "sufficiency", f, k, slot(i, frozenset(r[k:].tolist()))))
 

@@ -21,11 +21,16 @@ from ..metrics import ERASER_BINS
 
 
 
+#: the bin roundings :func:`bin_sizes` offers
+ROUNDINGS = ("ceil", "round", "ferret")
+
+
 def bin_sizes(n: int, bins: Sequence[float] = ERASER_BINS, rounding: str = "ceil") -> list[int]:
     """Tokens per bin for a text of ``n`` content tokens: ``min(n, max(1, ceil(f * n)))``.
 
     ``rounding="round"`` uses ``floor(f * n + 0.5)`` (half up) instead of ``ceil``; both are
-    clamped to [1, n]. ``n`` must be >= 1.
+    clamped to [1, n]. ``rounding="ferret"`` reproduces ferret-xai: ``floor(f * n)``, and a 0 means
+    the bin is skipped (not evaluated, not in the AOPC mean). ``n`` must be >= 1.
     """
     if n < 1:
         raise ValueError(f"a text needs at least one content token, got n = {n}")
@@ -38,8 +43,11 @@ def bin_sizes(n: int, bins: Sequence[float] = ERASER_BINS, rounding: str = "ceil
             k = math.ceil(f * n - 1e-9)
         elif rounding == "round":
             k = math.floor(f * n + 0.5)
+        elif rounding == "ferret":  # ferret-xai: floor, and a bin of zero tokens is skipped
+            out.append(min(n, math.floor(f * n + 1e-9)))
+            continue
         else:
-            raise ValueError(f"rounding must be 'ceil' or 'round', got {rounding!r}")
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         out.append(min(n, max(1, k)))
     return out
 
