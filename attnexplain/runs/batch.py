@@ -29,7 +29,6 @@ class _Setup:
     label_mapping: list[int] | None
     label_names: list[str] | None
     model_labels: list[str]
-    token_budget: int = 8192
     precision: str = "float32"
 
 
@@ -44,16 +43,18 @@ def _faithfulness(setup: _Setup, enc: dict[str, torch.Tensor], scores: dict[str,
                   pred: torch.Tensor) -> dict[str, np.ndarray]:
     """ERASER comprehensiveness / sufficiency of every method and bin of a batch, in one batched
     call of :func:`attnexplain.ablations.eraser.faithfulness` (identical perturbed inputs run
-    once, length-sorted chunks of at most ``token_budget`` tokens).
+    once; batch-invariant forwards, so an example's numbers do not depend on the batch it falls in
+    or on the run's sharding).
 
     Returns ``values[method] -> (B, 2, K)`` (0: comprehensiveness, 1: sufficiency).
     """
     from ..ablations.eraser import faithfulness
 
     B, K = int(pred.shape[0]), len(setup.bins)
-    width = int(enc["input_ids"].shape[1])
+    # max_batch must not depend on the batch (e.g. on its widest example): that would change the
+    # forwards' shapes, hence their round-off, with the batch; the plan bounds tokens per forward
     res = faithfulness(setup.lm, enc, scores, target=pred.cpu(), bins=setup.bins, mode=setup.removal,
-                       max_batch=max(1, setup.token_budget // max(width, 1)), precision=setup.precision)
+                       precision=setup.precision)
     t = res.table
     m_idx = t["method"].map({m: i for i, m in enumerate(setup.method_names)}).to_numpy()
     w_idx = (t["metric"].to_numpy() == "sufficiency").astype(np.int64)
