@@ -108,7 +108,7 @@ def main() -> None:
                 drawn(eid)
                 switches.append(time.perf_counter() - t)
                 nav(page, "Ablations")
-                settled(page, plots=2, text="Top-k key sweeps", timeout=120)
+                settled(page, plots=2, text="Head ablation", timeout=120)
                 t = time.perf_counter()
                 nav(page, "Example explorer")
                 drawn(eid)

@@ -198,7 +198,8 @@ def test_dashboard_launcher_command(tmp_path):
     res = _ok(runner.invoke(app, ["dashboard", str(tmp_path), "--port", "8600", "--print-command"]))
     cmd = res.stdout
     for part in ("-m streamlit run", "dashboard/streamlit_app.py", "--server.headless true",
-                 "--browser.gatherUsageStats false", "--server.port 8600", "--server.address 127.0.0.1",
+                 "--browser.gatherUsageStats false", "--client.toolbarMode minimal", "--server.port 8600",
+                 "--server.address 127.0.0.1",
                  f"--runs-dir {tmp_path}"):
         assert part in cmd, part
 

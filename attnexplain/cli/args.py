@@ -434,6 +434,7 @@ class DashboardArgs:
         return [
             sys.executable, "-m", "streamlit", "run", str(self.app_path()),
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "minimal",  # no Deploy button: this is a local tool
             "--server.address", self.host, "--server.port", str(self.port),
             "--", "--runs-dir", str(self.runs_dir),
         ]

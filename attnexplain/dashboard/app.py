@@ -42,7 +42,9 @@ def main() -> None:
 
     from attnexplain.dashboard import run_access
 
-    st.set_page_config(page_title="attnexplain", page_icon=":material/visibility:", layout="wide")
+    # an emoji favicon is drawn from a data: URL; a ":material/...:" page icon would make the browser fetch
+    # the favicon from fonts.gstatic.com (the dashboard loads nothing from outside hosts)
+    st.set_page_config(page_title="attnexplain", page_icon="\N{LEFT-POINTING MAGNIFYING GLASS}", layout="wide")
 
     pages = [
         st.Page(page_path("runs"), title="Runs", icon=":material/folder_open:", url_path="runs", default=True),

@@ -70,28 +70,94 @@ def render_prediction(*, probs: Any, labels: list[str] | None, pred: int | None,
                         data=pd.DataFrame({"class": names, "probability": p}))
 
 
+_SPECIAL_TOKEN_NAMES = {"[CLS]", "[SEP]", "[PAD]", "[MASK]", "<s>", "</s>", "<pad>", "<mask>", "<cls>", "<sep>",
+                        "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|end_of_text|>"}
+
+
+def special_positions(tokens_wide: pd.DataFrame, mask: Any = None) -> np.ndarray:
+    """Which rows of the position x method table are special tokens: ``mask`` when the caller knows
+    (the Live page asks :func:`attnexplain.methods.special_tokens.special_token_mask`), a ``special``
+    column of a run's tokens table when it has one, else the tokenizers' usual special-token names."""
+    if mask is not None:
+        return np.asarray(mask, dtype=bool)[: len(tokens_wide)]
+    if "special" in tokens_wide:
+        return tokens_wide["special"].fillna(False).astype(bool).to_numpy()
+    return tokens_wide["token"].astype(str).isin(_SPECIAL_TOKEN_NAMES).to_numpy()
+
+
+def _styled_scores(table: pd.DataFrame, methods: list[str]):
+    """Tokens x methods table, each method's column shaded like the text (ferret-style)."""
+    def colour(col: pd.Series) -> list[str]:
+        vals = col.to_numpy(dtype=float)
+        scale = float(np.nanmax(np.abs(vals))) if len(vals) and np.isfinite(vals).any() else 1.0
+        scale = scale or 1.0
+        return [f"background-color: {figures._shade(v / scale)}" if np.isfinite(v) else "" for v in vals]
+
+    return table.style.apply(colour, subset=methods).format({m: "{:.4f}" for m in methods})
+
+
 def render_token_shading(tokens_df: pd.DataFrame, *, key: str, methods: list[str] | None = None,
-                         name: str | None = None) -> None:
-    """Text with tokens shaded by the chosen method's scores (escaped HTML spans)."""
+                         name: str | None = None, special_mask: Any = None) -> None:
+    """Text with tokens shaded by the chosen method's scores (escaped HTML spans), a colour legend,
+    options to merge word pieces and to leave out special tokens (the library's
+    ``exclude_special_tokens`` option, same default), an offline HTML export and a tokens x methods table."""
+    from attnexplain.methods.special_tokens import EXCLUDE_SPECIAL_TOKENS_DEFAULT
+
     wide = token_scores_wide(tokens_df)
     if wide.empty:
         st.info("No token scores for this example.")
         return
     methods = [m for m in (methods or []) if m in wide.columns] or [c for c in wide.columns if c not in ("position", "token")]
-    method = st.radio("Shade tokens by", methods, horizontal=True, key=f"{key}-shade")
-    st.markdown(figures.token_html(wide["token"].tolist(), wide[method].to_numpy(), method=method),
-                unsafe_allow_html=True)
-    st.caption("Orange: positive score, blue: negative; intensity relative to the largest |score| of the example. "
+    c1, c2, c3 = st.columns([4, 1.3, 1.3])
+    method = c1.radio("Shade tokens by", methods, horizontal=True, key=f"{key}-shade")
+    exclude = c2.toggle("Leave out special tokens", value=EXCLUDE_SPECIAL_TOKENS_DEFAULT, key=f"{key}-nospecial",
+                        help="[CLS], [SEP], <s>... (and a causal model's first token, the attention sink) carry no "
+                             "content but often the largest scores; the same option as `exclude_special_tokens` / "
+                             "`--include-special-tokens`.")
+    merge = c3.toggle("Merge word pieces", value=False, key=f"{key}-merge",
+                      help="Show words instead of word pieces; a word's score is the sum of its pieces' scores.")
+    shown = wide
+    if exclude:
+        shown = wide[~special_positions(wide, special_mask)]
+    tokens = shown["token"].astype(str).tolist()
+    scores = {m: shown[m].to_numpy(dtype=float) for m in methods}
+    if merge:
+        tokens, scores = figures.merge_word_pieces(tokens, scores)
+    st.markdown(figures.token_html(tokens, scores[method], method=method, legend=True), unsafe_allow_html=True)
+    st.caption("Orange: positive score, blue: negative; intensity relative to the largest |score| shown. "
                "Hover a token for its value.")
-    st.download_button("CSV of all token scores", data=lambda: wide.to_csv(index=False),
+    table = pd.DataFrame({"token": tokens, **scores})
+    with st.expander("Tokens x methods table"):
+        st.dataframe(_styled_scores(table, methods), hide_index=True, key=f"{key}-tokxm")
+    d1, d2 = st.columns(2)
+    d1.download_button("HTML of the shaded text (all methods, offline)",
+                       data=lambda: figures.token_document(tokens, scores, title=name or key),
+                       file_name=f"{widgets.views_safe(name or key)}-tokens.html", mime="text/html",
+                       key=f"{key}-tokhtml", on_click="ignore", icon=":material/download:")
+    d2.download_button("CSV of all token scores", data=lambda: wide.to_csv(index=False),
                        file_name=f"{widgets.views_safe(name or key)}-token-scores.csv", mime="text/csv", key=f"{key}-tokcsv",
                        on_click="ignore", icon=":material/table:")
 
 
+def effective_note(arrays: Mapping[str, np.ndarray], head_dim: int | None) -> str | None:
+    """"Effective attention is raw attention" when the example has at most d_head tokens (or, with d_head
+    unknown, when the stored effective and raw maps agree everywhere to float16 precision)."""
+    if "effective" not in arrays:
+        return None
+    n = int(np.asarray(arrays["raw"]).shape[-1])
+    if head_dim:
+        return figures.effective_equals_raw_note(n, int(head_dim))
+    diff = float(np.nanmax(np.abs(np.asarray(arrays["effective"], dtype=np.float32)
+                                  - np.asarray(arrays["raw"], dtype=np.float32))))
+    if diff <= figures.DIFFERENCE_TOLERANCE:
+        return (f"Effective attention equals raw attention in every head of this example (largest difference "
+                f"{diff:.1g}): nothing is hidden in the null space (this happens when n <= d_head).")
+    return None
 
 
 def render_attention_views(arrays: Mapping[str, np.ndarray], *, key: str, cache_key: str, name: str | None = None,
-                           distribution_fn: Callable[[int, int], np.ndarray | None] | None = None) -> None:
+                           distribution_fn: Callable[[int, int], np.ndarray | None] | None = None,
+                           head_dim: int | None = None) -> None:
     """Layer x head grid, one head large (raw / effective / distribution + difference), norm/rollout/flow.
 
     ``arrays`` has the keys of a run's ``attention/<id>.npz``; ``distribution_fn(layer, head)``
@@ -104,6 +170,9 @@ def render_attention_views(arrays: Mapping[str, np.ndarray], *, key: str, cache_
     raw = arrays["raw"]
     L, H, n, _ = raw.shape
     variants = [v for v in ("raw", "effective", "distribution") if v in arrays]
+    note = effective_note(arrays, head_dim)
+    if note:
+        st.info(note, icon=":material/info:")
 
     heads_tab, layers_tab = st.tabs(["Heads", "Across layers (norm, rollout, flow)"], key=f"{key}-tabs",
                                     on_change="rerun")
@@ -132,7 +201,9 @@ def render_attention_views(arrays: Mapping[str, np.ndarray], *, key: str, cache_
                             data=pd.DataFrame({"position": np.arange(len(flow)), "token": tokens[:len(flow)],
                                                "flow": flow}))
             else:
-                st.caption("Attention flow is not stored for this example.")
+                st.caption("Attention flow is not stored in run folders (one max-flow problem per token makes it too "
+                           "slow for data sets); `analyze --methods ...,flow` keeps its token scores (shade the tokens "
+                           "by `flow` above), and the **Live** page draws it for a typed text of up to 128 tokens.")
 
 
 @st.fragment

@@ -169,10 +169,13 @@ def _shade(x: float) -> str:
     return f"rgba(40, 110, 220, {0.08 + 0.82 * a:.3f})"
 
 
-def token_html(tokens: Sequence[str], scores: Sequence[float] | None, *, method: str = "") -> str:
+def token_html(tokens: Sequence[str], scores: Sequence[float] | None, *, method: str = "",
+               legend: bool = False) -> str:
     """Tokens as HTML spans whose background shows the score (scaled by the largest |score|).
 
-    Token text is HTML-escaped; the score is in each span's tooltip.
+    Token text is HTML-escaped; the score is in each span's tooltip. ``legend=True`` adds a colour
+    legend with the score range (blue = -max |score|, white = 0, orange = +max |score|). Inline
+    styles only: no stylesheet, font or script is loaded from anywhere.
     """
     toks = [str(t) for t in tokens]
     vals = np.zeros(len(toks)) if scores is None else np.nan_to_num(np.asarray(scores, dtype=np.float64))
@@ -185,7 +188,64 @@ def token_html(tokens: Sequence[str], scores: Sequence[float] | None, *, method:
             f'<span class="ax-tok" title="{tip}" style="background:{_shade(v / scale)};padding:1px 3px;'
             f'margin:1px;border-radius:3px;display:inline-block;font-family:monospace">{html.escape(tok)}</span>'
         )
-    return '<div class="ax-tokens" style="line-height:1.9">' + "".join(spans) + "</div>"
+    out = '<div class="ax-tokens" style="line-height:1.9">' + "".join(spans) + "</div>"
+    if legend:
+        out += token_legend(-scale if np.any(vals < 0) else 0.0, scale, method=method)
+    return out
+
+
+def token_legend(low: float, high: float, *, method: str = "") -> str:
+    """A colour legend for :func:`token_html`: a gradient bar from ``low`` to ``high`` with its values."""
+    stops = ", ".join(_shade(x) for x in np.linspace(low / high if high else 0.0, 1.0, 7))
+    return ('<div class="ax-legend" style="display:flex;align-items:center;gap:6px;font-size:12px;'
+            'font-family:sans-serif;margin:4px 0">'
+            f'<span>{html.escape(method + " score" if method else "score")}</span>'
+            f'<span>{low:.3g}</span><span style="display:inline-block;width:160px;height:12px;border:1px solid #ccc;'
+            f'background:linear-gradient(to right, {stops})"></span><span>{high:.3g}</span>'
+            '<span style="color:#666">(colour scaled to the largest |score| of the example)</span></div>')
+
+
+def merge_word_pieces(tokens: Sequence[str], scores: Mapping[str, Sequence[float]]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Join word pieces into words for display; a word's score is the **sum** of its pieces' scores.
+
+    A piece continues the previous word when it starts with WordPiece's ``##``, or when the
+    tokenizer marks word starts (SentencePiece ``▁``, byte-level BPE ``Ġ``, or a leading space)
+    and this piece has no such mark. Special tokens (``[CLS]``, ``<s>``...) stay words of their own.
+    """
+    toks = [str(t) for t in tokens]
+    marks_starts = any(t.startswith(("\u2581", "\u0120", " ")) for t in toks)
+
+    def special(t: str) -> bool:
+        return (t.startswith("[") and t.endswith("]")) or (t.startswith("<") and t.endswith(">"))
+
+    groups: list[list[int]] = []
+    for i, t in enumerate(toks):
+        cont = bool(groups) and not special(t) and not special(toks[groups[-1][-1]]) and (
+            t.startswith("##") or (marks_starts and not t.startswith(("\u2581", "\u0120", " "))))
+        if cont:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    words = []
+    for g in groups:
+        parts = [toks[j][2:] if toks[j].startswith("##") else toks[j] for j in g]
+        words.append("".join(parts).replace("\u2581", " ").replace("\u0120", " "))
+    merged = {m: np.array([float(np.nansum(np.asarray(v, dtype=np.float64)[g])) for g in groups])
+              for m, v in scores.items()}
+    return words, merged
+
+
+def token_document(tokens: Sequence[str], scores: Mapping[str, Sequence[float]], *, title: str = "") -> str:
+    """A self-contained HTML page: the text shaded once per method, each with its legend (the offline
+    counterpart of captum's ``visualize_text``; nothing is loaded from the network)."""
+    rows = "".join(
+        f'<h3 style="font-family:sans-serif;margin:14px 0 2px">{html.escape(m)}</h3>'
+        + token_html(tokens, v, method=m, legend=True)
+        for m, v in scores.items())
+    return ('<!DOCTYPE html><html><head><meta charset="utf-8"><title>' + html.escape(title or "token scores")
+            + '</title></head><body style="max-width:1000px;margin:20px auto">'
+            + (f'<h2 style="font-family:sans-serif">{html.escape(title)}</h2>' if title else "") + rows
+            + "</body></html>")
 
 
 # ------------------------------------------------------------------------------------------
@@ -221,15 +281,47 @@ def _heatmap(z: np.ndarray, labels: list[str], *, signed: bool, xaxis: str = "x"
     return kw
 
 
+#: every token of a heatmap axis is labelled up to this many tokens; above it the labels are left
+#: out (each cell's tokens are in its hover text) and above MAX_TOKENS the matrix is pooled
+MAX_LABELLED_TOKENS = 64
+#: a difference panel's colour range is at least +-this: differences below it are float noise
+#: (e.g. effective - raw attention when n <= d_head is ~1e-8) and are drawn white, not saturated
+DIFFERENCE_TOLERANCE = 1e-3
+
+
+def _tick_font(n_labels: int) -> int:
+    return 10 if n_labels <= 24 else 9 if n_labels <= 40 else 7
+
+
+def _axis(title: str, labels: list[str], *, show: bool, **extra) -> dict:
+    """A categorical heatmap axis: titled, and labelling *every* token (dtick 1: plotly would
+    otherwise skip labels it thinks crowded) when ``show`` and there are at most MAX_LABELLED_TOKENS."""
+    labelled = show and len(labels) <= MAX_LABELLED_TOKENS
+    ax = dict(title=dict(text=title, standoff=4), showticklabels=labelled, tickfont=dict(size=_tick_font(len(labels))),
+              automargin=True, **extra)
+    if labelled:
+        ax.update(tickmode="linear", dtick=1, type="category")
+    return ax
+
+
+def _height_for(n_labels: int, base: int) -> int:
+    """Tall enough that every labelled row has ~11 px."""
+    return max(base, 11 * n_labels + 160) if n_labels <= MAX_LABELLED_TOKENS else base
+
+
 def attention_heatmap(m: np.ndarray, tokens: Sequence[str], *, title: str = "", mode: str = "pool",
                       height: int = 480) -> tuple[go.Figure, str | None]:
-    """One (n, n) attention-like matrix (query rows, key columns) and the long-input note."""
+    """One (n, n) attention-like matrix (query rows, key columns) and the long-input note.
+
+    Axes are titled "query" and "key"; every token is labelled up to :data:`MAX_LABELLED_TOKENS`.
+    """
     z, labels, note = fit_matrix(m, tokens, mode=mode)
-    few = len(labels) <= 60
-    layout = dict(title=dict(text=html.escape(title)), height=height, margin=_MARGIN,
-                  yaxis=dict(autorange="reversed", title=dict(text="query"), showticklabels=few),
-                  xaxis=dict(title=dict(text="key"), tickangle=-60, showticklabels=few))
-    return _figure([_heatmap(z, labels, signed=_is_signed(z), name=title)], layout), note
+    tr = _heatmap(z, labels, signed=_is_signed(z), name=title)
+    tr["colorbar"] = dict(thickness=12, x=1.02, xanchor="left")
+    layout = dict(title=dict(text=html.escape(title)), height=_height_for(len(labels), height), margin=_MARGIN,
+                  yaxis=_axis("query", labels, show=True, autorange="reversed"),
+                  xaxis=_axis("key", labels, show=True, tickangle=-60))
+    return _figure([tr], layout), note
 
 
 def _thin_ticks(fig: go.Figure, n: int) -> None:
@@ -239,46 +331,74 @@ def _thin_ticks(fig: go.Figure, n: int) -> None:
 
 
 def side_by_side(matrices: Mapping[str, np.ndarray], tokens: Sequence[str], *, mode: str = "pool",
-                 height: int | None = None, title: str = "") -> tuple[go.Figure, str | None]:
-    """Several (n, n) matrices in one row of square panels, each with its own colour bar below it.
+                 height: int | None = None, title: str = "",
+                 tolerance: float = DIFFERENCE_TOLERANCE) -> tuple[go.Figure, str | None]:
+    """Several (n, n) matrices in one row of square panels, comparable ones on ONE colour range.
 
-    Signed panels (effective attention, differences) use a diverging scale centred on 0.
+    Panels whose name starts with ``"difference"`` are differences; all the others (raw /
+    effective / distribution attention, or run A / run B) share one colour range and one colour
+    bar: a sequential scale from 0 when none of them has a negative value, else a diverging one
+    centred on 0, so equal matrices look equal. A difference panel has its own diverging scale of
+    at least +-``tolerance`` (differences smaller than that are float noise and stay white).
+    Axes are titled "query" and "key"; every token is labelled up to :data:`MAX_LABELLED_TOKENS`
+    (key labels under every panel, query labels left of the first); the colour bars stand right of
+    their panels, clear of the labels.
     """
     names = list(matrices)
     k = len(names)
-    gap = 0.04
-    width = (1.0 - gap * (k - 1)) / k
-    traces, layout, note = [], {}, None
+    fitted = {}
+    note = None
     labels: list[str] = []
-    for i, name in enumerate(names):
+    for name in names:
         z, labels, note_i = fit_matrix(matrices[name], tokens, mode=mode)
+        fitted[name] = z
         note = note or note_i
+    is_diff = {name: name.startswith("difference") for name in names}
+    shared = [fitted[nm] for nm in names if not is_diff[nm]]
+    shared_signed = any(_is_signed(z) for z in shared)
+    finite_max = [float(np.nanmax(np.abs(z))) for z in shared if np.isfinite(z).any()]
+    vmax = max(finite_max, default=1.0) or 1.0
+    few = len(labels) <= MAX_LABELLED_TOKENS
+    gap = 0.07 if few else 0.05
+    width = (1.0 - gap * (k - 1) - 0.04) / k
+    traces, layout = [], {}
+    last_shared = max((i for i, nm in enumerate(names) if not is_diff[nm]), default=-1)
+    for i, name in enumerate(names):
+        z = fitted[name]
         s = "" if i == 0 else str(i + 1)
         x0 = i * (width + gap)
-        signed = _is_signed(z) or name.startswith("difference") or name.startswith("effective")
-        tr = _heatmap(z, labels, signed=signed, xaxis="x" + s, yaxis="y" + s, name=name)
-        finite = np.isfinite(z)
-        vmax = float(np.nanmax(np.abs(z))) if finite.any() else 1.0
-        vmax = vmax if vmax > 0 else 1.0
-        if signed:
-            tr.update(zmin=-vmax, zmax=vmax, zmid=None)
-        tr.update(showscale=True, colorbar=dict(orientation="h", x=x0 + width / 2, xanchor="center", len=width,
-                                                 y=-0.02, yanchor="top", thickness=10, tickfont=dict(size=9)))
+        if is_diff[name]:
+            dmax = float(np.nanmax(np.abs(z))) if np.isfinite(z).any() else 0.0
+            tr = _heatmap(z, labels, signed=True, xaxis="x" + s, yaxis="y" + s, name=name)
+            lim = max(dmax, tolerance)
+            tr.update(zmin=-lim, zmax=lim, zmid=None, colorscale=SIGNED_SCALE, showscale=True)
+        else:
+            tr = _heatmap(z, labels, signed=shared_signed, xaxis="x" + s, yaxis="y" + s, name=name)
+            tr.update(zmin=-vmax if shared_signed else 0.0, zmax=vmax, zmid=None,
+                      colorscale=SIGNED_SCALE if shared_signed else SEQ_SCALE, showscale=(i == last_shared))
+        tr["colorbar"] = dict(x=x0 + width + 0.005, xanchor="left", y=0.5, yanchor="middle", len=0.75, thickness=9,
+                              tickfont=dict(size=9))
         traces.append(tr)
-        few = len(labels) <= 40
-        # token labels on the first panel only (the others show them on hover): labels are the
-        # costly part of drawing these panels in the browser
-        layout["xaxis" + s] = dict(domain=[x0, x0 + width], anchor="y" + s, tickangle=-60, showticklabels=few and i == 0,
-                                   tickfont=dict(size=9), constrain="domain")
-        layout["yaxis" + s] = dict(domain=[0.12 if few else 0.06, 0.92], anchor="x" + s, autorange="reversed",
-                                   showticklabels=(i == 0 and few), tickfont=dict(size=9),
-                                   scaleanchor="x" + s, constrain="domain")
-    layout.update(height=height or int((340 + 90 * (len(labels) <= 40)) * (1 if k > 2 else 1.3)),
-                  margin=dict(l=10, r=10, t=60, b=40), title=dict(text=html.escape(title)),
-                  annotations=[dict(text=html.escape(n), x=i * (width + gap) + width / 2, y=0.93, xref="paper",
+        layout["xaxis" + s] = _axis("key", labels, show=True, domain=[x0, x0 + width], anchor="y" + s, tickangle=-60,
+                                    constrain="domain")
+        layout["yaxis" + s] = _axis("query" if i == 0 else "", labels, show=(i == 0), domain=[0.0, 0.9],
+                                    anchor="x" + s, autorange="reversed", scaleanchor="x" + s, constrain="domain")
+    base = int((340 + 90 * few) * (1 if k > 2 else 1.3))
+    layout.update(height=height or (_height_for(len(labels), base) if few else base),
+                  margin=dict(l=10, r=10, t=60, b=10), title=dict(text=html.escape(title)),
+                  annotations=[dict(text=html.escape(n), x=i * (width + gap) + width / 2, y=0.91, xref="paper",
                                     yref="paper", yanchor="bottom", showarrow=False, font=dict(size=12))
                                for i, n in enumerate(names)])
     return _figure(traces, layout), note
+
+
+def effective_equals_raw_note(n_tokens: int, head_dim: int) -> str | None:
+    """The page's note when effective attention is raw attention (n <= d_head), else None."""
+    if n_tokens <= head_dim:
+        return (f"n = {n_tokens} tokens <= d_head = {head_dim}: effective attention is raw attention; nothing is "
+                "hidden in the null space (the value matrix has full row rank, so no direction of an attention "
+                "row leaves the output unchanged). The difference panel is float noise.")
+    return None
 
 
 def _mosaic(blocks: np.ndarray, row_names: list[str], col_names: list[str], *, title: str, cell_px: int,

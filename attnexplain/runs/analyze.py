@@ -115,6 +115,14 @@ def _run_batches_locally(writer: RunWriter, ds: Any, batches: list[list[int]], s
     return n_trunc
 
 
+def _head_dim(lm: Any) -> int | None:
+    """d_head of the model (for the dashboard's "effective attention is raw attention" note), None if unknown."""
+    try:
+        return int(lm.head_dim)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def analyze(
     out: str | os.PathLike,
     *,
@@ -289,6 +297,7 @@ def analyze(
         "store_attention": int(store_attention), "batch_size": int(batch_size),
         "text_column": text_column, "label_column": label_column, "text_pair_column": text_pair_column,
         "versions": package_versions(), "n_examples": len(positions), "dataset_size": n_total,
+        "head_dim": _head_dim(lm),
         "engine": ray_session.info if ray_session is not None else {"name": "local", "threads": torch.get_num_threads()},
     }
     writer = RunWriter(out, manifest, force=force, log=log)

@@ -1,4 +1,8 @@
-"""Ablations: necessity / sufficiency curves (AOPC bins) per method, head ablation, top-k key sweeps."""
+"""Ablations: necessity / sufficiency curves (AOPC bins) per method, and head ablation (``analyze --head-ablation``).
+
+Top-k key sweeps (keep only the k largest keys of each attention row) are run by
+``attnexplain.ablations.interventions`` and the analyses scripts, not by ``analyze``, so the page
+has no section for them."""
 
 from __future__ import annotations
 
@@ -57,8 +61,8 @@ if "ablation_tvd" in metrics_present:
     fig = figures.layer_head_heatmap(mat, title="head ablation: mean output TVD", colorbar_title="TVD")
     widgets.show_figure(fig, key="abl-heads", name=f"{ref.name}-head-ablation", data=tvd)
 else:
-    st.info("This run has no head ablation (`ablation_tvd` in the heads table); run analyze with head ablation "
-            "switched on to get it.")
+    st.info("This run has no head ablation. Run analyze again with `--head-ablation` (one extra forward pass "
+            "per layer and batch), e.g. `attnexplain analyze ... --head-ablation --out runs/NAME-heads`.")
 others = [m for m in metrics_present if m != "ablation_tvd" and not m.startswith("topk")]
 if others:
     metric = st.selectbox("Other per-head measures", others, key="abl_head_metric")
@@ -68,21 +72,3 @@ if others:
     mat[part["layer"].to_numpy(), part["head"].to_numpy()] = part["value"].to_numpy()
     fig = figures.layer_head_heatmap(mat, title=f"{metric}, mean over examples", colorbar_title=metric)
     widgets.show_figure(fig, key="abl-heads-other", name=f"{ref.name}-{metric}", data=part)
-
-st.subheader("Top-k key sweeps")
-sweep_faith = faith[~faith["metric"].isin(["comprehensiveness", "sufficiency"])] if not faith.empty else faith
-sweep_heads = heads[heads["metric"].str.startswith("topk")] if not heads.empty else heads
-if sweep_faith.empty and sweep_heads.empty:
-    st.info("This run has no top-k key sweep (keeping only the k largest keys of each attention row); "
-            "it holds only the comprehensiveness / sufficiency curves above.")
-else:
-    if not sweep_faith.empty:
-        curves = sweep_faith.groupby(["metric", "method", "k"], sort=False)["value"].mean().reset_index()
-        fig = figures.curves(curves, x="k", y="value", color="method", facet="metric", x_title="k",
-                           y_title="value", title="top-k key sweeps (mean over examples)")
-        widgets.show_figure(fig, key="abl-topk", name=f"{ref.name}-topk-sweeps", data=curves)
-    if not sweep_heads.empty:
-        part = sweep_heads.groupby(["metric", "layer"])["value"].mean().reset_index()
-        fig = figures.curves(part, x="layer", y="value", color="metric", x_title="layer", y_title="value",
-                           title="top-k key measures per layer (mean over heads and examples)")
-        widgets.show_figure(fig, key="abl-topk-heads", name=f"{ref.name}-topk-heads", data=part)

@@ -19,7 +19,15 @@ with c2:
 if a is None or b is None:
     st.stop()
 if a.path == b.path:
-    st.warning("Pick two different runs.")
+    m = a.manifest
+    cmd = (f"attnexplain analyze --model {m.get('model')} --dataset {m.get('dataset')} --split {m.get('split')}"
+           + (f" --limit {m.get('limit')}" if m.get("limit") else "")
+           + f" --backend smyrf --out {run_access.runs_dir()}/{a.name}-smyrf")
+    st.info("This page compares two runs over the same examples, and there is only one run here. Make a second "
+            "one with an efficient attention backend on the same data, e.g.:")
+    st.code(cmd, language="bash")
+    st.caption("(`attnexplain backends` lists the backends and their options, e.g. "
+               "`--backend-option q_cluster_size=16`.) Then pick it as run B.")
     st.stop()
 
 ea, eb = a.examples(), b.examples()

@@ -141,4 +141,5 @@ if arrays is None:
     st.info(f"The attention arrays of {eid} were not stored (this run keeps them for {len(stored)} example(s); "
             f"`--store-attention` sets how many). Switch on *Only with attention arrays* to pick one.")
 else:
-    example_views.render_attention_views(arrays, key=wkey, name=f"{ref.name}-{eid}", cache_key=f"{ref.key}|{eid}")
+    example_views.render_attention_views(arrays, key=wkey, name=f"{ref.name}-{eid}", cache_key=f"{ref.key}|{eid}",
+                                         head_dim=ref.run.manifest.get("head_dim"))

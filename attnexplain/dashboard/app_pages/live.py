@@ -9,6 +9,7 @@ attnexplain.functional functions); models are cached per (name, backend), result
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,19 @@ def _extra_models() -> list[str]:
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def _load(name: str, backend: str):
-    """(LoadedModel, warning or None). Falls back from an unprepared fine-tuned model to MiniLM + random head."""
+    """(LoadedModel, warning or None) running ``backend``, a spec such as ``smyrf:n_hashes=2,q_cluster_size=16``
+    (:func:`attnexplain.backends.spec.parse_backend`). Falls back from an unprepared fine-tuned model to
+    MiniLM + random head."""
+    from attnexplain.backends.spec import parse_backend
+
+    cfg = parse_backend(backend)
+    lm, warning = _load_model(name, cfg.name)
+    if cfg.options:
+        lm.use_backend(cfg.name, **dict(cfg.options))
+    return lm, warning
+
+
+def _load_model(name: str, backend: str):
     import attnexplain
     from attnexplain.models import ModelNotFoundError
 
@@ -58,7 +71,7 @@ def _load(name: str, backend: str):
     except ModelNotFoundError as exc:
         if name != DEFAULT_MODEL:
             raise
-        lm, _ = _load(FALLBACK_MODEL, backend)
+        lm, _ = _load_model(FALLBACK_MODEL, backend)
         return lm, (f"{DEFAULT_MODEL} is not prepared ({exc}). Using MiniLM with a random classification head "
                     f"instead: predictions are arbitrary. Run `attnexplain prepare` to fine-tune it.")
 
@@ -73,8 +86,13 @@ def _analyse(model: str, backend: str, text: str, methods: tuple[str, ...]) -> d
     from attnexplain.methods import explain_batch
     from attnexplain.runs.batch import example_arrays
 
+    from attnexplain.models import untruncated_ids
+
     lm, _ = _load(model, backend)
-    enc = lm.tokenize([text])
+    n_full = len(untruncated_ids(lm.tokenizer, [text])[0]) if lm.tokenizer is not None else None
+    with warnings.catch_warnings():  # the page says it itself, above the views
+        warnings.filterwarnings("ignore", message=r".*longer than .* tokens.*")
+        enc = lm.tokenize([text], on_long="truncate")
     scores, target, cap = explain_batch(lm, enc, list(methods))
     if cap is None:
         cap = capture(lm, enc)
@@ -94,7 +112,43 @@ def _analyse(model: str, backend: str, text: str, methods: tuple[str, ...]) -> d
         s = np.asarray(per_example[0], dtype=np.float32)
         rows += [(pos, tokens[pos] if pos < n else "", m, float(v)) for pos, v in enumerate(s)]
     return {"arrays": arrays, "tokens": pd.DataFrame(rows, columns=["position", "token", "method", "score"]),
-            "probs": probs, "pred": int(target[0]), "labels": lm.labels, "A": A, "T": T, "n": n}
+            "probs": probs, "pred": int(target[0]), "labels": lm.labels, "A": A, "T": T, "n": n,
+            "n_full": n_full, "max_length": lm.max_length, "head_dim": _head_dim(lm),
+            "special": _special(lm, enc)}
+
+
+def _special(lm, enc):
+    from attnexplain.methods.special_tokens import special_token_mask
+
+    try:
+        return special_token_mask(lm, enc["input_ids"], enc.get("attention_mask"))[0]
+    except Exception:  # noqa: BLE001 - a model the rule does not know: fall back on token names
+        return None
+
+
+def _head_dim(lm) -> int | None:
+    try:
+        return int(lm.head_dim)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def dense_note(backend: str, n: int) -> str | None:
+    """SMYRF / LSH on a text no longer than one cluster: one cluster holds every token, i.e. dense attention."""
+    from attnexplain.backends import BACKENDS
+    from attnexplain.backends.spec import parse_backend
+
+    cfg = parse_backend(backend)
+    if cfg.name not in ("smyrf", "lsh"):
+        return None
+    impl = BACKENDS[cfg.name](**dict(cfg.options))
+    sizes = ([impl.q_cluster_size, impl.k_cluster_size] if cfg.name == "smyrf" else [impl.bucket_size])
+    if n <= min(sizes):
+        what = "cluster" if cfg.name == "smyrf" else "bucket"
+        return (f"{cfg.name.upper()} ran as dense attention here: the text has {n} tokens, no more than one {what} "
+                f"({min(sizes)}), so every token attends to every token. Use a longer text or a smaller "
+                f"{'q_cluster_size / k_cluster_size' if cfg.name == 'smyrf' else 'bucket_size'} to see it approximate.")
+    return None
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -131,6 +185,8 @@ with st.form("live_form"):
                          help="minilm-rotten-tomatoes needs `attnexplain prepare`; without it MiniLM with a random "
                               "classification head is used (with a warning).")
     backend = c2.selectbox("Attention backend", available_backends(), key="live_backend")
+    backend_options = st.text_input("Backend options (key=value, comma-separated; `attnexplain backends` lists them)",
+                                    key="live_backend_options", placeholder="e.g. n_hashes=2,q_cluster_size=16")
     chosen = st.multiselect("Explanation methods", all_methods, key="live_methods",
                             default=[m for m in LIVE_DEFAULT_METHODS if m in all_methods])
     max_new = st.number_input("New tokens (language models: the text is the prompt)", min_value=1, max_value=64,
@@ -141,7 +197,15 @@ if submitted:
     if not text.strip():
         st.error("Type some text first.")
         st.stop()
-    st.session_state["live_params"] = (model, backend, text, tuple(chosen), int(max_new))
+    spec = f"{backend}:{backend_options.strip()}" if backend_options.strip() else backend
+    from attnexplain.backends.spec import BackendSpecError, parse_backend
+
+    try:
+        parse_backend(spec)
+    except BackendSpecError as exc:
+        st.error(f"Backend options: {exc}")
+        st.stop()
+    st.session_state["live_params"] = (model, spec, text, tuple(chosen), int(max_new))
 params = st.session_state.get("live_params")
 if params is None:
     st.info("Type a text, pick a model and an attention backend, and press **Explain**.")
@@ -174,11 +238,18 @@ with st.spinner("Explaining..."):
         st.stop()
 
 key = "live"
+if res.get("n_full") and res["n_full"] > res["n"]:
+    st.warning(f"The text has {res['n_full']} tokens; the model reads at most {res['max_length']}, so it was "
+               f"truncated to {res['n']}: the last {res['n_full'] - res['n']} tokens are not explained.",
+               icon=":material/content_cut:")
+note = dense_note(backend, res["n"])
+if note:
+    st.info(note, icon=":material/info:")
 example_views.render_prediction(probs=res["probs"], labels=res["labels"], pred=res["pred"], gold=None, key=key)
 if res["n"] > MAX_FLOW_TOKENS:
     st.caption(f"Attention flow is skipped above {MAX_FLOW_TOKENS} tokens (one max-flow problem per token).")
 st.subheader("Tokens")
-example_views.render_token_shading(res["tokens"], key=key, methods=list(methods))
+example_views.render_token_shading(res["tokens"], key=key, methods=list(methods), special_mask=res.get("special"))
 
 
 def _dist(layer: int, head: int):
@@ -186,4 +257,4 @@ def _dist(layer: int, head: int):
 
 
 example_views.render_attention_views(res["arrays"], key=key, cache_key=f"live|{model}|{backend}|{hash(text)}|{methods}",
-                          distribution_fn=_dist)
+                          distribution_fn=_dist, head_dim=res.get("head_dim"))
