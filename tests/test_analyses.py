@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ANALYSES = ["identifiability", "norms", "attention_not_explanation", "smyrf_without_retraining", "necessity_sufficiency"]
+ANALYSES = ["identifiability", "norms", "attention_not_explanation", "smyrf_without_retraining", "necessity_sufficiency",
+            "context_mixing"]
 
 
 def _load(name: str):

@@ -124,14 +124,20 @@ def test_layer_norm_parts_sum_to_the_layernorm_output(bert64, batch):
     from attnexplain.functional.context_mixing import layer_norm_parts
     from attnexplain.methods.norm_residual_ln import post_ln_parts
 
+    from attnexplain.functional.context_mixing import attention_residual_vectors
+
     mc = capture_mixing(bert64.model, batch, norms=True)
-    for b in range(2):
-        idx = batch["attention_mask"][b].bool().nonzero().flatten()
-        for p in range(len(mc.blocks)):
-            _, parts, rec = post_ln_parts(mc, b, idx, p)
+    for p in range(len(mc.blocks)):
+        for b in range(2):
+            idx = batch["attention_mask"][b].bool().nonzero().flatten()
+            parts, rec = post_ln_parts(mc, p, b, idx)
             z, y, w, beta, eps = rec.norms["attention"]
             bias_part = layer_norm_parts(rec.out_proj_bias.expand(len(idx), 1, -1), z[b][idx], w, eps)[:, 0]
             torch.testing.assert_close(parts.sum(1) + bias_part + beta, y[b][idx], atol=1e-10, rtol=0)
+            # the fused route equals the two-step definition
+            A = rec.attention[b][:, idx][:, :, idx]
+            u = attention_residual_vectors(A, rec.value_transforms()[b][:, idx], rec.hidden_in[b][idx])
+            torch.testing.assert_close(parts, layer_norm_parts(u, z[b][idx], w, eps), atol=1e-12, rtol=0)
 
 
 def test_globenc_and_alti_match_explicit_loop(bert64, batch):

@@ -48,11 +48,27 @@ class BlockRecord:
     call_args: tuple
     call_kwargs: dict
     norms: dict[str, tuple] = field(default_factory=dict)
+    _T: torch.Tensor | None = field(default=None, repr=False)
+    _Wc: tuple | None = field(default=None, repr=False)
 
     def value_transforms(self) -> torch.Tensor:
-        """``T = V_h W_O^h``: (B, H, n, d)."""
-        W = self.site.output_projection_blocks(self.values.shape[1]).detach().to(self.values.dtype)
-        return self.values @ W
+        """``T = V_h W_O^h``: (B, H, n, d) (computed once, kept)."""
+        if self._T is None:
+            W = self.site.output_projection_blocks(self.values.shape[1]).detach().to(self.values.dtype)
+            self._T = self.values @ W
+        return self._T
+
+    def centered_out_proj(self, weight: torch.Tensor | None) -> torch.Tensor:
+        """``W_O^h`` blocks (H, d_h, d) with each row centred over ``d`` and multiplied by ``weight``:
+        ``V_h @ result = gamma * (T_h - mean_d T_h)`` (kept per weight tensor)."""
+        key = id(weight)
+        if self._Wc is None or self._Wc[0] != key:
+            W = self.site.output_projection_blocks(self.values.shape[1]).detach().to(self.values.dtype)
+            W = W - W.mean(-1, keepdim=True)
+            if weight is not None:
+                W = W * weight.to(W.dtype)
+            self._Wc = (key, W)
+        return self._Wc[1]
 
     @property
     def out_proj_bias(self) -> torch.Tensor | None:

@@ -38,6 +38,7 @@ import torch
 __all__ = [
     "attention_residual_vectors",
     "layer_norm_parts",
+    "attention_layer_norm_parts",
     "norm_residual_ln",
     "alti_layer",
     "globenc_layer",
@@ -110,6 +111,38 @@ def layer_norm_parts(vectors: torch.Tensor, norm_input: torch.Tensor, weight: to
     return out
 
 
+def attention_layer_norm_parts(
+    A: torch.Tensor, T: torch.Tensor, x: torch.Tensor, norm_input: torch.Tensor, weight: torch.Tensor | None, eps: float,
+    *, prepared: bool = False,
+) -> torch.Tensor:
+    """``layer_norm_parts(attention_residual_vectors(A, T, x), norm_input, weight, eps)`` computed
+    in fewer passes over the ``(..., n, n, d)`` result: centring and ``gamma`` are applied to ``T``
+    and ``x`` (linear, small) before the head sum, then one division by ``s(z_i)``.
+
+    ``prepared=True``: ``T`` is already centred over ``d`` and multiplied by ``weight`` (e.g.
+    ``V @ Wc`` with the output projection's columns centred and scaled once per layer).
+
+    Shapes as in :func:`attention_residual_vectors`; returns ``(..., n, n, d)``.
+    """
+    _check(A, "A", 3, "(..., H, n, n)")
+    if A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"the residual term needs self-attention (n == m), got A of shape {tuple(A.shape)}")
+    dt = A.dtype
+    w = None if weight is None else weight.to(dt)
+    Tc = T.to(dt) if prepared else T.to(dt) - T.to(dt).mean(-1, keepdim=True)
+    xc = x.to(dt) - x.to(dt).mean(-1, keepdim=True)
+    if w is not None:
+        xc = xc * w
+        if not prepared:
+            Tc = Tc * w
+    z = norm_input.to(dt)
+    s = torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + float(eps))  # (..., n, 1)
+    parts = torch.einsum("...hij,...hjd->...ijd", A, Tc)
+    parts.diagonal(dim1=-3, dim2=-2).add_(xc.transpose(-1, -2))
+    parts.div_(s.unsqueeze(-2))
+    return parts
+
+
 def norm_residual_ln(
     A: torch.Tensor, T: torch.Tensor, x: torch.Tensor, norm_input: torch.Tensor, weight: torch.Tensor | None, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +160,7 @@ def norm_residual_ln(
         ``(N, parts)``: ``N`` ``(..., n, n)`` non-negative; ``parts`` ``(..., n, n, d)`` the vectors
         ``g_i(u_ij)`` (``sum_j parts_ij + g_i(b_O) + beta`` is the LayerNorm's output).
     """
-    parts = layer_norm_parts(attention_residual_vectors(A, T, x), norm_input, weight, eps)
+    parts = attention_layer_norm_parts(A, T, x, norm_input, weight, eps)
     return torch.linalg.vector_norm(parts, dim=-1), parts
 
 
@@ -150,7 +183,7 @@ def alti_layer(parts: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """
     _check(parts, "parts", 3, "(..., n, m, d)")
     y = output.to(parts.dtype)
-    dist = (y.unsqueeze(-2) - parts).abs().sum(-1)  # (..., n, m)
+    dist = (y.unsqueeze(-2) - parts).abs_().sum(-1)  # (..., n, m)
     c = (y.abs().sum(-1, keepdim=True) - dist).clamp_min(0)
     return normalize_rows(c)
 

@@ -52,7 +52,7 @@ class ALTI(TokenMatrixMethod):
         for b, idx in enumerate(idxs):
             Cs = []
             for p in range(len(mc.blocks)):
-                _, parts, rec = post_ln_parts(mc, b, idx, p)
+                parts, rec = post_ln_parts(mc, p, b, idx)
                 y = rec.norms["attention"][1][b].index_select(0, idx.to(parts.device))
                 Cs.append(alti_layer(parts, y))
             out.append(contribution_rollout(torch.stack(Cs))[-1])

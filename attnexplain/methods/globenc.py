@@ -51,7 +51,7 @@ class GlobEnc(TokenMatrixMethod):
         for b, idx in enumerate(idxs):
             Cs = []
             for p in range(len(mc.blocks)):
-                _, parts, rec = post_ln_parts(mc, b, idx, p)
+                parts, rec = post_ln_parts(mc, p, b, idx)
                 z2, _, w2, _, eps2 = rec.norms["output"]
                 Cs.append(globenc_layer(parts, z2[b].index_select(0, idx.to(z2.device)), w2, eps2))
             out.append(contribution_rollout(torch.stack(Cs))[-1])

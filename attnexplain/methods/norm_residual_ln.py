@@ -13,32 +13,43 @@ from .base import register_method
 __all__ = ["NormResidualLN", "post_ln_parts"]
 
 
-def post_ln_parts(mc, b: int, idx: torch.Tensor, layer_pos: int):
-    """For example ``b`` (real positions ``idx``) and block ``layer_pos`` of a
-    :class:`~attnexplain.capturing.mixing.MixingCapture` with norms: ``(N, parts, block)`` of
-    :func:`attnexplain.functional.context_mixing.norm_residual_ln`, checked against the recorded
-    LayerNorm input (refuses blocks whose first LayerNorm does not see ``x + Attn(x)``)."""
-    from ..capturing.adapters import UnsupportedArchitectureError
-    from ..functional.context_mixing import attention_residual_vectors, norm_residual_ln
+def post_ln_parts(mc, p: int, b: int, idx: torch.Tensor):
+    """Block ``p`` of a :class:`~attnexplain.capturing.mixing.MixingCapture` with norms, example
+    ``b`` on its real positions ``idx``: ``(parts (n_i, n_i, d), block record)`` with
+    ``parts[i, j] = g1_i(u_ij)`` (:func:`attnexplain.functional.context_mixing.attention_layer_norm_parts`).
 
-    rec = mc.blocks[layer_pos]
+    Checked against the recorded first LayerNorm: ``sum_j parts_ij + g1_i(b_O) + beta1`` must be
+    its output, which holds only when its input is ``x + Attn(x)`` (a post-LN block); others are
+    refused with :class:`~attnexplain.capturing.UnsupportedArchitectureError`. One example at a
+    time on its real tokens: the ``(n_i, n_i, d)`` block stays small (cache-resident for short
+    inputs) and padding costs nothing.
+    """
+    from ..capturing.adapters import UnsupportedArchitectureError
+    from ..functional.context_mixing import attention_layer_norm_parts, layer_norm_parts
+
+    rec = mc.blocks[p]
     dev = rec.attention.device
     idx = idx.to(dev)
     A = rec.attention[b].index_select(-2, idx).index_select(-1, idx)
-    T = rec.value_transforms()[b].index_select(-2, idx)
-    x = rec.hidden_in[b].index_select(0, idx).to(A.dtype)
-    z, _, w, _, eps = rec.norms["attention"]
-    z = z[b].index_select(0, idx).to(A.dtype)
-    N, parts = norm_residual_ln(A, T, x, z, w, eps)
-    # post-LN check: the parts (and the output bias) must add up to the LayerNorm's actual input
+    x = rec.hidden_in[b].index_select(0, idx)
+    z, y, w, beta, eps = rec.norms["attention"]
+    z, y = z[b].index_select(0, idx).to(A.dtype), y[b].index_select(0, idx).to(A.dtype)
+    # gamma * centred T = V @ (gamma * centred W_O): no (H, n, d) T and no centring pass over it
+    Tc = rec.values[b].index_select(-2, idx) @ rec.centered_out_proj(w)
+    parts = attention_layer_norm_parts(A, Tc, x, z, w, eps, prepared=True)
+    total = parts.sum(-2)
     bias = rec.out_proj_bias
-    recon = attention_residual_vectors(A, T, x).sum(-2) + (0 if bias is None else bias.to(A.dtype))
+    if bias is not None:
+        total = total + layer_norm_parts(bias.to(A.dtype).expand(len(idx), 1, -1), z, w, eps)[:, 0]
+    if beta is not None:
+        total = total + beta.to(A.dtype)
     tol = 1e-4 if A.dtype == torch.float32 else 1e-8
-    if not torch.allclose(recon, z, rtol=tol, atol=tol * max(1.0, float(z.abs().max()))):
+    diff = float((total - y).abs().max()) if len(idx) else 0.0
+    if diff > tol * max(1.0, float(y.abs().max())):
         raise UnsupportedArchitectureError(
             f"the first LayerNorm of {rec.site.module_name} does not receive attention output + residual "
-            f"(max difference {float((recon - z).abs().max()):.3g}): not a post-LN block this decomposition covers")
-    return N, parts, rec
+            f"(its output differs from the decomposition by {diff:.3g}): not a post-LN block this decomposition covers")
+    return parts, rec
 
 
 @register_method
@@ -83,11 +94,5 @@ class NormResidualLN(TokenMatrixMethod):
 
         mc = capture_mixing(lm.model, batch, norms=True)
         pos = select_layer_positions(self.layers, len(mc.blocks))
-        out = []
-        for b, idx in enumerate(idxs):
-            acc = None
-            for p in pos:
-                N, _, _ = post_ln_parts(mc, b, idx, p)
-                acc = N if acc is None else acc + N
-            out.append(acc / len(pos))
-        return out
+        return [sum(torch.linalg.vector_norm(post_ln_parts(mc, p, b, idx)[0], dim=-1) for p in pos) / len(pos)
+                for b, idx in enumerate(idxs)]
