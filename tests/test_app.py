@@ -405,6 +405,20 @@ def test_live_page_generation_view_for_a_causal_lm(runs_dir, monkeypatch):
     assert _plotly_count(at) == 2
 
 
+def test_live_page_runs_the_context_mixing_methods(runs_dir, monkeypatch):
+    monkeypatch.setenv("ATTNEXPLAIN_LIVE_MODELS", "tiny-bert")
+    at = _app(runs_dir, monkeypatch, "live")
+    at.text_area(key="live_text_input").input("a witty film")
+    at.selectbox(key="live_model").set_value("tiny-bert")
+    new = ["norm_residual_ln", "globenc", "alti", "value_zeroing", "grad_rollout", "attention_gradient"]
+    at.multiselect(key="live_methods").set_value(new)
+    at.button[0].click().run()
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert "Explaining failed" not in _text(at)
+    assert [m.value for m in at.markdown if "ax-tokens" in m.value]  # the token shading was drawn
+
+
 # ------------------------------------------------------------------------------------------
 # figure builders (attnexplain/dashboard/figures.py): valid plotly, long inputs reduced, HTML escaped
 # ------------------------------------------------------------------------------------------
