@@ -320,3 +320,22 @@ def test_recall_evaluation_runs_end_to_end_on_a_tiny_lm():
     table = out["table"].set_index("method")
     assert set(table.index) == {"raw_attention", "gradient_x_input", "random"}
     assert table.loc[["raw_attention", "gradient_x_input"], "auprc"].between(0, 1).all()
+
+
+def test_all_methods_run_or_are_named_not_applicable():
+    """"all" explains every generated token with every registered method that applies to the model;
+    the others are listed with their reason, and naming one explicitly raises its error."""
+    from attnexplain.capturing import UnsupportedArchitectureError
+    from attnexplain.methods import available_methods
+
+    lm = tiny_generator("llama")
+    g = attnexplain.generate(lm, PROMPTS, max_new_tokens=2, min_new_tokens=2)
+    ex = attnexplain.explain_generation(lm, g, "all")
+    assert set(ex.methods) | set(ex.not_applicable) == set(available_methods()) - {"flow", "attention_distribution"}
+    for name in ex.methods:
+        for i in range(2):
+            row = ex[name].scores[i][1]
+            assert np.isfinite(row[: ex[name].n_prompt[i] + 1]).all() and np.isnan(row[ex[name].n_prompt[i] + 1 :]).all()
+    for name in ex.not_applicable:
+        with pytest.raises(UnsupportedArchitectureError):
+            attnexplain.explain_generation(lm, g, [name])

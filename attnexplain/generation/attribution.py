@@ -121,6 +121,8 @@ class GenerationExplanation:
     attributions: dict[str, GenerationAttribution]
     contrast_ids: torch.Tensor | None = None
     skipped: list[str] = field(default_factory=list)
+    #: methods ``"all"`` included that refused this architecture: name -> reason
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -249,7 +251,10 @@ def explain_generation(
         prompts: texts (generated here with :func:`attnexplain.generate`), or a
             :class:`GenerationResult` to explain (its capture is reused).
         methods: method names or instances (default :data:`DEFAULT_GENERATION_METHODS`;
-            ``"all"``: every registered method but flow and attention_distribution).
+            ``"all"``: every registered method that applies to the model, but flow and
+            attention_distribution; those that refuse the architecture, e.g. post-LN-only
+            decompositions on a pre-LN decoder, are left out with a warning and listed in
+            ``not_applicable``; a method named explicitly raises instead).
         max_new_tokens / target / generate_kwargs: as :func:`attnexplain.generate` (``target``
             forces the continuation to explain).
         contrast: a contrast continuation (one text or one per prompt): step ``t`` attributes
@@ -284,7 +289,11 @@ def explain_generation(
         gen = generate(lm, prompts, max_new_tokens, target=target, **generate_kwargs)
     elif gen.is_encoder_decoder:
         raise InputError("per-token explanations are implemented for decoder-only generations")
+    from ..capturing import UnsupportedArchitectureError
+
+    from_all = methods == "all" or (not isinstance(methods, str) and methods is not None and "all" in list(methods))
     built = [get_method(m) for m in generation_methods(methods)]
+    not_applicable: dict[str, str] = {}
     foil = _contrast_ids(lm, gen, contrast) if contrast is not None else None
     skipped = []
     if foil is not None:
@@ -311,8 +320,16 @@ def explain_generation(
         batch = gen.step_batch(t)
         tgt = gen.generated_ids[:, t]
         for m in built:
+            if m.name in not_applicable:
+                continue
             if foil is None:
-                scores = m.attribute(lm, batch, target=tgt, capture=view)
+                try:
+                    scores = m.attribute(lm, batch, target=tgt, capture=view)
+                except UnsupportedArchitectureError as exc:
+                    if not from_all:
+                        raise
+                    not_applicable[m.name] = str(exc).split(";")[0]
+                    continue
             elif m.name == "occlusion":
                 scores = _occlusion_contrast(m, lm, batch, tgt, foil[:, t].clamp(min=0))
             else:
@@ -334,5 +351,10 @@ def explain_generation(
         from ..token_text import readable_tokens
 
         contrast_tokens = [readable_tokens(lm.tokenizer, [c for c in foil[i].tolist() if c >= 0]) for i in range(B)]
-    atts = {m.name: GenerationAttribution(m.name, tokens, n_prompt, mats[m.name], contrast_tokens, excluded) for m in built}
-    return GenerationExplanation(generation=gen, attributions=atts, contrast_ids=foil, skipped=skipped)
+    atts = {m.name: GenerationAttribution(m.name, tokens, n_prompt, mats[m.name], contrast_tokens, excluded)
+            for m in built if m.name not in not_applicable}
+    if not_applicable:
+        warnings.warn("methods that do not apply to this model were left out: "
+                      + "; ".join(f"{k} ({v})" for k, v in not_applicable.items()), stacklevel=2)
+    return GenerationExplanation(generation=gen, attributions=atts, contrast_ids=foil, skipped=skipped,
+                                 not_applicable=not_applicable)
