@@ -62,7 +62,7 @@ PROMPTS = [
 INSEQ_SIDE = r"""
 import json, sys, time
 import inseq, torch, transformers
-folder, prompts, n_new, ig_steps, threads, repeats = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+folder, prompts, n_new, ig_steps, threads, repeats, skip_ig = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 torch.set_num_threads(threads)
 model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
 tok = transformers.AutoTokenizer.from_pretrained(folder)
@@ -74,10 +74,11 @@ for r in range(repeats):
     t = time.perf_counter()
     res = m_att.attribute(input_texts=prompts, generation_args=gen_args, attribute_target=True, skip_special_tokens=False, show_progress=False)
     out["t_attention"].append(time.perf_counter() - t)
-    t = time.perf_counter()
-    m_ig.attribute(input_texts=prompts, generation_args=gen_args, n_steps=ig_steps, attribute_target=True, skip_special_tokens=False, show_progress=False)
-    out["t_ig"].append(time.perf_counter() - t)
-    print(json.dumps({"repeat": r, "t_attention": out["t_attention"][-1], "t_ig": out["t_ig"][-1]}), file=sys.stderr, flush=True)
+    if not skip_ig:
+        t = time.perf_counter()
+        m_ig.attribute(input_texts=prompts, generation_args=gen_args, n_steps=ig_steps, attribute_target=True, skip_special_tokens=False, show_progress=False)
+        out["t_ig"].append(time.perf_counter() - t)
+    print(json.dumps({"repeat": r, "t_attention": out["t_attention"][-1]}), file=sys.stderr, flush=True)
 seqs = []
 for a in res.sequence_attributions:
     ta = a.target_attributions
@@ -97,6 +98,7 @@ def main() -> None:
     ap.add_argument("--ig-steps", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--skip-ig", action="store_true", help="time raw attention only (IG: speedup_ig=nan)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -122,12 +124,14 @@ def main() -> None:
         ex = attnexplain.explain_generation(lm, PROMPTS, ["raw_attention"], max_new_tokens=args.new_tokens,
                                             exclude_special_tokens=False)
         ours_att.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        attnexplain.explain_generation(lm, PROMPTS, [ig], max_new_tokens=args.new_tokens, exclude_special_tokens=False)
-        ours_ig.append(time.perf_counter() - t)
-        print(f"attnexplain repeat {r}: attention {ours_att[-1]:.2f} s, IG {ours_ig[-1]:.2f} s", flush=True)
+        if not args.skip_ig:
+            t = time.perf_counter()
+            attnexplain.explain_generation(lm, PROMPTS, [ig], max_new_tokens=args.new_tokens, exclude_special_tokens=False)
+            ours_ig.append(time.perf_counter() - t)
+        print(f"attnexplain repeat {r}: attention {ours_att[-1]:.2f} s" + ("" if args.skip_ig else f", IG {ours_ig[-1]:.2f} s"),
+              flush=True)
     proc = subprocess.run([args.inseq_python, "-c", INSEQ_SIDE, str(folder), json.dumps(PROMPTS), str(args.new_tokens),
-                           str(args.ig_steps), str(threads), str(args.repeats)],
+                           str(args.ig_steps), str(threads), str(args.repeats), str(int(args.skip_ig))],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
         sys.exit(f"inseq side failed:\n{proc.stderr[-3000:]}")
@@ -155,9 +159,10 @@ def main() -> None:
             compared += vis
     max_diff = max(diffs) if diffs else float("nan")
     s_att = statistics.median(peer_att) / statistics.median(ours_att)
-    s_ig = statistics.median(peer_ig) / statistics.median(ours_ig)
-    print(f"medians: attention ours {statistics.median(ours_att):.2f} s vs inseq {statistics.median(peer_att):.2f} s; "
-          f"IG ours {statistics.median(ours_ig):.2f} s vs inseq {statistics.median(peer_ig):.2f} s")
+    s_ig = statistics.median(peer_ig) / statistics.median(ours_ig) if ours_ig and peer_ig else float("nan")
+    print(f"medians: attention ours {statistics.median(ours_att):.2f} s vs inseq {statistics.median(peer_att):.2f} s"
+          + (f"; IG ours {statistics.median(ours_ig):.2f} s vs inseq {statistics.median(peer_ig):.2f} s" if ours_ig else
+             "; IG not timed (--skip-ig)"))
     print(f"raw attention compared on {same}/{len(PROMPTS)} examples, {compared} (step, position) entries: max |diff| {max_diff:.2e}")
     print(f"targets: attention >= 1.5x {'met' if s_att >= 1.5 else 'MISSED'}, IG >= 1.0x {'met' if s_ig >= 1.0 else 'MISSED'}, "
           f"agreement < 1e-5 {'met' if max_diff < 1e-5 else 'MISSED'}")
