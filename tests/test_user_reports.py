@@ -477,3 +477,68 @@ def test_ferret_rounding_faithfulness_equals_hand_run_deletions():
         np.testing.assert_allclose([row["comprehensiveness"], row["sufficiency"]], [comp, suff], atol=1e-6)
     aopc = res.aopc.set_index("metric")["aopc"]
     np.testing.assert_allclose(aopc["comprehensiveness"], t[t.metric == "comprehensiveness"].value.mean(), atol=1e-12)
+
+
+# ------------------------------------------ 8/9. pairs and special tokens through analyze and report
+
+
+def test_analyze_text_pair_column_and_special_tokens_through_cli_and_report(tmp_path, monkeypatch):
+    """`analyze --text-pair-column`: each row's tokens are the pair tokenized together (scores equal
+    explain_batch on the pair alone); the run records its special tokens; `Run.tokens` and the
+    report leave them out by default and keep them with --include-special-tokens."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    import attnexplain.runs.analyze as analyze_mod
+    from attnexplain.cli.main import app
+    from attnexplain.methods import explain_batch
+    from attnexplain.runs import open_run
+
+    def fake(name, *, backend="dense", backend_options=None):
+        lm = tiny_model("bert")
+        lm.model.config.id2label = {0: "neg", 1: "pos"}
+        lm.labels = ["neg", "pos"]
+        return lm
+
+    monkeypatch.setattr(analyze_mod, "load_model_for_run", fake)
+    data = tmp_path / "pairs.csv"
+    pd.DataFrame({"premise": ["a cat sat", "dogs run"], "hypothesis": ["it sat", "no"],
+                  "label": ["pos", "neg"]}).to_csv(data, index=False)
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["analyze", "--dataset", str(data), "--split", "all", "--text-column", "premise",
+                              "--text-pair-column", "hypothesis", "--label-column", "label", "--methods",
+                              "raw_attention", "--no-progress", "--out", str(out), "--model", "t"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    run = open_run(out)
+    assert run.manifest["text_pair_column"] == "hypothesis"
+    assert run.manifest["special_tokens"]["excluded"] is True and "[SEP]" in run.manifest["special_tokens"]["tokens"]
+    full = run.tokens(exclude_special_tokens=False)
+    lm = fake("t")
+    enc = lm.tokenize(["a cat sat"], text_pairs=["it sat"])
+    ref, _, _ = explain_batch(lm, enc, ["raw_attention"])
+    eid = run.examples()["example_id"].iloc[0]
+    row = full[(full.example_id == eid)].sort_values("position")
+    assert row["token"].tolist().count("[SEP]") == 2  # the separator between the two texts is kept
+    np.testing.assert_allclose(row["score"].to_numpy(), ref["raw_attention"][0], atol=1e-6)
+    shown = run.tokens(exclude_special_tokens=None)
+    assert not shown["token"].isin(["[CLS]", "[SEP]"]).any() and len(shown) == len(full) - 3 * 2
+    rep = runner.invoke(app, ["report", str(out), "--no-figures"])
+    assert rep.exit_code == 0 and "sentence pairs" in rep.stdout and "left out" in rep.stdout
+    rep = runner.invoke(app, ["report", str(out), "--no-figures", "--include-special-tokens"])
+    assert rep.exit_code == 0 and "left out" not in rep.stdout
+
+
+def test_dashboard_explorer_says_where_the_second_segment_starts(tmp_path, monkeypatch):
+    import json
+
+    from tests.test_app import _app, _no_exception, _text, write_run
+
+    root = tmp_path / "runs"
+    path = write_run(root / "pairs", n_examples=2)
+    man = json.loads((path / "manifest.json").read_text())
+    man["text_pair_column"] = "hypothesis"
+    (path / "manifest.json").write_text(json.dumps(man))
+    at = _app(root, monkeypatch, "explorer", run="pairs")
+    _no_exception(at)
+    assert "Sentence pair" in _text(at) and "`hypothesis`" in _text(at)

@@ -309,6 +309,7 @@ class AnalyzeArgs:
     text_column: str | None = None
     label_column: str | None = None
     text_pair_column: str | None = None
+    include_special_tokens: bool = False
     threads: int | None = None
     progress: bool = True
     engine: str = "local"
@@ -333,11 +334,13 @@ class ReportArgs:
     out: Path | None = None
     figures: bool = True
     n_resamples: int = 2000
+    include_special_tokens: bool | None = None
 
     def run_report(self):
         from ..runs.report import report
 
-        return report(self.run, out=self.out, figures=self.figures, n_resamples=self.n_resamples)
+        return report(self.run, out=self.out, figures=self.figures, n_resamples=self.n_resamples,
+                      include_special_tokens=self.include_special_tokens)
 
 
 @dataclass

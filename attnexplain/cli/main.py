@@ -195,6 +195,9 @@ def analyze(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to N tokens (default: model maximum)."),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Text column of a user file."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="Label column of a user file."),
+    text_pair_column: Optional[str] = typer.Option(None, "--text-pair-column",
+                                                   help="Second-text column of a user file for sentence-pair classifiers "
+                                                        "(NLI, paraphrase): each row is tokenized as [CLS] text [SEP] pair [SEP]."),
     seed: int = typer.Option(0, help="Random seed (random baseline)."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch (1 is often fastest on a busy machine)."),
     engine: str = typer.Option("local", help="local (this process) | ray (an actor pool on a Ray cluster; needs "
@@ -209,6 +212,10 @@ def analyze(
                                                  help="Ray only: torch threads (= Ray CPUs) per worker (default 1)."),
     force: bool = typer.Option(False, "--force", help="Delete a different run in --out and start over."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+    include_special_tokens: bool = typer.Option(False, "--include-special-tokens",
+                                                help="Show special tokens ([CLS], [SEP]; a language model's first token) "
+                                                     "in the run's token tables (report, dashboard); by default they are "
+                                                     "left out (the tokens table always stores them)."),
 ) -> None:
     """Explain a whole data set into a run folder (resumable; bounded memory; see docs/run-format.md)."""
     args = AnalyzeArgs(
@@ -217,7 +224,8 @@ def analyze(
         faithfulness_precision=faithfulness_precision, shard=shard, backend=backend,
         backend_options=_kv(backend_option, "--backend-option"), force=force,
         label_map=_kv(label_map, "--label-map", typed=False) or None, max_length=max_length, seed=seed,
-        text_column=text_column, label_column=label_column, threads=threads, progress=not no_progress,
+        text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
+        include_special_tokens=include_special_tokens, threads=threads, progress=not no_progress,
         engine=engine, address=address, num_workers=num_workers, worker_threads=worker_threads,
     )
     run = args.run(command=["attnexplain", *sys.argv[1:]])
@@ -255,9 +263,13 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write (default RUN/report)."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Only summary.md."),
     n_resamples: int = typer.Option(2000, "--n-resamples", help="Bootstrap resamples for the confidence intervals."),
+    include_special_tokens: Optional[bool] = typer.Option(
+        None, "--include-special-tokens/--exclude-special-tokens",
+        help="Token tables with or without special tokens (default: as the run was analysed; analyze leaves them out)."),
 ) -> None:
     """Summarise a run: accuracy, AOPC per method with CIs, method agreement, heads; writes summary.md + figures."""
-    res = ReportArgs(run=run, out=out, figures=not no_figures, n_resamples=n_resamples).run_report()
+    res = ReportArgs(run=run, out=out, figures=not no_figures, n_resamples=n_resamples,
+                     include_special_tokens=include_special_tokens).run_report()
     typer.echo(res.text)
     typer.echo(f"\nwrote {', '.join(str(f) for f in res.files)}", err=True)
 

@@ -123,6 +123,21 @@ def _head_dim(lm: Any) -> int | None:
         return None
 
 
+def _special_tokens_entry(lm: Any, include: bool) -> dict[str, Any]:
+    """The manifest's ``special_tokens``: which token strings are special (as the tokens table
+    writes them), whether a causal model's first token (the attention sink) counts too, and
+    whether readers leave them out by default (:meth:`attnexplain.runs.Run.tokens`)."""
+    import torch
+
+    from ..ablations.perturbed_inputs import special_token_ids
+    from ..methods.attention_methods import is_causal_model
+
+    ids = sorted(i for i in special_token_ids(lm.tokenizer) if isinstance(i, int) and i >= 0)
+    strings = lm.tokens(torch.tensor([ids]))[0] if ids and lm.tokenizer is not None else []
+    return {"tokens": sorted(set(map(str, strings))), "attention_sink": bool(is_causal_model(lm)),
+            "excluded": not include}
+
+
 def analyze(
     out: str | os.PathLike,
     *,
@@ -145,6 +160,7 @@ def analyze(
     text_column: str | None = None,
     label_column: str | None = None,
     text_pair_column: str | None = None,
+    include_special_tokens: bool = False,
     bins: Sequence[float] = DEFAULT_BINS,
     faithfulness_precision: str = "auto",
     progress: bool = True,
@@ -165,7 +181,12 @@ def analyze(
         model: a model name/path (see :func:`attnexplain.models.load_model`; also ``tiny-<task>``)
             or a :class:`~attnexplain.models.LoadedModel`. Default: the default model.
         dataset: a data set name/path (:func:`attnexplain.data.load_dataset`) or a ``TextDataset``.
-        split, limit, text_column, label_column, text_pair_column: passed to ``load_dataset``.
+        split, limit, text_column, label_column, text_pair_column: passed to ``load_dataset``
+            (``text_pair_column``: the second text of sentence-pair classifiers).
+        include_special_tokens: the run's token tables are read (report, dashboard) with special
+            tokens and a causal model's first token left out unless True (recorded in the manifest
+            as ``special_tokens``; the tokens table itself always holds every real token, and
+            faithfulness never removes special tokens).
         methods: method names (default :data:`DEFAULT_METHODS`; ``"all"``: every registered one).
         batch_size: at most this many examples per forward pass and per shard; batches of long
             inputs are cut smaller, to at most :data:`MAX_BATCH_TOKENS` (4096) padded tokens
@@ -296,6 +317,7 @@ def analyze(
         "label_map": dict(label_map) if label_map else None, "seed": int(seed), "max_length": int(max_len),
         "store_attention": int(store_attention), "batch_size": int(batch_size),
         "text_column": text_column, "label_column": label_column, "text_pair_column": text_pair_column,
+        "special_tokens": _special_tokens_entry(lm, include_special_tokens),
         "versions": package_versions(), "n_examples": len(positions), "dataset_size": n_total,
         "head_dim": _head_dim(lm),
         "engine": ray_session.info if ray_session is not None else {"name": "local", "threads": torch.get_num_threads()},

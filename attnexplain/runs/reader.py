@@ -202,9 +202,32 @@ class Run:
         """One row per example: id, index, text, label, prediction, probabilities, AOPC per method."""
         return self._read("examples", columns=columns)
 
-    def tokens(self, example_id: str | None = None, method: str | None = None):
-        """Long table ``example_id, position, token, method, score`` (optionally one example / method)."""
-        return self._read("tokens", example_id, method=method)
+    def tokens(self, example_id: str | None = None, method: str | None = None, *,
+               exclude_special_tokens: bool | None = False):
+        """Long table ``example_id, position, token, method, score`` (optionally one example / method).
+
+        ``exclude_special_tokens``: drop the rows of special tokens ([CLS], [SEP]...; the strings
+        recorded in the manifest's ``special_tokens``) and, for causal models, of each example's
+        first token (the attention sink); ``None``: as the run was asked to (``analyze
+        --include-special-tokens`` keeps them; default: left out). ``position`` stays the index
+        among the example's real tokens. Runs without that manifest entry drop nothing.
+        """
+        t = self._read("tokens", example_id, method=method)
+        if exclude_special_tokens is None:
+            exclude_special_tokens = self.excludes_special_tokens
+        entry = self.manifest.get("special_tokens")
+        if not exclude_special_tokens or not entry or not len(t):
+            return t
+        drop = t["token"].isin(set(entry.get("tokens") or []))
+        if entry.get("attention_sink"):
+            drop |= t["position"] == t.groupby(["example_id", "method"])["position"].transform("min")
+        return t[~drop].reset_index(drop=True)
+
+    @property
+    def excludes_special_tokens(self) -> bool:
+        """Whether this run's token scores are shown without special tokens (its ``analyze`` setting)."""
+        entry = self.manifest.get("special_tokens")
+        return bool(entry.get("excluded", True)) if entry else False
 
     def faithfulness(self, example_id: str | None = None, method: str | None = None):
         """Long table ``example_id, method, metric, k, value`` (ERASER curves per example)."""

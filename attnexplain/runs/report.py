@@ -142,8 +142,12 @@ def _write_fig(fig: Any, path: Path) -> Path:
 
 
 def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None, figures: bool = True,
-           n_resamples: int = 2000) -> ReportResult:
-    """Summarise a run: printable text, ``<out>/summary.md`` and plotly figures (default ``<run>/report``)."""
+           n_resamples: int = 2000, include_special_tokens: bool | None = None) -> ReportResult:
+    """Summarise a run: printable text, ``<out>/summary.md`` and plotly figures (default ``<run>/report``).
+
+    ``include_special_tokens``: the method-agreement table over every real token (True) or without
+    special tokens and a causal model's first token (False); None: as the run was analysed.
+    """
     import pandas as pd
 
     run = run if isinstance(run, Run) else open_run(run)
@@ -171,6 +175,15 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
         lines.append("- accuracy: n/a (unlabelled data)")
     if n:
         lines.append(f"- truncated inputs: {int(ex['truncated'].sum())}; mean tokens {ex['n_tokens'].mean():.1f}")
+    if man.get("text_pair_column"):
+        lines.append(f"- sentence pairs: column `{man['text_pair_column']}` is the second segment "
+                     "(tokenized together with the text: [CLS] text [SEP] pair [SEP])")
+    special = man.get("special_tokens") or {}
+    shown_without = (special.get("excluded", True) if include_special_tokens is None else not include_special_tokens)
+    if special and shown_without:
+        lines.append("- token scores: special tokens (" + ", ".join(f"`{t}`" for t in special.get("tokens", [])[:6])
+                     + (") and each example's first token (attention sink)" if special.get("attention_sink") else ")")
+                     + " left out of the token tables (`--include-special-tokens` keeps them); faithfulness never removes them")
     lines.append("")
 
     aopc = aopc_table(run, ex, n_resamples=n_resamples) if n else pd.DataFrame()
@@ -188,7 +201,8 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
     faith_t = run.faithfulness()
     curves = (faith_t.groupby(["method", "metric", "k"])["value"].mean().reset_index()
               if len(faith_t) else pd.DataFrame(columns=["method", "metric", "k", "value"]))
-    agreement = method_agreement(run.tokens(), methods) if n else pd.DataFrame()
+    exclude = None if include_special_tokens is None else not include_special_tokens
+    agreement = method_agreement(run.tokens(exclude_special_tokens=exclude), methods) if n else pd.DataFrame()
     if len(agreement):
         lines += ["## Agreement between methods (mean Kendall tau-b of token scores per example)", "",
                   format_markdown_table(agreement.reset_index().rename(columns={"index": "method"}), digits=2, missing="n/a"), ""]

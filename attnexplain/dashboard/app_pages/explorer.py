@@ -124,6 +124,9 @@ def _int(v):
 
 
 st.header(f"Example {eid}")
+if ref.manifest.get("text_pair_column"):
+    st.caption(f"Sentence pair: the text and its second segment (column `{ref.manifest['text_pair_column']}`) were "
+               "tokenized together; the tokens after the first separator ([SEP] or </s>) are the second segment.")
 arrays = ref.attention(eid) if eid in stored else None
 probs = row.get("probs")
 if probs is None or (hasattr(probs, "__len__") and len(probs) == 0):
