@@ -197,8 +197,11 @@ def test_runs_page_lists_runs_and_reports_broken_ones(runs_dir, monkeypatch):
     assert at.title[0].value == "Runs"
     df = at.dataframe[0].value
     assert set(df["run"]) == {"tiny-dense", "tiny-performer", "synthetic"}
-    assert {"model", "dataset", "backend", "size (MB)", "accuracy"} <= set(df.columns)
+    assert {"model", "dataset", "backend", "accuracy"} <= set(df.columns)
     assert any(c.startswith("comprehensiveness AOPC: raw_attention") for c in df.columns)
+    assert not any(c.startswith("sufficiency AOPC") for c in df.columns)  # chosen, not all at once
+    at.multiselect(key="runs_extra_cols").set_value(["size (MB)"]).run()
+    assert "size (MB)" in at.dataframe[0].value.columns
     errors = "\n".join(e.value for e in at.error)
     assert "old-run" in errors and "format version" in errors
     assert "missing-files" in errors and "tokens.parquet" in errors

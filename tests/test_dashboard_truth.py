@@ -148,3 +148,23 @@ def test_live_page_says_when_it_truncated_and_when_smyrf_ran_as_dense(runs, monk
     at.text_input(key="live_backend_options").input("n_hashes=oops")
     at.button[0].click().run()
     assert "Backend options" in _text(at)
+
+
+def test_report_and_dashboard_draw_layers_in_the_same_order(runs, tmp_path):
+    """Layer 0 at the top in both the report's per-head figure and the dashboard's layer x head maps."""
+    from attnexplain.runs.report import report
+
+    res = report(runs / "tiny-dense", out=tmp_path / "rep", n_resamples=50)
+    heads_html = (tmp_path / "rep" / "heads.html").read_text()
+    assert '"autorange":"reversed"' in heads_html.replace(" ", "")
+    fig = figures.layer_head_heatmap(np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert fig.layout.yaxis.autorange == "reversed" and list(fig.data[0].y) == ["L0", "L1"]
+    assert res.files
+
+
+def test_ablations_aopc_bars_carry_confidence_intervals(runs, monkeypatch):
+    at = _app(runs, monkeypatch, "ablations", run="tiny-dense")
+    _no_exception(at)
+    bars = [json.loads(p.proto.spec) for p in at.get("plotly_chart")
+            if "AOPC per method" in p.proto.spec]
+    assert bars and all(tr.get("error_y", {}).get("arrayminus") is not None for tr in bars[0]["data"])

@@ -558,12 +558,20 @@ def curves(df: pd.DataFrame, *, x: str, y: str, color: str, facet: str | None = 
     return fig
 
 
-def bars(df: pd.DataFrame, *, x: str, y: str, color: str | None = None, title: str = "", height: int = 320) -> go.Figure:
-    """Grouped bars of ``y`` per ``x`` (one series per ``color`` value)."""
+def bars(df: pd.DataFrame, *, x: str, y: str, color: str | None = None, title: str = "", height: int = 320,
+         interval: tuple[str, str] | None = None) -> go.Figure:
+    """Grouped bars of ``y`` per ``x`` (one series per ``color`` value); ``interval=(low, high)`` names
+    the columns of a confidence interval drawn as error bars."""
     fig = go.Figure()
     groups = df.groupby(color, sort=False) if color else [(y, df)]
     for name, part in groups:
-        fig.add_trace(go.Bar(x=part[x].astype(str), y=part[y], name=str(name)))
+        err = None
+        if interval is not None:
+            lo, hi = part[interval[0]].to_numpy(dtype=float), part[interval[1]].to_numpy(dtype=float)
+            val = part[y].to_numpy(dtype=float)
+            err = dict(type="data", symmetric=False, array=np.maximum(hi - val, 0), arrayminus=np.maximum(val - lo, 0),
+                       thickness=1.2, width=4)
+        fig.add_trace(go.Bar(x=part[x].astype(str), y=part[y], name=str(name), error_y=err))
     fig.update_layout(title=title, height=height, barmode="group", margin=_MARGIN)
     return fig
 

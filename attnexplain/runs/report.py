@@ -276,7 +276,9 @@ def _report_figures(out_dir: Path, aopc: Any, curves: Any, agreement: Any, per_h
     if len(per_head) and "eff_raw_jsd" in per_head:
         piv = per_head.pivot(index="layer", columns="head", values="eff_raw_jsd")
         fig = go.Figure(go.Heatmap(z=piv.to_numpy(), x=[f"H{h}" for h in piv.columns], y=[f"L{l}" for l in piv.index]))
-        fig.update_layout(title="Raw vs effective attention per head (mean JSD)")
+        # layer 0 at the top, as in the dashboard's layer x head maps
+        fig.update_layout(title="Raw vs effective attention per head (mean JSD)",
+                          yaxis=dict(autorange="reversed", title="layer"), xaxis=dict(title="head"))
         files.append(_write_fig(fig, out_dir / "heads.html"))
     return files
 

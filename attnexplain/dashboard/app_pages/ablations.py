@@ -36,16 +36,24 @@ else:
                        x_title="top-k % of tokens", y_title="probability drop", title="faithfulness curves")
     widgets.show_figure(fig, key="abl-curves", name=f"{ref.name}-faithfulness-curves", data=curves)
 
-aopc_rows = []
-for m in methods:
-    for p, label in (("comp", "comprehensiveness"), ("suff", "sufficiency")):
-        c = f"{p}_aopc__{m}"
-        if c in ex:
-            aopc_rows.append({"method": m, "metric": label, "AOPC": float(ex[c].mean()),
-                              "std": float(ex[c].std()) if len(ex) > 1 else np.nan})
-aopc = pd.DataFrame(aopc_rows)
+@st.cache_data(show_spinner="Bootstrapping confidence intervals...", max_entries=16)
+def _aopc(path: str, sig: tuple) -> pd.DataFrame:
+    """AOPC per method and metric with the report's bootstrap 95 % CIs (attnexplain.runs.report.aopc_table)."""
+    from attnexplain.runs.report import aopc_table
+
+    table = aopc_table(run_access._open_cached(path, sig), n_resamples=1000)
+    rows = []
+    for r in table.itertuples():
+        for p, label in (("comp", "comprehensiveness"), ("suff", "sufficiency")):
+            rows.append({"method": r.method, "metric": label, "AOPC": getattr(r, p),
+                         "ci_low": getattr(r, f"{p}_low"), "ci_high": getattr(r, f"{p}_high"), "n": r.n})
+    return pd.DataFrame(rows).dropna(subset=["AOPC"])
+
+
+aopc = _aopc(ref.path, ref.sig)
 if not aopc.empty:
-    fig = figures.bars(aopc, x="method", y="AOPC", color="metric", title="AOPC per method (mean over examples)")
+    fig = figures.bars(aopc, x="method", y="AOPC", color="metric", interval=("ci_low", "ci_high"),
+                       title="AOPC per method (mean over examples, bootstrap 95 % confidence intervals)")
     widgets.show_figure(fig, key="abl-aopc", name=f"{ref.name}-aopc", data=aopc)
 
 st.subheader("Head ablation")

@@ -86,11 +86,21 @@ if table.empty:
 
 st.caption(f"{len(table)} run(s) in `{root}`. AOPC: comprehensiveness (higher = more necessary tokens) and "
            "sufficiency (lower = more sufficient), averaged over examples.")
+# the key columns fit without horizontal scrolling; the AOPC columns (two per method) and the rest are chosen
+KEY_COLUMNS = ["run", "model", "dataset", "backend", "examples", "accuracy"]
+EXTRA_COLUMNS = ["status", "with arrays", "size (MB)", "split", "created"]
+c1, c2 = st.columns([2, 3])
+aopc_kinds = c1.pills("AOPC columns", ["comprehensiveness", "sufficiency"], selection_mode="multi",
+                      default=["comprehensiveness"], key="runs_aopc_kinds")
+extras = c2.multiselect("More columns", EXTRA_COLUMNS, default=[], key="runs_extra_cols")
+aopc_cols = [c for c in table.columns if "AOPC" in c and any(c.startswith(k) for k in (aopc_kinds or []))]
+shown_cols = [c for c in KEY_COLUMNS + extras if c in table.columns] + aopc_cols
 col_cfg = {"accuracy": st.column_config.NumberColumn(format="%.3f")}
-for c in table.columns:
-    if "AOPC" in c:
-        col_cfg[c] = st.column_config.NumberColumn(format="%.3f")
-st.dataframe(table, hide_index=True, column_config=col_cfg, key="runs_table")
+for c in aopc_cols:
+    kind, meth = c.split(" AOPC: ", 1)
+    col_cfg[c] = st.column_config.NumberColumn(f"{'comp.' if kind.startswith('comp') else 'suff.'} {meth}",
+                                               format="%.3f", help=c)
+st.dataframe(table[shown_cols], hide_index=True, column_config=col_cfg, key="runs_table")
 st.download_button("CSV of this table", data=lambda: table.to_csv(index=False), file_name="runs.csv",
                    mime="text/csv", on_click="ignore", icon=":material/table:", key="runs_csv")
 
