@@ -118,7 +118,7 @@ def block_sites(model: nn.Module, *, stack: str | None = None) -> list[Attention
         if s.rule is None or s.rule.block_path is None or _resolve(model, s.module_name, s.rule.block_path) is None:
             raise UnsupportedArchitectureError(
                 f"the adapter table does not say where the transformer block of {s.module_name!r} is "
-                f"(rule {getattr(s.rule, 'name', None)!r}); add block_path to its rule in attnexplain.capture.adapters"
+                f"(rule {getattr(s.rule, 'name', None)!r}); add block_path to its rule in attnexplain.capturing.adapters"
             )
     return sites
 

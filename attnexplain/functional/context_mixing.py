@@ -2,7 +2,7 @@
 connection, the layer normalisation and the value/output projections are counted.
 
 Pure tensor functions; the model knowledge (which module is which LayerNorm, where the residual
-enters) lives in :mod:`attnexplain.capture.mixing` and the adapter table.
+enters) lives in :mod:`attnexplain.capturing.mixing` and the adapter table.
 
 Notation for one post-LN block (BERT family), one example, ``n`` tokens, width ``d``::
 
