@@ -168,3 +168,27 @@ def test_ablations_aopc_bars_carry_confidence_intervals(runs, monkeypatch):
     bars = [json.loads(p.proto.spec) for p in at.get("plotly_chart")
             if "AOPC per method" in p.proto.spec]
     assert bars and all(tr.get("error_y", {}).get("arrayminus") is not None for tr in bars[0]["data"])
+
+
+def test_notebook_view_of_one_example_is_offline_and_shows_methods_and_a_head():
+    import re
+
+    from attnexplain.notebook import ExampleView, show_example
+    from attnexplain.testing import tiny_model
+
+    lm = tiny_model("bert")
+    view = show_example(lm, "a witty film", ["raw_attention", "norm"], layer=-1, head=1)
+    assert isinstance(view, ExampleView) and view._repr_html_() == view.html
+    out = view.html
+    assert out.count("ax-legend") == 2 and "raw_attention" in out and "norm" in out
+    assert re.sub(r'xmlns="http://www\.w3\.org/2000/svg"', "", out).count("http") == 0  # nothing to fetch
+    assert "<script" not in out and "<link" not in out
+    # the drawn head: a row-stochastic attention map over every real token (special tokens included)
+    n = len(lm.tokenize(["a witty film"])["input_ids"][0])
+    cells = re.findall(r"<title>query (\d+) .*? / key (\d+) .*?: (-?[\d.]+)</title>", out)
+    assert len(cells) == n * n
+    m = np.zeros((n, n))
+    for i, j, v in cells:
+        m[int(i), int(j)] = float(v)
+    assert np.allclose(m.sum(1), 1.0, atol=1e-3)
+    assert "layer 1, head 1" in out
