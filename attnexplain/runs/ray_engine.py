@@ -190,6 +190,7 @@ class RaySession:
                     raise AnalyzeError(f"could not join the Ray cluster at {self.address}: {exc}. With HOST:PORT this "
                                        f"machine must be a node of the cluster (`ray start --address=HOST:PORT`); "
                                        f"from elsewhere use ray://HOST:10001 (Ray Client)") from None
+                self.started = True  # close() disconnects this driver; the cluster keeps running
         cpus = int(ray.cluster_resources().get("CPU", 0))
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         if self.num_workers is None:
