@@ -159,11 +159,13 @@ def markdown_table(df) -> str:
         ("suff_aopc_attention", "suff. AOPC attention", "{:.3f}"),
         ("suff_aopc_random", "suff. AOPC random", "{:.3f}"),
     ]
+    import pandas as pd
+
+    from attnexplain.runs.markdown import format_markdown_table
+
     cols = [c for c in cols if c[0] in df.columns]
-    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(fmt.format(row[k]) for k, _, fmt in cols) + " |")
-    return "\n".join(lines) + "\n"
+    cells = pd.DataFrame({key: [fmt.format(v) for v in df[key]] for key, _, fmt in cols})  # formatted per column
+    return format_markdown_table(cells, headers={key: header for key, header, _ in cols}) + "\n"
 
 
 def figure(df, path: Path, inline_js: bool) -> None:
