@@ -1,4 +1,4 @@
-"""Tests for attnexplain.efficient_models (issue 9): the five attention modules, the classifier,
+"""Tests for attnexplain.efficient_models: the five attention modules, the classifier,
 capture through report_attention, the element-wise RNN form and a tiny training run."""
 
 from __future__ import annotations
