@@ -100,6 +100,8 @@ def main() -> None:
     alti = med["alti"] / med["forward"]
     globenc = med["globenc"] / med["forward"]
     vz = med["value_zeroing"] / med["forward"] / mean_tokens
+    for name, v, target in (("ALTI", alti, 3.0), ("GlobEnc", globenc, 3.0), ("value zeroing (forwards per token)", vz, 1.0)):
+        print(f"{name}: {v:.2f} (target <= {target:g}): {'met' if v <= target else 'MISSED'}")
     print(f"RESULT alti_ratio={alti:.2f} globenc_ratio={globenc:.2f} value_zeroing_ratio={vz:.3f}")
 
 
