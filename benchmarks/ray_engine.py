@@ -33,21 +33,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -65,14 +54,17 @@ def main() -> None:
     from attnexplain.data import load_dataset
     from attnexplain.runs.analyze import analyze
 
+    from machine import print_machine
+
     methods = ["effective_attention", "norm", "rollout"]  # benchmarks/analyze.py's target workload
     ds = load_dataset("rotten-tomatoes", split="test", limit=args.limit)
     n = len(ds)
-    print(f"CPU: {cpu_model()}; {os.cpu_count()} logical CPUs; load average {os.getloadavg()[0]:.2f} "
-          f"{os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min)", flush=True)
+    precision = (f"capture and explanations float32, faithfulness forwards "
+                 f"{resolve_precision('auto', torch.device('cpu'))}")
+    torch.set_num_threads(2)
+    print_machine(precision)
     print(f"model {args.model}; {n} rotten-tomatoes test examples; batch size {args.batch_size}; methods "
-          f"{', '.join(methods)} + ERASER faithfulness (precision {resolve_precision('auto', torch.device('cpu'))})",
-          flush=True)
+          f"{', '.join(methods)} + ERASER faithfulness", flush=True)
     configs = [
         ("local 2 threads", dict(engine="local", threads=2)),
         ("ray 1 worker x 2 threads", dict(engine="ray", num_workers=1, worker_threads=2)),
@@ -99,12 +91,12 @@ def main() -> None:
     overhead = ray12 / local
     scaling = ray11 / ray21
     serial = min(1.0, max(0.0, 2.0 / scaling - 1.0))
-    print(f"ray_overhead {overhead:.2f} (target <= 1.25: {'met' if overhead <= 1.25 else 'NOT met'}); "
-          f"worker_scaling {scaling:.2f} (target >= 1.6: {'met' if scaling >= 1.6 else 'NOT met'})")
+    print(f"ray_overhead {overhead:.2f} (target <= 1.25: {'met' if overhead <= 1.25 else 'MISSED'}); "
+          f"worker_scaling {scaling:.2f} (target >= 1.6: {'met' if scaling >= 1.6 else 'MISSED'})")
     proj = ", ".join(f"{k} machines {1 / (serial + (1 - serial) / k):.1f}x" for k in (2, 4, 8, 16))
     print(f"serial fraction (Amdahl, from the 2-worker scaling) {serial:.2f}; on paper: {proj}; "
           f"limit {'inf' if serial == 0 else f'{1 / serial:.1f}'}x")
-    print(f"load average after: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    print_machine(precision, "end")
     print(f"RESULT local_examples_per_s={n / local:.2f} ray1_examples_per_s={n / ray12:.2f} "
           f"ray_overhead={overhead:.2f} worker_scaling={scaling:.2f}")
     sys.stdout.flush()
