@@ -65,7 +65,12 @@ import inseq, torch, transformers
 folder, prompts, n_new, ig_steps, threads, repeats, skip_ig = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 torch.set_num_threads(threads)
 model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-tok = transformers.AutoTokenizer.from_pretrained(folder)
+try:
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+except ValueError:  # a tokenizer_config.json written by transformers 5 names a class 4.x does not know
+    cfg = json.load(open(folder + "/tokenizer_config.json"))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_file=folder + "/tokenizer.json",
+                                               **{k: cfg[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if cfg.get(k)})
 gen_args = {"max_new_tokens": n_new, "do_sample": False}
 out = {"inseq": "0.7.1", "torch": torch.__version__, "transformers": transformers.__version__, "t_attention": [], "t_ig": []}
 m_att = inseq.load_model(model, "attention", tokenizer=tok)
