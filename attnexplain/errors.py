@@ -11,7 +11,7 @@ A leaf module: it imports nothing from the package, so any module can import it.
 
 from __future__ import annotations
 
-__all__ = ["AttnExplainError", "UnknownNameError"]
+__all__ = ["AttnExplainError", "UnknownNameError", "UnsupportedPatternError"]
 
 
 class AttnExplainError(Exception):
@@ -26,3 +26,9 @@ class UnknownNameError(AttnExplainError, KeyError, ValueError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedPatternError(AttnExplainError, NotImplementedError):
+    """An attention backend asked for an attention pattern its mechanism cannot compute (e.g.
+    Nystrom landmarks in causal attention); the message names the pattern and backends that can.
+    Also a ``NotImplementedError``, the type such refusals raised before."""

@@ -10,11 +10,14 @@ import importlib
 import pkgutil
 
 from .base import (
+    ATTENTION_PATTERNS,
     BACKENDS,
     AttentionBackend,
     AttentionCall,
     available_backends,
+    causal_cross_limits,
     get_backend,
+    pattern_call,
     register_backend,
 )
 
@@ -23,10 +26,13 @@ for _mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = [
+    "ATTENTION_PATTERNS",
     "BACKENDS",
     "AttentionBackend",
     "AttentionCall",
     "available_backends",
+    "causal_cross_limits",
     "get_backend",
+    "pattern_call",
     "register_backend",
 ]

@@ -29,6 +29,9 @@ __all__ = [
     "get_backend",
     "available_backends",
     "BACKENDS",
+    "ATTENTION_PATTERNS",
+    "causal_cross_limits",
+    "pattern_call",
 ]
 
 BACKENDS = Registry("attention backend")  # name -> AttentionBackend subclass
@@ -51,6 +54,10 @@ class AttentionCall:
         training: whether the calling module is in training mode.
         extras: model-specific keyword arguments that a backend must honour or refuse
             (``softcap``, ``s_aux``, ``sliding_window``...).
+        key_limit: (n,) long or None: query i sees only keys j < key_limit[i], a non-decreasing
+            causal alignment (CAB's causal cross attention, see :func:`causal_cross_limits`). The
+            same structure must also be in ``mask`` (backends that read the mask use it; the
+            kernelised backends, which cannot read an arbitrary mask, use ``key_limit``).
     """
 
     query: torch.Tensor
@@ -63,6 +70,12 @@ class AttentionCall:
     dropout: float = 0.0
     training: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+    key_limit: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.key_limit is not None and self.mask is None:
+            raise ValueError("AttentionCall: key_limit needs the same structure in mask "
+                             "(build the call with attnexplain.backends.pattern_call)")
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -96,6 +109,66 @@ class AttentionCall:
         if self.causal:
             allowed = torch.tril(allowed, diagonal=m - n)
         return allowed
+
+
+#: CAB's four attention patterns (Zhang et al., "CAB: Comprehensive Attention Benchmarking on Long
+#: Sequence Modeling", ICML 2023)
+ATTENTION_PATTERNS = ("noncausal_self", "causal_self", "noncausal_cross", "causal_cross")
+
+
+def causal_cross_limits(n: int, m: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The causal cross-attention alignment: (n,) long, key_limit[i] = ceil((i + 1) m / n).
+
+    Query i (of n) sees keys j < ceil((i + 1) m / n) (of m): queries and keys are spread evenly
+    over the same time axis and a query sees the keys up to its own time; every query sees at least
+    one key and the last query sees all m. With n == m it is causal self-attention (j <= i).
+    """
+    i = torch.arange(1, n + 1, device=device, dtype=torch.long)
+    return torch.div(i * m + n - 1, n, rounding_mode="floor")
+
+
+def pattern_call(
+    pattern: str,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    scaling: float = 1.0,
+    key_padding_mask: torch.Tensor | None = None,
+) -> AttentionCall:
+    """An :class:`AttentionCall` for one of CAB's four patterns (:data:`ATTENTION_PATTERNS`).
+
+    * ``noncausal_self``: n == m, every query sees every key (``key_padding_mask`` also marks
+      padded queries).
+    * ``causal_self``: n == m, query i sees keys j <= i (``causal=True``; a mask only with padding).
+    * ``noncausal_cross``: any n, m; every query sees every real key (padding in ``mask``).
+    * ``causal_cross``: any n, m; query i sees keys j < ceil((i + 1) m / n)
+      (:func:`causal_cross_limits`), carried both as ``key_limit`` and in ``mask``.
+
+    Shapes: query (B, H, n, d), key (B, H, m, d), value (B, H, m, d_v), key_padding_mask (B, m)
+    bool (True = real key). Raises ValueError for an unknown pattern or n != m in a self pattern.
+    """
+    if pattern not in ATTENTION_PATTERNS:
+        raise ValueError(f"unknown attention pattern {pattern!r}; use one of {list(ATTENTION_PATTERNS)}")
+    b, _, n, _ = query.shape
+    m = key.shape[-2]
+    if pattern.endswith("_self") and n != m:
+        raise ValueError(f"pattern {pattern!r} needs as many queries as keys, got n={n}, m={m}; use a cross pattern")
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    allowed = torch.ones(b, 1, n, m, dtype=torch.bool, device=query.device)
+    if key_padding_mask is not None:
+        allowed = allowed & key_padding_mask.bool()[:, None, None, :]
+    limits = None
+    if pattern == "causal_self":
+        allowed = allowed & torch.ones(n, m, dtype=torch.bool, device=query.device).tril_()
+    if pattern == "causal_cross":
+        limits = causal_cross_limits(n, m, query.device)
+        allowed = allowed & (torch.arange(m, device=query.device)[None] < limits[:, None])
+    mask = None
+    if pattern.endswith("_cross") or key_padding_mask is not None:
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=query.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return AttentionCall(query=query, key=key, value=value, mask=mask, scaling=scaling,
+                         causal=pattern == "causal_self", key_padding_mask=key_padding_mask, key_limit=limits)
 
 
 class AttentionBackend:

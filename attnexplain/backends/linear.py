@@ -12,7 +12,8 @@ kernel has no temperature). Causal attention uses prefix sums of phi(k_j) v_j^T,
 chunk so that memory stays O(n d + chunk^2) instead of the O(n d^2) of a full cumulative sum.
 
 Padding: padded keys get phi(k) = 0, so they have exactly zero weight. Causality is taken from
-``call.causal`` (query i sees keys j <= i + m - n). Other additive terms of ``call.mask`` (biases)
+``call.causal`` (query i sees keys j <= i + m - n) and ``call.key_limit`` (causal cross attention:
+query i sees keys j < key_limit[i], by the same prefix sums). Other additive terms of ``call.mask`` (biases)
 are not representable by a feature map and are ignored; model arguments such as soft-capping are
 refused (:meth:`AttentionBackend.check_extras`). Attention dropout is not applied.
 
@@ -94,12 +95,28 @@ def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
+def _visible_limits(n: int, m: int, causal: bool, key_limit: torch.Tensor | None,
+                    device: torch.device) -> torch.Tensor | None:
+    """(n,) long: query i sees keys j < limit[i] (None: every key). Causal self-attention gives
+    i + 1 + m - n; a ``key_limit`` (causal cross attention) must be non-decreasing."""
+    limit = None
+    if causal:
+        limit = (torch.arange(1, n + 1, device=device) + (m - n)).clamp(0, m)
+    if key_limit is not None:
+        kl = key_limit.to(device=device, dtype=torch.long).clamp(0, m)
+        if kl.shape != (n,) or bool((kl[1:] < kl[:-1]).any()):
+            raise ValueError(f"key_limit must be a non-decreasing (n,) = ({n},) tensor of key counts, got {tuple(kl.shape)}")
+        limit = kl if limit is None else torch.minimum(limit, kl)
+    return limit
+
+
 def kernel_attention(
     phi_q: torch.Tensor,
     phi_k: torch.Tensor,
     value: torch.Tensor,
     causal: bool,
     want_matrix: bool = False,
+    key_limit: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention with a positive feature map: O = D^-1 phi(Q) phi(K)^T V.
 
@@ -109,32 +126,37 @@ def kernel_attention(
         value: (B, H, m, d_v).
         causal: query i sees keys j <= i + m - n.
         want_matrix: also return the implied matrix D^-1 phi(Q) phi(K)^T (B, H, n, m).
+        key_limit: (n,) non-decreasing: query i sees keys j < key_limit[i] (causal cross attention,
+            :func:`~attnexplain.backends.base.causal_cross_limits`); combined with ``causal``.
 
     Rows with no positive mass (every visible key padded) get zero output and a zero row.
+    Raises ValueError for a ``key_limit`` that is not non-decreasing (no prefix sums then).
     """
     n, m = phi_q.shape[-2], phi_k.shape[-2]
-    off = m - n
+    limit = _visible_limits(n, m, causal, key_limit, phi_q.device)
     if want_matrix:
         num = torch.matmul(phi_q, phi_k.transpose(-1, -2))
-        if causal:
-            allowed = torch.ones(n, m, dtype=torch.bool, device=num.device).tril(diagonal=off)
+        if limit is not None:
+            allowed = torch.arange(m, device=num.device)[None] < limit[:, None]
             num = num.masked_fill(~allowed, 0.0)
         den = num.sum(dim=-1, keepdim=True)
         a = _safe_div(num, den)
         return torch.matmul(a, value), a
-    if not causal:
+    if limit is None:
         kv = torch.matmul(phi_k.transpose(-1, -2), value)  # (B, H, R, d_v)
         z = phi_k.sum(dim=-2)  # (B, H, R)
         num = torch.matmul(phi_q, kv)
         den = torch.matmul(phi_q, z.unsqueeze(-1))
         return _safe_div(num, den), None
-    # causal: chunked prefix sums; the state covers keys [0, done)
+    # causal: chunked prefix sums; the state covers keys [0, done), visible to every later query
+    # because the limits do not decrease
     b, h, _, r = phi_q.shape
     dv = value.shape[-1]
     state = phi_q.new_zeros(b, h, r, dv)
     zsum = phi_q.new_zeros(b, h, r, 1)
+    limits = limit.tolist()
     done = 0
-    first = max(off, 0)
+    first = limits[0] if n else 0
     if first > 0:  # keys visible to every query (e.g. the cached prefix when decoding)
         state = state + torch.matmul(phi_k[:, :, :first].transpose(-1, -2), value[:, :, :first])
         zsum = zsum + phi_k[:, :, :first].sum(dim=-2).unsqueeze(-1)
@@ -142,7 +164,7 @@ def kernel_attention(
     outs = []
     for a0 in range(0, n, CAUSAL_CHUNK):
         a1 = min(a0 + CAUSAL_CHUNK, n)
-        k1 = max(a1 + off, 0)  # keys visible to the last query of the chunk: j < k1
+        k1 = limits[a1 - 1]  # keys visible to the last query of the chunk: j < k1
         k0 = done
         qc = phi_q[:, :, a0:a1]
         num = torch.matmul(qc, state)
@@ -150,9 +172,8 @@ def kernel_attention(
         if k1 > k0:
             kc, vc = phi_k[:, :, k0:k1], value[:, :, k0:k1]
             loc = torch.matmul(qc, kc.transpose(-1, -2))  # (B, H, c, k1 - k0)
-            qi = torch.arange(a0, a1, device=loc.device).unsqueeze(-1)
             kj = torch.arange(k0, k1, device=loc.device).unsqueeze(0)
-            loc = loc.masked_fill(kj > qi + off, 0.0)
+            loc = loc.masked_fill(kj >= limit[a0:a1].unsqueeze(-1), 0.0)
             num = num + torch.matmul(loc, vc)
             den = den + loc.sum(dim=-1, keepdim=True)
             state = state + torch.matmul(kc.transpose(-1, -2), vc)
@@ -176,12 +197,12 @@ class KernelFeatureAttention(AttentionBackend):
 
     def attention(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
         phi_q, phi_k, v = self.features(call)
-        out, a = kernel_attention(phi_q, phi_k, v, call.causal, want_matrix=True)
+        out, a = kernel_attention(phi_q, phi_k, v, call.causal, want_matrix=True, key_limit=call.key_limit)
         return out.to(call.value.dtype), a
 
     def forward(self, call: AttentionCall) -> torch.Tensor:
         phi_q, phi_k, v = self.features(call)
-        return kernel_attention(phi_q, phi_k, v, call.causal)[0].to(call.value.dtype)
+        return kernel_attention(phi_q, phi_k, v, call.causal, key_limit=call.key_limit)[0].to(call.value.dtype)
 
 
 @register_backend

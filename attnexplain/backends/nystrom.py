@@ -22,8 +22,10 @@ Details:
   regularises (the paper's choice).
 * The paper's depthwise convolution skip on V is a trained parameter and is not part of this
   drop-in backend.
-* Padded keys get zero weight in softmax(Q~ K^T), hence in S. Non-causal only: a causal call
-  raises NotImplementedError (Nystrom landmarks mix past and future tokens). Additive biases in
+* Padded keys get zero weight in softmax(Q~ K^T), hence in S. Non-causal only (self or cross
+  attention): a causal call (``call.causal`` or ``call.key_limit``) raises
+  :class:`~attnexplain.errors.UnsupportedPatternError` (Nystrom landmarks mix past and future
+  tokens). Additive biases in
   ``call.mask`` are ignored (only key padding is used); other model arguments are refused.
 """
 
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UnsupportedPatternError
 from .base import AttentionBackend, AttentionCall, register_backend
 from .linear import check_int, compute_dtype, masked_softmax, real_positions
 
@@ -84,10 +87,12 @@ class NystromAttention(AttentionBackend):
     def kernels(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(softmax(Q K~^T) (B,H,n,L), pinv (B,H,L,L), softmax(Q~ K^T) (B,H,L,m), V)."""
         self.check_extras(call)
-        if call.causal:
-            raise NotImplementedError(
-                "nystrom attention is not causal (its landmarks average past and future tokens); "
-                "use 'local', 'performer' or 'linear' for causal models"
+        if call.causal or call.key_limit is not None:
+            pattern = "causal self" if call.causal else "causal cross"
+            raise UnsupportedPatternError(
+                f"nystrom attention cannot run {pattern} attention: it is not causal (its landmarks "
+                f"average past and future tokens); use 'local', 'performer', 'linear', 'smyrf', 'lsh' "
+                f"or 'dense' for causal attention"
             )
         dt = compute_dtype(call)
         b, h, n, m = call.shape
