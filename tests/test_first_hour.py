@@ -32,7 +32,8 @@ def _command_options() -> dict[str, set[str]]:
     group = typer.main.get_command(app)
     out = {}
     for name, cmd in group.commands.items():
-        out[name] = {o for p in cmd.params for o in getattr(p, "opts", []) if o.startswith("--")}
+        out[name] = {o for p in cmd.params for o in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]
+                     if o.startswith("--")}  # secondary: the --no-x / --exclude-x half of a flag pair
     return out
 
 
