@@ -56,7 +56,8 @@ def streamlit_app(runs_dir: Path, *, env: dict[str, str] | None = None, timeout:
     full_env = {**os.environ, "ATTNEXPLAIN_RUNS_DIR": str(runs_dir), "HF_HUB_OFFLINE": "1", **(env or {})}
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "streamlit_app.py"),
            "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+           "--client.toolbarMode", "minimal"]  # as `attnexplain dashboard` starts it (DashboardArgs.command)
     log = open(runs_dir.parent / f"streamlit-{port}.log", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -187,9 +188,31 @@ def test_dashboard_in_chromium(runs_dir):  # noqa: F811
         pytest.skip(reason)
     from attnexplain.runs import open_run
 
-    second = open_run(runs_dir / "tiny-dense").stored_examples()[1]
+    run = open_run(runs_dir / "tiny-dense")
+    second = run.stored_examples()[1]
+    ex = run.examples()
+    short = ex[(ex["n_tokens"] <= run.manifest["head_dim"]) & ex["example_id"].isin(run.stored_examples())]
+    short = short["example_id"].iloc[0]
     with streamlit_app(runs_dir, env={"ATTNEXPLAIN_LIVE_MODELS": "tiny-bert"}) as url, \
             browser_page(height=2200) as page:
+        outside: list[str] = []  # requests to any host but the dashboard's (fonts, CDNs...)
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((url, "data:", "blob:")) else None)
+
+        # a short example (n <= d_head): the page says effective attention is raw attention; the maps
+        # have titled, labelled axes; the shaded tokens have a legend
+        page.goto(f"{url}/explorer?run=tiny-dense&example={short}")
+        settled(page, plots=3, text="effective attention is raw attention")
+        no_exception(page)
+        assert page.locator(".ax-legend").count() >= 1
+        titles = page.eval_on_selector_all(".js-plotly-plot .xtitle, .js-plotly-plot .ytitle",
+                                           "els => els.map(e => e.textContent)")
+        assert "query" in titles and "key" in titles, titles
+        assert page.locator(".js-plotly-plot .xtick text").count() >= int(
+            ex.loc[ex["example_id"] == short, "n_tokens"].iloc[0])  # every token labelled
+        shot(page, "explorer-short")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.locator(".js-plotly-plot").last.screenshot(path=str(SCREENSHOTS / "head-short.png"))
+        assert page.get_by_role("button", name="Deploy").count() == 0  # toolbarMode minimal
         # a run path outside RUNS_DIR in the URL is refused; the page stays usable
         page.goto(f"{url}/explorer?run=..%2F..%2Fetc")
         settled(page, plots=3, text="Refused")
@@ -257,3 +280,31 @@ def test_dashboard_in_chromium(runs_dir):  # noqa: F811
         settled(page, plots=3, text="One head, large", timeout=90)
         no_exception(page)
         shot(page, "live")
+        assert not outside, outside[:5]
+
+
+#: the Live page must answer a 600-word text within this many seconds (tiny model, loaded CI machine)
+LIVE_LONG_TEXT_SECONDS = 60
+
+
+def test_live_page_with_a_600_word_text(runs_dir):  # noqa: F811
+    """A 600-word text on the Live page: the truncation note and the views within a time bound."""
+    reason = browser_unavailable()
+    if reason:
+        pytest.skip(reason)
+    text = " ".join(["the film was long but witty and moving"] * 75)  # 600 words
+    assert len(text.split()) == 600
+    with streamlit_app(runs_dir, env={"ATTNEXPLAIN_LIVE_MODELS": "tiny-bert"}) as url, browser_page(height=2200) as page:
+        page.goto(f"{url}/live")
+        settled(page, text="press Explain")
+        select_option(page, "Model", "tiny-bert")
+        page.get_by_label("Text", exact=True).fill(text)
+        t0 = time.perf_counter()
+        page.get_by_role("button", name="Explain").click()
+        settled(page, plots=3, text="One head, large", timeout=LIVE_LONG_TEXT_SECONDS)
+        seconds = time.perf_counter() - t0
+        no_exception(page)
+        body = page.locator("body").inner_text()
+        assert "was truncated to" in body and "tokens are not explained" in body
+        assert seconds < LIVE_LONG_TEXT_SECONDS
+        shot(page, "live-600-words")
