@@ -77,24 +77,23 @@ def _load_model(name: str, backend: str):
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _analyse(model: str, backend: str, text: str, methods: tuple[str, ...]) -> dict:
-    """Prediction, token scores and the arrays of a run folder's attention/<id>.npz for one text."""
+def _model_pass(model: str, backend: str, text: str) -> dict:
+    """The first stage, one captured forward pass: prediction, truncation, the attention arrays a run
+    folder stores (attention/<id>.npz) and the flow. The page draws the prediction from it before
+    any explanation method runs."""
     import torch
 
     from attnexplain import functional as F
     from attnexplain.capturing import capture
-    from attnexplain.methods import explain_batch
-    from attnexplain.runs.batch import example_arrays
-
     from attnexplain.models import untruncated_ids
+    from attnexplain.runs.batch import example_arrays
 
     lm, _ = _load(model, backend)
     n_full = len(untruncated_ids(lm.tokenizer, [text])[0]) if lm.tokenizer is not None else None
     with warnings.catch_warnings():  # the page says it itself, above the views
         warnings.filterwarnings("ignore", message=r".*longer than .* tokens.*")
         enc = lm.tokenize([text], on_long="truncate")
-    scores, target, cap = explain_batch(lm, enc, list(methods))
-    if cap is None:
+    with torch.no_grad():
         cap = capture(lm, enc)
     tokens = [str(t) for t in cap.tokens[0]]
     n = len(tokens)
@@ -107,14 +106,25 @@ def _analyse(model: str, backend: str, text: str, methods: tuple[str, ...]) -> d
     if n <= MAX_FLOW_TOKENS:
         arrays["flow"] = F.attention_flow(A, query=readout).float().numpy().reshape(-1)
     probs = cap.probs[0].numpy() if cap.probs is not None else None
-    rows = []
-    for m, per_example in scores.items():
-        s = np.asarray(per_example[0], dtype=np.float32)
-        rows += [(pos, tokens[pos] if pos < n else "", m, float(v)) for pos, v in enumerate(s)]
-    return {"arrays": arrays, "tokens": pd.DataFrame(rows, columns=["position", "token", "method", "score"]),
-            "probs": probs, "pred": int(target[0]), "labels": lm.labels, "A": A, "T": T, "n": n,
+    return {"arrays": arrays, "probs": probs, "pred": int(np.argmax(probs)) if probs is not None else 0,
+            "labels": lm.labels, "A": A, "T": T, "n": n, "tokens": tokens, "enc": enc, "cap": cap,
             "n_full": n_full, "max_length": lm.max_length, "head_dim": _head_dim(lm),
             "special": _special(lm, enc)}
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _method_scores(model: str, backend: str, text: str, method: str) -> pd.DataFrame:
+    """The second stage, one method at a time (the page's progress bar moves per method), sharing the
+    first stage's capture (attnexplain.methods.explain_batch)."""
+    from attnexplain.methods import explain_batch
+
+    lm, _ = _load(model, backend)
+    first = _model_pass(model, backend, text)
+    scores, _, _ = explain_batch(lm, first["enc"], [method], capture_result=first["cap"])
+    tokens, n = first["tokens"], first["n"]
+    s = np.asarray(scores[method][0], dtype=np.float32)
+    return pd.DataFrame([(pos, tokens[pos] if pos < n else "", method, float(v)) for pos, v in enumerate(s)],
+                        columns=["position", "token", "method", "score"])
 
 
 def _special(lm, enc):
@@ -165,7 +175,7 @@ def _generation(model: str, backend: str, text: str, methods: tuple[str, ...], m
 def _distribution(model: str, backend: str, text: str, methods: tuple[str, ...], layer: int, head: int):
     from attnexplain import functional as F
 
-    res = _analyse(model, backend, text, methods)
+    res = _model_pass(model, backend, text)
     if res["n"] > MAX_DISTRIBUTION_TOKENS:
         return None
     out = F.attention_distribution(res["A"][layer, head].double(), res["T"][layer, head].double())
@@ -230,9 +240,9 @@ if lm.task == "causal-lm":  # a prompt to continue: the generation view
             st.stop()
     generation_views.render(gen_ex, key="live-gen")
     st.stop()
-with st.spinner("Explaining..."):
+with st.spinner("Running the model..."):
     try:
-        res = _analyse(model, backend, text, methods)
+        res = _model_pass(model, backend, text)
     except Exception as exc:  # noqa: BLE001
         st.error(f"Explaining failed: {type(exc).__name__}: {exc}")
         st.stop()
@@ -248,8 +258,21 @@ if note:
 example_views.render_prediction(probs=res["probs"], labels=res["labels"], pred=res["pred"], gold=None, key=key)
 if res["n"] > MAX_FLOW_TOKENS:
     st.caption(f"Attention flow is skipped above {MAX_FLOW_TOKENS} tokens (one max-flow problem per token).")
+# the methods one at a time, with a progress bar (a long text takes a while per method on a CPU)
+bar = st.progress(0.0, text=f"Explaining {res['n']} tokens: {methods[0] if methods else ''}...")
+parts = []
+try:
+    for i, m in enumerate(methods):
+        bar.progress(i / max(len(methods), 1), text=f"Explaining {res['n']} tokens: {m} ({i + 1} of {len(methods)})...")
+        parts.append(_method_scores(model, backend, text, m))
+except Exception as exc:  # noqa: BLE001
+    st.error(f"Explaining failed: {type(exc).__name__}: {exc}")
+    st.stop()
+bar.empty()
+token_scores = (pd.concat(parts, ignore_index=True) if parts
+                else pd.DataFrame(columns=["position", "token", "method", "score"]))
 st.subheader("Tokens")
-example_views.render_token_shading(res["tokens"], key=key, methods=list(methods), special_mask=res.get("special"))
+example_views.render_token_shading(token_scores, key=key, methods=list(methods), special_mask=res.get("special"))
 
 
 def _dist(layer: int, head: int):
