@@ -16,8 +16,10 @@ _AGGREGATIONS = ("rollout", "mean")
 
 
 def value_zeroing_matrices(model, batch, idxs: list[torch.Tensor], *, max_tokens: int = 16384,
-                           threshold: float = 0.0, normalize: bool = True) -> list[torch.Tensor]:
-    """Per example ``(L, n_i, n_i)`` value-zeroing matrices ``C^l[i, j]`` (see :class:`ValueZeroing`).
+                           threshold: float = 0.0, normalize: bool = True,
+                           layer_positions: list[int] | None = None) -> list[torch.Tensor]:
+    """Per example ``(L, n_i, n_i)`` value-zeroing matrices ``C^l[i, j]`` (see :class:`ValueZeroing`);
+    with ``layer_positions`` only those blocks (positions in layer order) are re-run and returned.
 
     One capture pass records every block's inputs; then, per layer, the block alone is re-run on
     one copy of its input per (example, real token ``j``) -- all of them batched, at most
@@ -36,6 +38,8 @@ def value_zeroing_matrices(model, batch, idxs: list[torch.Tensor], *, max_tokens
     starts = [0] + torch.cumsum(torch.tensor([idx.numel() for idx in idxs]), 0).tolist()
     mats: list[list[torch.Tensor]] = [[] for _ in idxs]
     for p, rec in enumerate(mc.blocks):
+        if layer_positions is not None and p not in layer_positions:
+            continue
         altered = torch.cat([rerun_block(mc, p, rows[s:s + per_run], zero_value_columns(cols[s:s + per_run]))
                              for s in range(0, rows.numel(), per_run)])  # (R, n, d)
         for b, idx in enumerate(idxs):
@@ -106,8 +110,14 @@ class ValueZeroing(TokenMatrixMethod):
     def token_matrices(self, lm, batch, target, idxs):
         from ..functional.context_mixing import contribution_rollout
 
-        mats = value_zeroing_matrices(lm.model, batch, idxs, max_tokens=self.max_tokens, threshold=float(self.threshold))
         if self.aggregation == "rollout":
+            mats = value_zeroing_matrices(lm.model, batch, idxs, max_tokens=self.max_tokens,
+                                          threshold=float(self.threshold))
             return [contribution_rollout(C)[-1] for C in mats]
-        pos = select_layer_positions(self.layers, mats[0].shape[0])
-        return [C[pos].mean(0) for C in mats]
+        from ..capturing.mixing import block_sites
+
+        pos = select_layer_positions(self.layers, len(block_sites(lm.model)))
+        mats = value_zeroing_matrices(lm.model, batch, idxs, max_tokens=self.max_tokens, threshold=float(self.threshold),
+                                      layer_positions=sorted(set(pos)))  # only the blocks averaged are re-run
+        order = {p: k for k, p in enumerate(sorted(set(pos)))}
+        return [C[[order[p] for p in pos]].mean(0) for C in mats]
