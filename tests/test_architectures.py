@@ -23,7 +23,6 @@ from attnexplain.capturing import NothingCapturedError, UnsupportedArchitectureE
 
 EXACT = "exact"
 NOT_REGISTRY = "does not call attention through transformers' attention registry"
-WINDOWS = "window attention"
 
 _ENC = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, vocab_size=100)
 _DEC = dict(_ENC, num_key_value_heads=2, pad_token_id=0)
@@ -65,7 +64,8 @@ ARCHITECTURES = {
     "deit": (tf.DeiTConfig, tf.DeiTForImageClassification, "image", _VIS, EXACT),
     "clip_vision": (tf.CLIPVisionConfig, tf.CLIPVisionModel, "image", _VIS, EXACT),
     "dinov2": (tf.Dinov2Config, tf.Dinov2Model, "image", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, image_size=16, patch_size=4), EXACT),
-    "swin": (tf.SwinConfig, tf.SwinForImageClassification, "image", dict(image_size=16, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=2), WINDOWS),
+    "swin": (tf.SwinConfig, tf.SwinForImageClassification, "image", dict(image_size=16, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=2), EXACT),  # windows folded per image
+    "swin-padded": (tf.SwinConfig, tf.SwinForImageClassification, "image", dict(image_size=20, patch_size=2, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4), EXACT),  # 10x10 grid, windows of 4: padded
 }
 
 
@@ -81,7 +81,8 @@ def _inputs(name: str, model) -> dict[str, torch.Tensor]:
     kind = ARCHITECTURES[name][2]
     g = torch.Generator().manual_seed(0)
     if kind == "image":
-        return {"pixel_values": torch.randn(2, 3, 16, 16, generator=g)}
+        size = model.config.image_size
+        return {"pixel_values": torch.randn(2, 3, size, size, generator=g)}
     cfg = model.config
     ids = torch.randint(5, 100, (2, 8), generator=g)
     am = torch.ones_like(ids)
@@ -93,6 +94,38 @@ def _inputs(name: str, model) -> dict[str, torch.Tensor]:
     if kind == "seq2seq-lm":
         out["decoder_input_ids"] = ids[:, :3]
     return out
+
+
+def _swin_folded(model, attentions: tuple) -> tuple:
+    """Independent fold of Swin's per-window eager attentions (B * n_windows, H, w^2, w^2) into
+    (B, H, N, N): transformers' own padding, cyclic shift and window_partition applied to a grid of
+    token indices tell which token sits in each window slot; explicit loops place every weight."""
+    from transformers.models.swin.modeling_swin import window_partition
+
+    blocks = [b for layer in model.swin.encoder.layers for b in layer.blocks]
+    side = model.config.image_size // model.config.patch_size
+    folded = []
+    for block, a in zip(blocks, attentions):
+        level = [i for i, layer in enumerate(model.swin.encoder.layers) if any(b is block for b in layer.blocks)][0]
+        hgt = wid = side // (2 ** level)
+        win, shift = int(block.window_size), int(block.shift_size)
+        grid = torch.arange(hgt * wid, dtype=torch.float32).view(1, hgt, wid, 1)
+        hp, wp = -(-hgt // win) * win, -(-wid // win) * win
+        grid = torch.nn.functional.pad(grid, (0, 0, 0, wp - wid, 0, hp - hgt), value=-1)
+        grid = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2))
+        slots = window_partition(grid, win).reshape(-1, win * win).long()  # (n_windows, w^2) token or -1
+        n_win = slots.shape[0]
+        B, H = a.shape[0] // n_win, a.shape[1]
+        out = torch.zeros(B, H, hgt * wid, hgt * wid)
+        for b in range(B):
+            for w in range(n_win):
+                for i in range(win * win):
+                    for j in range(win * win):
+                        ti, tj = int(slots[w, i]), int(slots[w, j])
+                        if ti >= 0 and tj >= 0:
+                            out[b, :, ti, tj] = a[b * n_win + w, :, i, j]
+        folded.append(out)
+    return tuple(folded)
 
 
 def _eager_groups(out) -> dict[tuple[str, str], tuple]:
@@ -121,7 +154,17 @@ def test_architecture_is_exact_or_refused_with_the_fix(name):
     if getattr(out, "logits", None) is not None:
         torch.testing.assert_close(res.logits, out.logits, atol=1e-6, rtol=0)
     compared = 0
-    for (stack, kind), tensors in _eager_groups(out).items():
+    groups = _eager_groups(out)
+    if name.startswith("swin"):  # output_attentions keeps one block per stage: read every block's weights
+        seen = []
+        hooks = [b.attention.register_forward_hook(lambda m, i, o: seen.append(o[1]))
+                 for layer in reference.swin.encoder.layers for b in layer.blocks]
+        with torch.no_grad():
+            reference(**inputs, output_attentions=True)
+        for h in hooks:
+            h.remove()
+        groups = {(None, "self"): _swin_folded(reference, tuple(seen))}
+    for (stack, kind), tensors in groups.items():
         stack = stack or res.primary_stack
         assert res.layers(stack, kind) == list(range(len(tensors))), (stack, kind, res.site_keys)
         for layer, exp in enumerate(tensors):

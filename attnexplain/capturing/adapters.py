@@ -69,10 +69,16 @@ class AdapterRule:
     block_path: str | None = None
     #: the block's LayerNorms when it is a post-LN block with ``nn.LayerNorm``; None otherwise
     post_ln: PostLNLayout | None = None
+    #: window attention (Swin): each call runs every window of every image as its own row; the
+    #: block (``block_path``) has ``window_size``, ``shift_size`` and takes ``input_dimensions``,
+    #: and capture folds the windows back into one (tokens x tokens) matrix per image
+    windowed: bool = False
 
 
 # The table. Order matters: the first rule whose markers all exist on a module wins.
 _RULES_IN_ORDER: tuple[AdapterRule, ...] = (
+    AdapterRule("swin-window", ("q_proj", "k_proj", "v_proj", "o_proj", "relative_position_bias"), "o_proj",
+                block_path="..", windowed=True),  # Swin: shifted windows, folded back per image by capture
     AdapterRule("albert", ("query", "key", "value", "dense"), "dense"),  # ALBERT: the projection sits on the attention module
     AdapterRule("bert-style", ("query", "key", "value"), "../output.dense", post_attention_path="..",  # BERT, RoBERTa, ELECTRA, XLM-R
                 block_path="../..", post_ln=PostLNLayout("../output.LayerNorm", "../../output.LayerNorm")),

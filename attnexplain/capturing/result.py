@@ -15,6 +15,7 @@ Memory: full capture stores L x H x n^2 numbers per example (MiniLM at 128 token
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,6 +316,88 @@ def _check_batch_layout(torch_model: nn.Module, records: list[Record], batch: di
                 "token-by-token matrix per example"))
 
 
+@contextlib.contextmanager
+def _window_geometry(torch_model: nn.Module):
+    """For window-attention sites (Swin): record each block's input grid, window and shift per call."""
+    from .adapters import _resolve, find_attention_sites
+
+    try:
+        sites = [s for s in find_attention_sites(torch_model).values() if s.rule is not None and s.rule.windowed]
+    except ValueError:
+        sites = []
+    geometry: dict[str, list[tuple[int, int, int, int]]] = {}
+    handles = []
+    for site in sites:
+        block = _resolve(torch_model, site.module_name, site.rule.block_path)
+        if block is None:
+            continue
+
+        def pre(mod, args, kwargs, key=site.key):
+            dims = kwargs.get("input_dimensions", args[1] if len(args) > 1 else None)
+            geometry.setdefault(key, []).append((int(dims[0]), int(dims[1]), -1, -1))
+
+        def post(mod, args, kwargs, out, key=site.key):
+            h, w, _, _ = geometry[key][-1]
+            geometry[key][-1] = (h, w, int(mod.window_size), int(mod.shift_size))
+
+        handles += [block.register_forward_pre_hook(pre, with_kwargs=True),
+                    block.register_forward_hook(post, with_kwargs=True)]
+    try:
+        yield geometry
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _window_index(height: int, width: int, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the windows of one image (as Swin partitions its padded grid rolled by -shift): the token
+    index (row-major in the unpadded grid) of each window slot, and whether it is a real token.
+    Returns (n_windows, window**2) long and bool tensors."""
+    hp, wp = -(-height // window) * window, -(-width // window) * window
+    ys = torch.arange(hp)[:, None].expand(hp, wp)
+    xs = torch.arange(wp)[None, :].expand(hp, wp)
+    # slot (Y, X) of the rolled grid holds the token at ((Y + shift) mod hp, (X + shift) mod wp)
+    oy, ox = (ys + shift) % hp, (xs + shift) % wp
+    nwy, nwx = hp // window, wp // window
+
+    def part(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(nwy, window, nwx, window).transpose(1, 2).reshape(nwy * nwx, window * window)
+
+    oy, ox = part(oy), part(ox)
+    real = (oy < height) & (ox < width)
+    return torch.where(real, oy * width + ox, torch.zeros_like(oy)), real
+
+
+def _fold_windows(rec: Record, geometry: dict[str, list[tuple[int, int, int, int]]]) -> Record:
+    """A window-attention record (B * n_windows, H, w^2, w^2) as (B, H, N, N) over the image's N
+    tokens (0 between tokens of different windows); its values (B, H, N, d) likewise."""
+    import dataclasses
+
+    calls = geometry.get(rec.site.key)
+    if not calls:
+        return rec
+    height, width, window, shift = calls.pop(0)
+    idx, real = _window_index(height, width, window, shift)
+    n_win, slots = idx.shape
+    probs = rec.probs.to_dense() if rec.probs.is_sparse else rec.probs
+    if probs.shape[0] % n_win or probs.shape[-1] != slots:
+        return rec  # not the layout expected: left as is (refused by the batch-layout check)
+    B, H, N = probs.shape[0] // n_win, probs.shape[1], height * width
+    p = probs.reshape(B, n_win, H, slots, slots)
+    out = probs.new_zeros(B, H, N, N)
+    values = None
+    if rec.values is not None:
+        v = rec.values.reshape(B, n_win, rec.values.shape[1], slots, rec.values.shape[-1])
+        values = rec.values.new_zeros(B, rec.values.shape[1], N, rec.values.shape[-1])
+    for w in range(n_win):
+        r = real[w].nonzero().flatten()
+        t = idx[w, r].to(probs.device)
+        out[:, :, t[:, None], t[None, :]] = p[:, w][:, :, r][..., r]
+        if values is not None:
+            values[:, :, t] = v[:, w][:, :, r]
+    return dataclasses.replace(rec, probs=out, values=values, key_mask=None, key_mask_known=True)
+
+
 def _one_site_per_call(records: list[Record]) -> list[Record]:
     """Models that reuse one attention module for several layers (ALBERT's shared layer) call the
     same site more than once per forward pass: the k-th call of a (stack, kind) becomes layer k."""
@@ -397,10 +480,12 @@ def capture(
         store_values=store_values,
         keep_sparse=keep_sparse,
     )
-    with torch.no_grad(), session(torch_model, spec) as state:
+    with torch.no_grad(), session(torch_model, spec) as state, _window_geometry(torch_model) as geometry:
         output = torch_model(**batch)
     if not state.records:
         _raise_nothing_captured(torch_model, state)
+    if geometry:
+        state.records = [_fold_windows(rec, geometry) for rec in state.records]
     _check_batch_layout(torch_model, state.records, batch)
     records: dict[str, list[Record]] = defaultdict(list)
     sites: dict[str, AttentionSite] = {}
