@@ -67,7 +67,11 @@ import json, sys, time
 import inseq, torch, transformers
 folder, prompts, n_new, ig_steps, threads, repeats, skip_ig = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
 torch.set_num_threads(threads)
-model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+cfg = transformers.AutoConfig.from_pretrained(folder)
+rp = getattr(cfg, "rope_parameters", None)  # transformers 5 writes rope_theta there; 4.x would fall back to 10000
+if isinstance(rp, dict) and "rope_theta" in rp:
+    cfg.rope_theta = rp["rope_theta"]
+model = transformers.AutoModelForCausalLM.from_pretrained(folder, config=cfg, attn_implementation="eager").eval()
 try:
     tok = transformers.AutoTokenizer.from_pretrained(folder)
 except ValueError:  # a tokenizer_config.json written by transformers 5 names a class 4.x does not know
