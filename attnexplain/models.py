@@ -191,6 +191,12 @@ class LoadedModel:
         """
         if self.tokenizer is None:
             raise InputError(f"{self.name} has no tokenizer; pass model inputs directly")
+        if max_length is not None:
+            from .validation import check_int
+
+            check_int("max_length", max_length, low=1)
+        if isinstance(texts, (bytes, bytearray)):
+            raise InputError("texts must be str or a list of str, got bytes; decode it first, e.g. data.decode('utf-8')")
         if isinstance(texts, str):
             texts = [texts]
         texts = list(texts)
@@ -198,9 +204,11 @@ class LoadedModel:
             raise InputError("no texts given")
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise InputError(f"text {i} is {type(t).__name__}, not str")
-            if not t.strip():
-                raise InputError(f"text {i} is empty or whitespace only; remove it or give some text")
+                hint = "; decode it first, e.g. data.decode('utf-8')" if isinstance(t, (bytes, bytearray)) else ""
+                raise InputError(f"text {i} is {type(t).__name__}, not str{hint}")
+            if is_blank_text(t):
+                raise InputError(f"text {i} is empty or whitespace only (invisible characters such as zero-width "
+                                 "spaces and control characters count as whitespace); remove it or give some text")
         limit = min(max_length or self.max_length, self.max_length)
         kwargs: dict[str, Any] = {}
         if text_pairs is not None:
@@ -304,6 +312,14 @@ def untruncated_ids(tokenizer: Any, texts: list[str], **kwargs: Any) -> list[lis
         return tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False, **kwargs)["input_ids"]
     except TypeError:  # a tokenizer without the verbose keyword
         return tokenizer(texts, add_special_tokens=True, truncation=False, **kwargs)["input_ids"]
+
+
+def is_blank_text(text: str) -> bool:
+    """True when ``text`` holds nothing but whitespace, invisible format characters (zero-width
+    spaces, BOM, joiners: Unicode category Cf) and control characters (``\\x00``...: Cc)."""
+    import unicodedata
+
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc") for ch in text)
 
 
 def _infer_task(model: nn.Module) -> str:

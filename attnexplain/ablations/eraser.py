@@ -262,8 +262,9 @@ def faithfulness(
 
     if mode not in REMOVAL_MODES:
         raise ValueError(f"mode must be one of {REMOVAL_MODES}, got {mode!r}")
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    from ..validation import check_int
+
+    check_int("max_batch", max_batch, low=1)
     precision = resolve_precision(precision, lm.device if hasattr(lm, "device") else "cpu")
     bins = tuple(float(b) for b in bins)
     if not bins:
@@ -274,6 +275,11 @@ def faithfulness(
         batch = dict(inputs)
     examples = _examples_from_batch(lm, batch)
     N = len(examples)
+    if target is not None:  # before any forward: integers, one per input, in range when the labels are known
+        from ..validation import check_targets
+
+        labels = getattr(lm, "labels", None)
+        target = check_targets(target, N, len(labels) if labels else None)
     by_scores = _per_method(scores, method_name)
     by_rank = _per_method(rankings, method_name)
     overlap = set(by_scores) & set(by_rank)

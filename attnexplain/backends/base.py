@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..errors import ArgumentTypeError
 from .._registry import Registry
 
 __all__ = [
@@ -194,7 +195,7 @@ class AttentionBackend:
 
     def __init__(self, **options: Any) -> None:
         if options:
-            raise TypeError(f"backend {self.name!r} takes no options, got {sorted(options)}")
+            raise ArgumentTypeError(f"backend {self.name!r} takes no options, got {sorted(options)}")
 
     # -- to implement ---------------------------------------------------------------------
     def attention(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:

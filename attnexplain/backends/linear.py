@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import ArgumentError, ArgumentTypeError
 from .base import AttentionBackend, AttentionCall, register_backend
 
 __all__ = ["LinearAttention", "KernelFeatureAttention", "kernel_attention", "real_positions", "masked_softmax", "check_int"]
@@ -40,9 +41,9 @@ CAUSAL_CHUNK = 128
 def check_int(backend: str, name: str, value: object, minimum: int) -> None:
     """Raise a clear TypeError / ValueError unless ``value`` is an int >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{backend} attention: option {name!r} must be an integer, got {value!r}")
+        raise ArgumentTypeError(f"{backend} attention: option {name!r} must be an integer, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{backend} attention: option {name!r} must be >= {minimum}, got {value}")
+        raise ArgumentError(f"{backend} attention: option {name!r} must be >= {minimum}, got {value}")
 
 
 def compute_dtype(call: AttentionCall) -> torch.dtype:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import ArgumentTypeError
 from .base import AttentionBackend, AttentionCall, register_backend
 from .linear import check_int
 from .smyrf import clustered_attention, cluster_counts
@@ -81,7 +82,7 @@ class LSHAttention(AttentionBackend):
         check_int("lsh", "bucket_size", self.bucket_size, 1)
         check_int("lsh", "seed", self.seed, 0)
         if not isinstance(self.attend_previous, bool):
-            raise TypeError(f"lsh attention: option 'attend_previous' must be a bool, got {self.attend_previous!r}")
+            raise ArgumentTypeError(f"lsh attention: option 'attend_previous' must be a bool, got {self.attend_previous!r}")
 
     def _run(self, call: AttentionCall, want_matrix: bool):
         self.check_extras(call)

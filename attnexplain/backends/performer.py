@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ArgumentTypeError
 from .base import AttentionCall, register_backend
 from .linear import KernelFeatureAttention, check_int, compute_dtype, real_positions
 
@@ -66,7 +67,7 @@ class PerformerAttention(KernelFeatureAttention):
         check_int("performer", "n_features", self.n_features, 1)
         check_int("performer", "seed", self.seed, 0)
         if not isinstance(self.redraw, bool):
-            raise TypeError(f"performer attention: option 'redraw' must be a bool, got {self.redraw!r}")
+            raise ArgumentTypeError(f"performer attention: option 'redraw' must be a bool, got {self.redraw!r}")
         self._generators: dict[str, torch.Generator] = {}
         self._fixed: dict[tuple[str, int], torch.Tensor] = {}
 

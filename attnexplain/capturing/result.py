@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import AttnExplainError
 from .adapters import AttentionSite
-from .attention import CaptureSpec, Record, backend_of, session
+from .attention import CaptureSpec, Record, _model_sites, backend_of, session
 
 __all__ = ["CaptureResult", "ExampleView", "capture", "NothingCapturedError"]
 
@@ -462,15 +462,35 @@ def capture(
     Raises:
         NothingCapturedError: the model does not route attention through attnexplain.
     """
+    from ..validation import check_float_dtype, check_indices, check_int, check_texts, check_token_ids
+
     torch_model, lm = _model_of(model)
+    check_int("max_length", max_length, low=1, allow_none=True)
+    check_float_dtype("dtype", dtype)
     _prepare_model(torch_model)
-    if isinstance(inputs, (str, list)):
+    if isinstance(inputs, (str, list, tuple, bytes, bytearray)):
         if lm is None:
             raise TypeError("pass a LoadedModel to capture from texts, or a dict of model inputs")
-        batch = lm.tokenize(inputs, text_pairs=text_pairs, max_length=max_length, on_long=on_long)
+        batch = lm.tokenize(check_texts(inputs, "inputs"), text_pairs=text_pairs, max_length=max_length, on_long=on_long)
     else:
         batch = dict(inputs)
+        config = getattr(torch_model, "config", None)
+        vocab = getattr(config, "vocab_size", None)
+        check_token_ids(batch.get("input_ids"), vocab if isinstance(vocab, int) and vocab > 0 else None)
     batch.update(forward_kwargs)
+    if layers is not None or heads is not None:
+        try:
+            site_layers = sorted({s.layer for s in _model_sites(torch_model).values()})
+        except ValueError:  # no adapter rule: capture reports the real cause below
+            site_layers = []
+        if layers is not None and site_layers:
+            layers = check_indices("layers", layers, max(site_layers) + 1, what="layer index")
+        try:
+            n_heads = lm.num_heads if lm is not None else getattr(torch_model.config, "num_attention_heads", None)
+        except AttributeError:
+            n_heads = None
+        if heads is not None and isinstance(n_heads, int):
+            heads = check_indices("heads", heads, n_heads, what="head index")
     spec = CaptureSpec(
         layers=set(layers) if layers is not None else None,
         heads=list(heads) if heads is not None else None,

@@ -10,6 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ArgumentError
+from ..validation import check_float as _check_float, check_int as _check_int
+
 if TYPE_CHECKING:  # only for annotations: attnexplain.models imports torch
     from ..models import LoadedModel
 
@@ -91,6 +94,12 @@ class PrepareArgs:
     limit: int | None = None
     seed: int = 0
     force: bool = False
+
+
+    def __post_init__(self) -> None:
+        _check_int("--epochs", self.epochs, low=1, allow_none=True)
+        _check_int("--limit", self.limit, low=1, allow_none=True)
+        _check_int("--seed", self.seed, low=0)
 
     def options(self) -> dict[str, Any]:
         """The options this request trains with (defaults filled in)."""
@@ -179,6 +188,11 @@ class ExplainArgs:
     contrast: str | None = None
     text_pair: str | None = None
     include_special_tokens: bool = False
+
+
+    def __post_init__(self) -> None:
+        _check_int("--top", self.top, low=1)
+        _check_int("--target", self.target, low=0, allow_none=True)
 
     def _run_generation(self, lm: LoadedModel) -> str:
         """Language models: generate (or force ``continuation``), explain every generated token."""
@@ -317,6 +331,17 @@ class AnalyzeArgs:
     num_workers: int | None = None
     worker_threads: int | None = None
 
+
+    def __post_init__(self) -> None:
+        _check_int("--limit", self.limit, low=1, allow_none=True)
+        _check_int("--batch-size", self.batch_size, low=1)
+        _check_int("--store-attention", self.store_attention, low=0)
+        _check_int("--max-length", self.max_length, low=1, allow_none=True)
+        _check_int("--seed", self.seed, low=0)
+        _check_int("--threads", self.threads, low=1, allow_none=True)
+        _check_int("--num-workers", self.num_workers, low=1, allow_none=True)
+        _check_int("--worker-threads", self.worker_threads, low=1, allow_none=True)
+
     def run(self, **extra: Any):
         from ..runs.analyze import analyze
 
@@ -336,6 +361,10 @@ class ReportArgs:
     n_resamples: int = 2000
     include_special_tokens: bool | None = None
 
+
+    def __post_init__(self) -> None:
+        _check_int("--n-resamples", self.n_resamples, low=1)
+
     def run_report(self):
         from ..runs.report import report
 
@@ -351,6 +380,10 @@ class CompareArgs:
     run_b: Path
     out: Path | None = None
     n_resamples: int = 2000
+
+
+    def __post_init__(self) -> None:
+        _check_int("--n-resamples", self.n_resamples, low=1)
 
     def run(self):
         from ..runs.report import compare
@@ -373,6 +406,13 @@ class CompareBackendsArgs:
     batch_size: int = 4
     label_map: dict[str, str] | None = None
 
+
+    def __post_init__(self) -> None:
+        _check_int("--limit", self.limit, low=1, allow_none=True)
+        _check_int("--max-length", self.max_length, low=1, allow_none=True)
+        _check_int("--min-tokens", self.min_tokens, low=1, allow_none=True)
+        _check_int("--batch-size", self.batch_size, low=1)
+
     def run(self):
         from ..runs.backend_comparison import compare_backends_cli
 
@@ -393,6 +433,13 @@ class TrainEfficientArgs:
     max_len: int = 64
     budget_seconds: float | None = None
     seed: int = 0
+
+
+    def __post_init__(self) -> None:
+        _check_float("--epochs", self.epochs, low=0.0, low_open=True)
+        _check_int("--max-len", self.max_len, low=2)
+        _check_float("--budget-seconds", self.budget_seconds, low=0.0, low_open=True, allow_none=True)
+        _check_int("--seed", self.seed, low=0)
 
     def run(self):
         from ..efficient_models.train import compare_mechanisms
@@ -423,6 +470,14 @@ class DashboardArgs:
     host: str = "127.0.0.1"
     port: int = 8501
     app: Path | None = None
+
+
+    def __post_init__(self) -> None:
+        _check_int("--port", self.port, low=1, high=65535)
+        if Path(self.runs_dir).exists() and not Path(self.runs_dir).is_dir():
+            raise ArgumentError(f"RUNS_DIR {self.runs_dir} is a file; give the folder that holds the run folders")
+        if not str(self.host).strip():
+            raise ArgumentError("--host must be an address such as 127.0.0.1, got an empty string")
 
     def app_path(self) -> Path:
         if self.app is not None:

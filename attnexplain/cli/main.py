@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import AttnExplainError
+from ..errors import AttnExplainError, storage_error_message
 from .args import (
     DEFAULT_MODEL,
     AnalyzeArgs,
@@ -70,6 +70,9 @@ def command(fn):
             if isinstance(exc, AttnExplainError):  # every user error of the package, one place
                 msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
                 _fail(msg)
+            storage = storage_error_message(exc)  # disk full, read-only mount, no permission
+            if storage is not None:
+                _fail(storage)
             raise
 
     return wrapper

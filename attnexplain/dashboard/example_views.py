@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from attnexplain.dashboard import figures, widgets
+from attnexplain.dashboard.csv_export import to_safe_csv
 
 VARIANT_LABELS = {"raw": "raw attention", "effective": "effective attention", "distribution": "distribution"}
 
@@ -134,7 +135,7 @@ def render_token_shading(tokens_df: pd.DataFrame, *, key: str, methods: list[str
                        data=lambda: figures.token_document(tokens, scores, title=name or key),
                        file_name=f"{widgets.views_safe(name or key)}-tokens.html", mime="text/html",
                        key=f"{key}-tokhtml", on_click="ignore", icon=":material/download:")
-    d2.download_button("CSV of all token scores", data=lambda: wide.to_csv(index=False),
+    d2.download_button("CSV of all token scores", data=lambda: to_safe_csv(wide),
                        file_name=f"{widgets.views_safe(name or key)}-token-scores.csv", mime="text/csv", key=f"{key}-tokcsv",
                        on_click="ignore", icon=":material/table:")
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+from attnexplain.dashboard.csv_export import to_safe_csv
 
 # ------------------------------------------------------------------------------------------
 # figures with downloads
@@ -54,7 +55,7 @@ def show_figure(fig: Any, *, key: str, name: str, data: pd.DataFrame | Callable[
     if data is not None:
         def _csv() -> str:
             df = data() if callable(data) else data
-            return df.to_csv(index=False)
+            return to_safe_csv(df)
 
         row.download_button("CSV", data=_csv, file_name=f"{name}.csv", mime="text/csv", key=f"csv-{key}",
                                 on_click="ignore", icon=":material/table:")

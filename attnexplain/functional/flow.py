@@ -86,6 +86,12 @@ def attention_flow(
     Raises:
         ValueError: negative attention (capacities must be >= 0) or a scale overflowing int32.
     """
+    for a in (attentions if isinstance(attentions, (list, tuple)) else [attentions]):
+        if isinstance(a, torch.Tensor) and bool((a < 0).any()):
+            raise ValueError(
+                "attention_flow needs non-negative attention (edge capacities): attentions has a negative entry "
+                f"({float(a.min()):.3g}); use attention_rollout for signed (e.g. Nystromformer) attention"
+            )
     aug = augmented_attention(attentions, residual=residual, head_reduction=head_reduction, key_mask=key_mask)
     L, n = aug.shape[-3], aug.shape[-1]
     batch = aug.shape[:-3]

@@ -92,8 +92,13 @@ def explain(
     from ..models import InputError, as_loaded_model
     from .special_tokens import drop_special_tokens, special_token_mask
 
+    from ..validation import check_int, check_targets, check_texts
+
     lm = as_loaded_model(lm)
-    texts = [texts] if isinstance(texts, str) else list(texts)
+    texts = check_texts(texts)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    n_classes = len(lm.labels) if getattr(lm, "labels", None) else None
+    target = check_targets(target, len(texts), n_classes)
     if text_pairs is not None:
         text_pairs = [text_pairs] if isinstance(text_pairs, str) else list(text_pairs)
         if len(text_pairs) != len(texts):

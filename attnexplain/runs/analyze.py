@@ -138,6 +138,48 @@ def _special_tokens_entry(lm: Any, include: bool) -> dict[str, Any]:
             "excluded": not include}
 
 
+def _refuse_rows_without_content(lm: Any, ds: Any, positions: Sequence[int], max_len: int, chunk: int = 512) -> None:
+    """Before any work: every example must keep at least one content (non-special) token after
+    tokenization and truncation to ``max_len`` -- else nothing can be ranked or removed. Refused
+    with the ids and the reason (empty / invisible-only text, only special-token strings such as a
+    literal ``[CLS] [SEP]`` or ``[MASK]``, or everything cut by ``--max-length``)."""
+    from ..ablations.perturbed_inputs import special_token_ids
+    from ..models import is_blank_text
+
+    tok = getattr(lm, "tokenizer", None)
+    if tok is None:
+        return
+    specials = special_token_ids(tok)
+    blank, special_only = [], []
+    for a in range(0, len(positions), chunk):
+        part = list(positions[a : a + chunk])
+        texts = [ds.texts[p] for p in part]
+        for p, t in zip(part, texts):
+            if not isinstance(t, str) or is_blank_text(t):
+                blank.append(ds.ids[p])
+        kw = {"text_pair": [ds.text_pairs[p] for p in part]} if ds.text_pairs is not None else {}
+        ok = [isinstance(t, str) and not is_blank_text(t) for t in texts]
+        if not any(ok):
+            continue
+        ids = tok([t if good else "x" for t, good in zip(texts, ok)], add_special_tokens=True, truncation=True,
+                  max_length=max_len, **kw)["input_ids"]
+        for p, row, good in zip(part, ids, ok):
+            if good and not any(int(t) not in specials for t in row):
+                special_only.append(ds.ids[p])
+    if not blank and not special_only:
+        return
+    parts = []
+    if blank:
+        parts.append(f"{len(blank)} empty or whitespace-only (invisible characters count as whitespace): "
+                     + ", ".join(map(str, blank[:5])) + (" ..." if len(blank) > 5 else ""))
+    if special_only:
+        parts.append(f"{len(special_only)} with no token left but special tokens (texts such as a literal "
+                     f"'[CLS] [SEP]' or '[MASK]', or everything cut by max length {max_len}): "
+                     + ", ".join(map(str, special_only[:5])) + (" ..." if len(special_only) > 5 else ""))
+    raise AnalyzeError("some examples have no content token to explain, refused before any work: "
+                       + "; ".join(parts) + ". Remove them from the data" + (" or raise --max-length" if special_only else ""))
+
+
 def analyze(
     out: str | os.PathLike,
     *,
@@ -231,7 +273,13 @@ def analyze(
     from ..models import DEFAULT_MODEL, LoadedModel
 
     log = log or _log_stderr
-    threads = threads or (int(os.environ["ATTNEXPLAIN_THREADS"]) if os.environ.get("ATTNEXPLAIN_THREADS") else None)
+    if threads is None and os.environ.get("ATTNEXPLAIN_THREADS"):
+        try:
+            threads = int(os.environ["ATTNEXPLAIN_THREADS"])
+        except ValueError:
+            raise AnalyzeError(f"$ATTNEXPLAIN_THREADS must be an integer >= 1, got {os.environ['ATTNEXPLAIN_THREADS']!r}") from None
+    if max_length is not None and max_length < 1:
+        raise AnalyzeError(f"--max-length must be >= 1 (tokens, including special tokens), got {max_length}")
     if threads is not None:
         if threads < 1:
             raise AnalyzeError(f"--threads must be >= 1, got {threads}")
@@ -298,10 +346,12 @@ def analyze(
     if lm.task != "classification":
         raise AnalyzeError(f"{model_name} is a {lm.task} model; analyze explains sequence classifiers")
     precision = resolve_precision(faithfulness_precision, lm.device)
-    max_len = min(int(max_length), lm.max_length) if max_length else lm.max_length
+    max_len = min(int(max_length), lm.max_length) if max_length is not None else lm.max_length
     ds_labels = ds.label_names
     mapping = resolve_label_map(ds_labels, lm.labels, label_map, dataset_name=ds_name, model_name=model_name,
                                 max_label=max(ds.labels) if ds.labels else None)
+
+    _refuse_rows_without_content(lm, ds, positions, max_len)
 
     # the model object itself travels to the Ray workers when it was given as an object (tests,
     # notebooks); a name is loaded by each worker (it must be loadable on every node)

@@ -10,9 +10,31 @@ from pathlib import Path
 
 
 from .schema import ATTENTION, COMPAT_KEYS, MANIFEST, RunMismatchError, TABLES, manifest_difference
-from .atomic_io import _atomic_write, _log_stderr, _now, _write_json
+from .atomic_io import TEMP_PATTERN, _atomic_write, _log_stderr, _now, _write_json
 from .reader import Run, _looks_like_run, open_run
 from .writer import merge_tables
+
+
+def _interrupted_merge(out: Path) -> bool:
+    """``out`` holds only what a killed ``merge`` writes (tables, attention arrays, temp files, a
+    manifest that is not complete): safe to delete and redo, with or without ``--force``."""
+    import fnmatch
+    import json
+
+    if not out.is_dir() or out.is_symlink():
+        return False
+    ours = {f"{t}.parquet" for t in TABLES} | {MANIFEST, ATTENTION}
+    for child in out.iterdir():
+        if child.name in ours or fnmatch.fnmatch(child.name, TEMP_PATTERN):
+            continue
+        return False
+    if (out / MANIFEST).is_file():
+        try:
+            if json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("status") == "complete":
+                return False
+        except (OSError, ValueError):
+            pass
+    return True
 
 
 def merge_runs(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, force: bool = False,
@@ -44,7 +66,9 @@ def merge_runs(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, fo
     if any(r.path.resolve() == out_real for r in runs):
         raise ValueError(f"--out {out} is one of the runs being merged")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if force and _looks_like_run(out):
+        if (force and _looks_like_run(out)) or _interrupted_merge(out):
+            if not force:
+                log(f"[merge] {out} holds an interrupted merge (no complete manifest); merging again")
             shutil.rmtree(out)
         else:
             raise RunMismatchError(f"--out {out} already exists and is not empty"

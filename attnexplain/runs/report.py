@@ -37,6 +37,7 @@ import numpy as np
 from ..metrics import kendall_tau_matrix
 from .markdown import format_markdown_table
 from .reader import Run, open_run
+from .atomic_io import write_bytes_atomic, write_text_atomic
 
 #: a JSD (nats) between raw and effective attention rows at or below this is float noise: the two
 #: are equal (always the case when a head sees at most d_head tokens)
@@ -136,8 +137,29 @@ def _head_summary(heads: Any):
     return per_layer, per_head
 
 
+def write_plotly_bundle(folder: Path) -> Path:
+    """``folder/plotly.min.js`` (the bundle the figures load, offline), written atomically and
+    rewritten unless it already holds exactly this plotly's bundle (a file left empty or cut short
+    by a killed or full-disk report is replaced, not reused)."""
+    from plotly.offline import get_plotlyjs
+
+
+    data = get_plotlyjs().encode("utf-8")
+    path = Path(folder) / "plotly.min.js"
+    try:
+        same = path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        same = False
+    if not same:
+        write_bytes_atomic(path, data)
+    return path
+
+
 def _write_fig(fig: Any, path: Path) -> Path:
-    fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
+    """One figure as HTML loading the shared ``plotly.min.js`` next to it; both written atomically."""
+
+    write_plotly_bundle(path.parent)
+    write_text_atomic(path, fig.to_html(include_plotlyjs="directory", full_html=True))
     return path
 
 
@@ -226,6 +248,9 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
             lines += ["Heads whose zero-ablation changes the output most (mean TVD): "
                       + ", ".join(f"L{int(r.layer)}H{int(r.head)} ({r.ablation_tvd:.4f})" for r in top.itertuples()), ""]
 
+    from .atomic_io import remove_stale_temps
+
+    remove_stale_temps(out_dir)  # what a killed report left half-written
     files: list[Path] = []
     if figures and n:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -234,9 +259,7 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
     text = "\n".join(lines)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = out_dir / "summary.md"
-    tmp = summary.with_name(f".{summary.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, summary)
+    write_text_atomic(summary, text)
     files.insert(0, summary)
     return ReportResult(run=run, text=text, accuracy=acc, aopc=aopc, curves=curves, agreement=agreement,
                         heads=per_layer, files=files)
@@ -322,7 +345,7 @@ def compare(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *, o
         lines.append("The runs share no example (different data sets or splits?); nothing to compare.")
         text = "\n".join(lines)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "compare.md").write_text(text, encoding="utf-8")
+        write_text_atomic(out_dir / "compare.md", text)
         return CompareResult(text=text, table=pd.DataFrame(), files=[out_dir / "compare.md"])
     ja = ea.set_index("example_id").loc[common]
     jb = eb.set_index("example_id").loc[common]
@@ -396,6 +419,6 @@ def compare(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *, o
         files.append(_write_fig(fig, out_dir / "compare.html"))
         lines += ["Figure: [compare.html](compare.html)", ""]
     text = "\n".join(lines)
-    (out_dir / "compare.md").write_text(text, encoding="utf-8")
+    write_text_atomic(out_dir / "compare.md", text)
     files.insert(0, out_dir / "compare.md")
     return CompareResult(text=text, table=table, files=files)

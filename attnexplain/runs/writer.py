@@ -44,7 +44,7 @@ from .schema import (
     manifest_difference,
     table_schema,
 )
-from .atomic_io import _atomic_write, _fsync_dir, _log_stderr, _now, _write_json, _write_parquet
+from .atomic_io import _atomic_write, _fsync_dir, _log_stderr, _now, _write_json, _write_parquet, fault_point, remove_stale_temps
 from .reader import (
     Run,
     _committed_starts,
@@ -55,6 +55,22 @@ from .reader import (
     _shard_start,
     open_run,
 )
+
+
+def _only_start_leftovers(path: Path) -> bool:
+    """``path`` holds nothing, or only what a run killed before its first manifest write leaves
+    (its lock, empty ``shards/`` and ``attention/`` folders, temp files): treated as empty."""
+    import fnmatch
+
+    from .atomic_io import TEMP_PATTERN
+
+    for child in path.iterdir():
+        if child.name == ".lock" or (fnmatch.fnmatch(child.name, TEMP_PATTERN) and child.is_file()):
+            continue
+        if child.name in (SHARDS, ATTENTION) and child.is_dir() and not child.is_symlink() and not any(child.iterdir()):
+            continue
+        return False
+    return True
 
 
 class RunWriter:
@@ -94,7 +110,7 @@ class RunWriter:
         if path.exists() and not path.is_dir():
             raise RunMismatchError(f"--out {path} is a file, not a folder")
         previous: dict | None = None
-        if path.is_dir() and any(p.name != ".lock" for p in path.iterdir()):
+        if path.is_dir() and not _only_start_leftovers(path):
             if (path / MANIFEST).is_file():
                 try:
                     previous = _read_manifest(path)
@@ -125,6 +141,8 @@ class RunWriter:
                 )
         path.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
+        for p in remove_stale_temps(path):  # a killed writer's half-written temp files
+            self.log(f"[analyze] removed {p.relative_to(path)} (left by an interrupted run)")
         (path / SHARDS).mkdir(exist_ok=True)
         (path / ATTENTION).mkdir(exist_ok=True)
         manifest = dict(self.manifest)
@@ -135,8 +153,13 @@ class RunWriter:
             manifest["created"] = previous.get("created", _now())
             manifest["resumed"] = list(previous.get("resumed") or []) + [_now()]
             if previous.get("status") == "complete" and all((path / f"{t}.parquet").is_file() for t in TABLES):
-                # nothing to do; keep the finished run untouched
+                # nothing to do; keep the finished run, minus what a run killed after marking
+                # itself complete left behind (its shards; any temp file)
                 self.manifest = previous
+                if (path / SHARDS).is_dir():
+                    shutil.rmtree(path / SHARDS, ignore_errors=True)
+                    self.log(f"[analyze] removed the leftover {SHARDS}/ of the finished run in {path}")
+                _fsync_dir(path)
                 self._load_done_from_final()
                 return self
         else:
@@ -172,7 +195,12 @@ class RunWriter:
             self._lock_fh = None
 
     def __enter__(self) -> "RunWriter":
-        return self.open()
+        try:
+            return self.open()
+        except BaseException:  # e.g. the first manifest write found the disk full or read-only
+            self._remove_if_empty()
+            self.close()
+            raise
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if exc_type is not None:
@@ -299,6 +327,40 @@ class RunWriter:
     # -- writing ----------------------------------------------------------------------------------
     def write_batch(self, start: int, tables: Mapping[str, Any],
                     attention: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> None:
+        """See :meth:`_write_batch`; a full disk becomes a :class:`~attnexplain.errors.StorageError`
+        saying what is kept and about how much more space the run needs."""
+        try:
+            self._write_batch(start, tables, attention)
+        except OSError as exc:
+            import errno
+
+            if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+                raise
+            from ..errors import StorageError, storage_error_message
+
+            raise StorageError(exc.errno, f"{storage_error_message(exc)}. {self.space_needed_text()}",
+                               exc.filename) from None
+
+    def space_needed_text(self) -> str:
+        """``"N examples are written; the other M need about X MB more ..."`` from the bytes per
+        example written so far (shards and attention arrays, plus the final tables' copy)."""
+        done = len(self.done_ids)
+        total = int(self.manifest.get("n_examples") or 0)
+        used = 0
+        for folder in (self.path / SHARDS, self.path / ATTENTION):
+            if folder.is_dir():
+                used += sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        left = max(total - done, 0)
+        if done and used:
+            per = used / done
+            # the final merge writes the tables once more before the shards are removed
+            need = per * left + per * total
+            return (f"{done} examples are written and kept; the remaining {left} need about {need / 1e6:.1f} MB "
+                    f"more ({per / 1e3:.1f} kB per example so far, plus one copy of the tables for the final merge)")
+        return f"{done} examples are written and kept; {left} remain"
+
+    def _write_batch(self, start: int, tables: Mapping[str, Any],
+                     attention: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> None:
         """Write one finished batch (``start``: dataset position of its first example).
 
         ``tables`` maps each of :data:`TABLES` to a DataFrame / dict of columns / pyarrow Table
@@ -349,6 +411,7 @@ class RunWriter:
         manifest["finished"] = _now()
         _write_json(self.path / MANIFEST, manifest)
         self.manifest = manifest
+        fault_point("finalize: remove shards")
         shutil.rmtree(self.path / SHARDS, ignore_errors=True)
         _fsync_dir(self.path)
         return open_run(self.path)

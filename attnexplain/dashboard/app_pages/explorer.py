@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from attnexplain.dashboard import example_views, run_access
+from attnexplain.dashboard.csv_export import to_safe_csv
 
 st.title("Example explorer")
 ref = run_access.pick_run()
@@ -81,8 +82,7 @@ if table_box.open:  # drawn only when opened
     with table_box:
         st.dataframe(table.head(2000), hide_index=True, height=260, key="ex_table",
                      column_config={"text": st.column_config.TextColumn(width="large")})
-        st.download_button("CSV of the matching examples", data=lambda: view.drop(columns=["probs"], errors="ignore")
-                           .to_csv(index=False), file_name=f"{ref.name}-examples.csv", mime="text/csv",
+        st.download_button("CSV of the matching examples", data=lambda: to_safe_csv(view.drop(columns=["probs"], errors="ignore")), file_name=f"{ref.name}-examples.csv", mime="text/csv",
                            on_click="ignore", icon=":material/table:", key="ex_table_csv")
 
 # -- the example -------------------------------------------------------------------------------

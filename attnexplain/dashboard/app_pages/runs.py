@@ -10,6 +10,7 @@ import streamlit as st
 
 from attnexplain.dashboard import run_access
 from attnexplain.dashboard.app import page_path
+from attnexplain.dashboard.csv_export import to_safe_csv
 
 st.title("Runs")
 root = run_access.runs_dir()
@@ -101,7 +102,7 @@ for c in aopc_cols:
     col_cfg[c] = st.column_config.NumberColumn(f"{'comp.' if kind.startswith('comp') else 'suff.'} {meth}",
                                                format="%.3f", help=c)
 st.dataframe(table[shown_cols], hide_index=True, column_config=col_cfg, key="runs_table")
-st.download_button("CSV of this table", data=lambda: table.to_csv(index=False), file_name="runs.csv",
+st.download_button("CSV of this table", data=lambda: to_safe_csv(table), file_name="runs.csv",
                    mime="text/csv", on_click="ignore", icon=":material/table:", key="runs_csv")
 
 st.subheader("Open")
