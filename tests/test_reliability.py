@@ -449,3 +449,17 @@ def test_csv_exports_neutralise_formula_cells():
     root = Path(__file__).resolve().parents[1] / "attnexplain" / "dashboard"
     offenders = [str(p) for p in root.rglob("*.py") if p.name != "csv_export.py" and ".to_csv(" in p.read_text()]
     assert offenders == []
+
+
+def test_streamlit_config_shipped_with_the_checkout_pins_address_and_statistics():
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["address"] == "127.0.0.1"
+    assert cfg["browser"]["gatherUsageStats"] is False
+    from attnexplain.cli.args import DashboardArgs
+
+    cmd = DashboardArgs(runs_dir=root).command()
+    assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
