@@ -19,7 +19,7 @@ from attnexplain.functional import (
     effective_attention_from_basis,
     value_transforms,
 )
-import attnexplain.functional.effective as eff_module
+import attnexplain.functional.value_space as eff_module
 
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from .effective import (
+from ._validation import (
     _broadcast,
     _check_attention,
     _check_finite,
@@ -46,8 +46,8 @@ from .effective import (
     _mask_cols,
     _mask_rows,
     _out_dtype,
-    column_space_basis,
 )
+from .value_space import column_space_basis
 
 __all__ = ["DistributionResult", "attention_distribution"]
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .effective import (
+from ._validation import (
     _broadcast,
     _check_finite,
     _check_key_mask,

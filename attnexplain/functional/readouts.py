@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .effective import _broadcast, _check_finite, _check_key_mask, _check_tensor, _mask_cols
+from ._validation import _broadcast, _check_finite, _check_key_mask, _check_tensor, _mask_cols
 
 __all__ = ["token_importance", "aggregate"]
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .effective import _broadcast, _check_finite, _check_key_mask, _check_tensor, _compute_dtype
+from ._validation import _broadcast, _check_finite, _check_key_mask, _check_tensor, _compute_dtype
 
 __all__ = ["augmented_attention", "attention_rollout"]
 
