@@ -339,8 +339,6 @@ class AnalyzeArgs:
         _check_int("--max-length", self.max_length, low=1, allow_none=True)
         _check_int("--seed", self.seed, low=0)
         _check_int("--threads", self.threads, low=1, allow_none=True)
-        _check_int("--num-workers", self.num_workers, low=1, allow_none=True)
-        _check_int("--worker-threads", self.worker_threads, low=1, allow_none=True)
 
     def run(self, **extra: Any):
         from ..runs.analyze import analyze
