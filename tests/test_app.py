@@ -32,7 +32,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def write_run(path: Path, *, n_examples: int = 6, layers: int = 2, heads: int = 2, store: int | None = None,
               min_len: int = 5, max_len: int = 9, backend: str = "dense", seed: int = 0, head_ablation: bool = True,
               distribution: bool = True, methods: list[str] = METHODS, batch: int = 64, texts: list[str] | None = None,
-              flip: float = 0.0) -> Path:
+              flip: float = 0.0, id_format: str = "ex-{i}", manifest_extra: dict | None = None) -> Path:
     """A complete run folder with synthetic contents, written by attnexplain.runs.RunWriter.
 
     Examples are ``ex-0 ... ex-{n-1}``; with the same seed and texts, two runs (e.g. two
@@ -50,14 +50,14 @@ def write_run(path: Path, *, n_examples: int = 6, layers: int = 2, heads: int = 
         "shard": None, "backend": backend, "backend_options": {}, "methods": list(methods),
         "faithfulness": {"bins": [0.01, 0.05, 0.1, 0.2, 0.5], "removal": "delete"}, "seed": 0, "max_length": 64,
         "store_attention": store, "versions": {"python": "3.11"}, "n_examples": n_examples,
-        "head_ablation": head_ablation,
+        "head_ablation": head_ablation, **(manifest_extra or {}),
     }
     writer = RunWriter(path, manifest, log=lambda m: None).open()
     bins = [0.01, 0.05, 0.1, 0.2, 0.5]
     for start in range(0, n_examples, batch):
         ex_rows, tok_rows, faith_rows, head_rows, arrays = [], [], [], [], {}
         for i in range(start, min(start + batch, n_examples)):
-            eid = f"ex-{i}"
+            eid = id_format.format(i=i)
             n_words = int(text_rng.integers(min_len, max_len + 1)) - 2
             words = (texts[i].split() if texts else [WORDS[int(j)] for j in text_rng.integers(0, len(WORDS), n_words)])
             tokens = ["[CLS]", *words, "[SEP]"]
@@ -170,7 +170,23 @@ def _app(runs_dir: Path, monkeypatch, page: str | None = None, **query) -> AppTe
     return at
 
 
+def _unescape(s: str) -> str:
+    """Markdown source as the reader sees it: backslash escapes removed."""
+    import re
+
+    return re.sub(r"\\(.)", r"\1", s)
+
+
+def _errors(at: AppTest) -> str:
+    return _unescape("\n".join(e.value for e in at.error))
+
+
 def _text(at: AppTest) -> str:
+    """Every text element's content as read (escapes removed); :func:`_raw_text` keeps the markdown source."""
+    return _unescape(_raw_text(at))
+
+
+def _raw_text(at: AppTest) -> str:
     parts = []
     for kind in ("markdown", "caption", "error", "warning", "info", "title", "header", "subheader", "code"):
         parts += [str(e.value) for e in getattr(at, kind)]
@@ -202,13 +218,13 @@ def test_runs_page_lists_runs_and_reports_broken_ones(runs_dir, monkeypatch):
     assert not any(c.startswith("sufficiency AOPC") for c in df.columns)  # chosen, not all at once
     at.multiselect(key="runs_extra_cols").set_value(["size (MB)"]).run()
     assert "size (MB)" in at.dataframe[0].value.columns
-    errors = "\n".join(e.value for e in at.error)
+    errors = _errors(at)
     assert "old-run" in errors and "format version" in errors
     assert "missing-files" in errors and "tokens.parquet" in errors
     # pick two runs -> a compare link appears
     at.multiselect(key="runs_pick").set_value(["tiny-dense", "tiny-performer"]).run()
     _no_exception(at)
-    links = [e.proto.label for e in at.get("page_link")]
+    links = [_unescape(e.proto.label) for e in at.get("page_link")]
     assert any("Compare tiny-dense vs tiny-performer" in lbl for lbl in links), links
 
 
@@ -316,16 +332,136 @@ def test_path_outside_runs_dir_is_refused(runs_dir, monkeypatch, tmp_path):
     for bad in ("../elsewhere", str(outside), "tiny-dense/../../x"):
         at = _app(runs_dir, monkeypatch, "explorer", run=bad)
         _no_exception(at)
-        errors = "\n".join(e.value for e in at.error)
+        errors = _errors(at)
         assert "Refused" in errors, (bad, errors)
         # the page stays usable with a readable run
         assert at.selectbox(key="run_select").value in {"tiny-dense", "tiny-performer", "synthetic"}
 
 
+HOSTILE_IMAGE = "![x](http://example.invalid/x.png)"
+HOSTILE_LINK = "[click](http://example.invalid)"
+
+
+def _markdown_texts(at: AppTest) -> str:
+    """Everything the page rendered as markdown: text elements, metric labels and page-link labels."""
+    return _raw_text(at) + "\n" + "\n".join(e.proto.label for e in at.get("page_link"))
+
+
+def _assert_no_link_syntax(text: str) -> None:
+    """No unescaped ``](`` (the core of markdown image and link syntax) and no raw ``![``."""
+    import re
+
+    assert not re.search(r"(?<!\\)\]\s*\(", text), text
+    assert not re.search(r"(?<!\\)!(?<!\\)\[", text), text
+
+
+@pytest.fixture()
+def hostile_runs(tmp_path) -> Path:
+    """A runs folder with a run whose folder name, example ids and manifest fields hold markdown links."""
+    root = tmp_path / "runs"
+    write_run(root / "[click](example.invalid)", n_examples=2, store=2, id_format=HOSTILE_IMAGE + "-{i}",
+              manifest_extra={"model": HOSTILE_IMAGE, "backend": HOSTILE_LINK, "dataset": HOSTILE_LINK,
+                              "faithfulness": {"bins": [0.1, 0.5], "removal": HOSTILE_LINK}})
+    write_run(root / "plain", n_examples=2, store=2, id_format=HOSTILE_LINK + "-{i}")
+    return root
+
+
+def test_hostile_names_ids_and_manifest_fields_are_escaped(hostile_runs, monkeypatch):
+    at = _app(hostile_runs, monkeypatch)
+    _no_exception(at)
+    text = _markdown_texts(at)
+    assert "\\[click\\]\\(example\\.invalid\\)" in text  # the run's name is shown, escaped
+    _assert_no_link_syntax(text)
+    name = "[click](example.invalid)"
+    for page, query in (("explorer", {"run": name}), ("ablations", {"run": name}),
+                        ("compare", {"run": name, "run2": "plain"})):
+        at = _app(hostile_runs, monkeypatch, page, **query)
+        _no_exception(at)
+        text = _markdown_texts(at)
+        _assert_no_link_syntax(text)
+        if page == "explorer":
+            assert "\\!\\[x\\]\\(http\\:" in text  # the example id in the header, escaped
+
+
+def test_hostile_query_values_are_escaped(hostile_runs, monkeypatch):
+    for query in ({"run": HOSTILE_IMAGE}, {"run": HOSTILE_LINK}, {"run": "../" + HOSTILE_LINK},
+                  {"run": "plain", "example": HOSTILE_IMAGE}, {"run": "plain", "example": HOSTILE_LINK}):
+        at = _app(hostile_runs, monkeypatch, "explorer", **query)
+        _no_exception(at)
+        boxes = "\n".join(e.value for e in [*at.error, *at.warning])
+        assert "example\\.invalid" in boxes, (query, boxes)  # the refused value is named, escaped
+        _assert_no_link_syntax(_markdown_texts(at))
+
+
+def test_escape_md_leaves_no_markdown_special_unescaped():
+    from attnexplain.dashboard.widgets import escape_md
+
+    raw = "a\\b `c` *d* _e_ {f} [g](h) <i> # + - . ! | ~ $x$ :red[y]: & ="
+    out = escape_md(raw + "\nnext")
+    assert "\n" not in out
+    # removing the backslash before each escaped character gives the text back (nothing dropped)
+    import re
+
+    assert re.sub(r"\\(.)", r"\1", out) == raw + " next"
+    for ch in "`*_{}[]<>()#+-.!|~$:&=":
+        assert all(out[i - 1] == "\\" for i, c in enumerate(out) if c == ch), ch
+
+
+def _symlinked_runs(tmp_path) -> tuple[Path, Path]:
+    root, outside = tmp_path / "runs", tmp_path / "outside"
+    secret = write_run(outside / "secret", n_examples=2, store=2)
+    write_run(root / "fine", n_examples=2, store=2)
+    # attention/ of one run, manifest.json of another, a whole run folder, and one array are links out
+    linked_attention = write_run(root / "linked-attention", n_examples=2, store=2)
+    import shutil
+
+    shutil.rmtree(linked_attention / "attention")
+    (linked_attention / "attention").symlink_to(secret / "attention", target_is_directory=True)
+    linked_manifest = write_run(root / "linked-manifest", n_examples=2, store=2)
+    (linked_manifest / "manifest.json").unlink()
+    (linked_manifest / "manifest.json").symlink_to(secret / "manifest.json")
+    linked_file = write_run(root / "linked-array", n_examples=2, store=2)
+    arrays = sorted(p for p in (linked_file / "attention").rglob("*") if p.is_file())
+    target = sorted(p for p in (secret / "attention").rglob("*") if p.is_file())[0]
+    arrays[0].unlink()
+    arrays[0].symlink_to(target)
+    (root / "linked-folder").symlink_to(secret, target_is_directory=True)
+    # a link that stays inside RUNS_DIR is fine
+    (root / "fine" / "extra.json").symlink_to(root / "fine" / "manifest.json")
+    return root, secret
+
+
+def test_link_outside_finds_symlinks_out_of_runs_dir(tmp_path):
+    from attnexplain.dashboard.run_access import link_outside
+
+    root, _ = _symlinked_runs(tmp_path)
+    assert link_outside(root / "fine", root) is None
+    assert link_outside(root / "linked-attention", root) == "attention"
+    assert link_outside(root / "linked-manifest", root) == "manifest.json"
+    assert link_outside(root / "linked-array", root).startswith("attention")
+    assert link_outside(root / "linked-folder", root) == "."
+
+
+def test_symlinked_runs_are_refused_by_the_pages(tmp_path, monkeypatch):
+    root, _ = _symlinked_runs(tmp_path)
+    at = _app(root, monkeypatch)
+    _no_exception(at)
+    assert set(at.dataframe[0].value["run"]) == {"fine"}
+    errors = "\n".join(e.value for e in at.error)
+    for name in ("linked\\-attention", "linked\\-manifest", "linked\\-array"):
+        assert f"Refused run **{name}**" in errors, errors
+    for name in ("linked-attention", "linked-manifest", "linked-array", "linked-folder"):
+        at = _app(root, monkeypatch, "explorer", run=name)
+        _no_exception(at)
+        assert "Refused" in "\n".join(e.value for e in at.error), name
+        assert at.selectbox(key="run_select").value == "fine"
+        assert at.selectbox(key="run_select").options == ["fine"]
+
+
 def test_broken_run_from_url_gives_message(runs_dir, monkeypatch):
     at = _app(runs_dir, monkeypatch, "ablations", run="old-run")
     _no_exception(at)
-    assert "old-run" in "\n".join(e.value for e in at.error)
+    assert "old-run" in _errors(at)
 
 
 # ------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ def main() -> None:
     import streamlit as st
 
     from attnexplain.dashboard import run_access
+    from attnexplain.dashboard.widgets import escape_md
 
     # an emoji favicon is drawn from a data: URL; a ":material/...:" page icon would make the browser fetch
     # the favicon from fonts.gstatic.com (the dashboard loads nothing from outside hosts)
@@ -57,7 +58,7 @@ def main() -> None:
     page = st.navigation(pages)
 
     with st.sidebar:
-        st.caption(f"Runs folder: `{run_access.runs_dir()}`")
+        st.caption(f"Runs folder: {escape_md(run_access.runs_dir())}")
         st.radio("Camera button saves", ["png", "svg"], key="ax_image_format", horizontal=True,
                  format_func=str.upper, help="Format of the modebar's camera button on every figure. "
                  "HTML and CSV downloads are under each figure.")

@@ -60,8 +60,10 @@ def render(ex: Any, *, key: str = "gen") -> None:
     import streamlit as st
 
     g = ex.generation
-    st.markdown(f"**Prompt:** {g.prompts[0]}")
-    st.markdown(f"**{'Forced' if g.forced else 'Generated'}:** `{g.generated_texts[0]}`")
+    from attnexplain.dashboard.widgets import escape_md
+
+    st.markdown(f"**Prompt:** {escape_md(g.prompts[0])}")
+    st.markdown(f"**{'Forced' if g.forced else 'Generated'}:** {escape_md(g.generated_texts[0])}")
     st.dataframe(step_table(ex), hide_index=True, key=f"{key}-steps")
     if not ex.methods:
         return

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from attnexplain.dashboard.widgets import escape_md
+
 RUNS_ENV = "ATTNEXPLAIN_RUNS_DIR"
 ANALYZE_EXAMPLE = ("attnexplain analyze --model minilm-rotten-tomatoes --dataset rotten-tomatoes "
                    "--split test --limit 500 --out {runs_dir}/rotten-tomatoes-dense")
@@ -149,25 +151,80 @@ class RunRef:
 # ------------------------------------------------------------------------------------------
 
 
+def _inside(p: Path, root_real: Path) -> bool:
+    try:
+        real = p.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+    return real == root_real or root_real in real.parents
+
+
+def link_outside(path: Path | str, root: Path | str | None = None) -> str | None:
+    """The first entry of the run folder ``path`` that resolves outside the runs folder, or None.
+
+    Checks the folder itself and, recursively, every file and folder in it (``manifest.json``,
+    the tables, ``attention/`` and its arrays, ``shards/``) with symlinks resolved; symlinked
+    folders that stay inside are walked too (each real folder once, so link loops end). Returns
+    the offending entry relative to ``path`` (``"."`` for the folder itself).
+    """
+    root_real = Path(root or runs_dir()).resolve()
+    base = Path(path)
+    if not _inside(base, root_real):
+        return "."
+    seen: set[Path] = set()
+    stack = [base]
+    while stack:
+        folder = stack.pop()
+        real = folder.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_symlink() and not _inside(entry, root_real):
+                return str(entry.relative_to(base))
+            if entry.is_dir():
+                stack.append(entry)
+    return None
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _link_outside_cached(path: str, root: str, sig: tuple) -> str | None:
+    return link_outside(path, root)
+
+
+def refused_link(path: Path | str) -> str | None:
+    """:func:`link_outside` for the current runs folder, cached by the run folder's signature."""
+    return _link_outside_cached(str(path), str(runs_dir()), signature(path))
+
+
 def safe_open(name: str, *, where: str = "the URL") -> RunRef | None:
-    """Open ``RUNS_DIR/name``; refuse names that leave RUNS_DIR, report broken runs. None on failure."""
+    """Open ``RUNS_DIR/name``; refuse names or symlinks that leave RUNS_DIR, report broken runs. None on failure."""
     from attnexplain.runs import RunFormatError, RunPathError, resolve_run
 
     try:
         path = resolve_run(runs_dir(), name)
+        bad = refused_link(runs_dir() / name)
+        if bad is not None:
+            raise RunPathError(f"{bad} is a symlink that leads outside the runs folder")
     except RunPathError as exc:
-        st.error(f"Refused run {name!r} from {where}: it is not inside the runs folder {runs_dir()} ({exc}).",
+        st.error(f"Refused run \"{escape_md(name)}\" from {where}: it is not inside the runs folder "
+                 f"{escape_md(runs_dir())} ({escape_md(exc)}).",
                  icon=":material/block:")
         return None
     try:
         return RunRef(open_run_cached(path))
     except RunFormatError as exc:
-        st.error(f"Run {name!r} cannot be read: {exc}", icon=":material/error:")
+        st.error(f"Run \"{escape_md(name)}\" cannot be read: {escape_md(exc)}", icon=":material/error:")
         return None
 
 
 def readable_runs() -> list[Any]:
-    return [r for r in list_runs_cached() if r.ok]
+    """Readable runs whose files all stay inside RUNS_DIR (see :func:`link_outside`)."""
+    return [r for r in list_runs_cached() if r.ok and refused_link(r.path) is None]
 
 
 def _query_run(param: str) -> str | None:
@@ -194,7 +251,7 @@ def pick_run(label: str = "Run", *, param: str = "run", state: str = "ax_run", k
         else:
             st.query_params.pop(param, None)
     if not names:
-        st.info(f"No readable runs in `{runs_dir()}`. Make one with:")
+        st.info(f"No readable runs in {escape_md(runs_dir())}. Make one with:")
         st.code(analyze_command(), language="bash")
         return None
     options = [n for n in names if n != exclude] or names

@@ -42,7 +42,7 @@ def show_figure(fig: Any, *, key: str, name: str, data: pd.DataFrame | Callable[
     """A plotly figure, its long-input note, and HTML / CSV download buttons (generated on click)."""
     name = _safe_name(name)
     if note:
-        st.caption(f":material/compress: {note}")
+        st.caption(f":material/compress: {escape_md(note)}")
     config = plot_config(name)
     st.plotly_chart(fig, key=f"fig-{key}", config=config)
     row = st.container(horizontal=True, gap="small")
@@ -61,12 +61,20 @@ def show_figure(fig: Any, *, key: str, name: str, data: pd.DataFrame | Callable[
                                 on_click="ignore", icon=":material/table:")
 
 
-def escape_md(s: str) -> str:
-    """Text shown inside markdown (no HTML allowed there): markdown specials backslashed."""
-    out = s
-    for ch in "\\`*_{}[]<>()#+-.!|~$":
-        out = out.replace(ch, "\\" + ch)
-    return out
+_MD_SPECIALS = "\\`*_{}[]<>()#+-.!|~$:&="
+
+
+def escape_md(s: object) -> str:
+    """``str(s)`` made literal inside Streamlit markdown (st.markdown, st.caption, st.error, labels, ...).
+
+    Every markdown special (``\\ ` * _ { } [ ] < > ( ) # + - . ! | ~ $ : & =``) is backslash-escaped,
+    so ``![x](http://...)`` cannot become an image (an outside request), ``[t](url)`` a link,
+    ``:material/x:`` an icon or ``$...$`` LaTeX; line breaks become spaces. The one helper for every
+    string that comes from run data, the URL or an exception message. Do not put its result inside
+    backticks (backslashes are literal in code spans).
+    """
+    out = str(s).replace("\r", " ").replace("\n", " ")
+    return "".join("\\" + c if c in _MD_SPECIALS else c for c in out)
 
 
 def views_safe(s: str) -> str:

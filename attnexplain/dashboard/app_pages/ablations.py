@@ -23,7 +23,7 @@ methods = list(ref.run.methods)
 removal = (ref.manifest.get("faithfulness") or {}).get("removal", "?")
 
 st.subheader("Necessity and sufficiency of each method's top tokens")
-st.caption(f"ERASER curves, mean over {ex.shape[0]} examples; removal = {removal}. Comprehensiveness "
+st.caption(f"ERASER curves, mean over {ex.shape[0]} examples; removal = {widgets.escape_md(removal)}. Comprehensiveness "
            "(necessity): probability drop when the top-k% tokens are removed, higher is better. Sufficiency: "
            "drop when only them are kept, lower is better.")
 main = faith[faith["metric"].isin(["comprehensiveness", "sufficiency"])] if not faith.empty else faith

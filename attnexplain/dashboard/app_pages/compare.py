@@ -32,13 +32,14 @@ if a.path == b.path:
 
 ea, eb = a.examples(), b.examples()
 shared = ea.merge(eb, on="example_id", suffixes=("_a", "_b"))
-st.markdown(f"**A** `{a.name}`: {a.manifest.get('model')} / backend **{a.manifest.get('backend')}** — "
-            f"**B** `{b.name}`: {b.manifest.get('model')} / backend **{b.manifest.get('backend')}**")
+md = widgets.escape_md
+st.markdown(f"**A** {md(a.name)}: {md(a.manifest.get('model'))} / backend **{md(a.manifest.get('backend'))}** — "
+            f"**B** {md(b.name)}: {md(b.manifest.get('model'))} / backend **{md(b.manifest.get('backend'))}**")
 if shared.empty:
     st.warning(f"The runs share no example ids ({len(ea)} and {len(eb)} examples): they were not run on the same data.")
     st.stop()
 if a.manifest.get("dataset") != b.manifest.get("dataset"):
-    st.warning(f"Different datasets: {a.manifest.get('dataset')!r} vs {b.manifest.get('dataset')!r}.")
+    st.warning(f"Different datasets: {md(repr(a.manifest.get('dataset')))} vs {md(repr(b.manifest.get('dataset')))}.")
 
 agree = float((shared["pred_a"] == shared["pred_b"]).mean())
 m1, m2, m3, m4 = st.columns(4)
@@ -75,7 +76,7 @@ else:
     method = st.selectbox("Method", common_methods, key="cmp_method")
     ranks = _rank_agreement(a.path, a.sig, b.path, b.sig, method)
     if ranks is not None and not ranks.empty:
-        st.metric(f"mean Kendall tau ({method})", f"{ranks['kendall_tau'].mean():.3f}")
+        st.metric(f"mean Kendall tau ({md(method)})", f"{ranks['kendall_tau'].mean():.3f}")
         fig = figures.histogram(ranks["kendall_tau"], title=f"Kendall tau of the token rankings, A vs B ({method})",
                               x_title="Kendall tau")
         widgets.show_figure(fig, key="cmp-tau", name=f"{a.name}-vs-{b.name}-{method}-tau", data=ranks)
@@ -97,7 +98,7 @@ xa, xb = a.attention(eid), b.attention(eid)
 ta = [str(t) for t in np.asarray(xa["tokens"]).tolist()]
 tb = [str(t) for t in np.asarray(xb["tokens"]).tolist()]
 if ta != tb or xa["raw"].shape != xb["raw"].shape:
-    st.warning(f"Example {eid} was tokenized differently or has different shapes in the two runs "
+    st.warning(f"Example {md(eid)} was tokenized differently or has different shapes in the two runs "
                f"({xa['raw'].shape} vs {xb['raw'].shape}); maps cannot be compared cell by cell.")
     st.stop()
 L, H = xa["raw"].shape[:2]

@@ -8,6 +8,7 @@ import streamlit as st
 
 from attnexplain.dashboard import example_views, run_access
 from attnexplain.dashboard.csv_export import to_safe_csv
+from attnexplain.dashboard.widgets import escape_md
 
 st.title("Example explorer")
 ref = run_access.pick_run()
@@ -16,7 +17,7 @@ if ref is None:
 
 ex = ref.examples()
 if ex.empty:
-    st.info(f"Run {ref.name} has no finished examples yet (status: {ref.run.status}).")
+    st.info(f"Run {escape_md(ref.name)} has no finished examples yet (status: {escape_md(ref.run.status)}).")
     st.stop()
 stored = set(ref.stored())
 methods = list(ref.run.methods)
@@ -97,7 +98,7 @@ if requested in ids and st.session_state.get("ex_url_ok") != requested:
     st.session_state[pick_key] = requested
     st.session_state["ex_url_ok"] = requested
 elif requested and requested not in ex["example_id"].values:
-    st.warning(f"Example {requested!r} (from the URL) is not in run {ref.name}.")
+    st.warning(f"Example {escape_md(repr(requested))} (from the URL) is not in run {escape_md(ref.name)}.")
 texts = dict(zip(view["example_id"], view["text"]))
 if st.session_state.get(pick_key) not in ids:
     st.session_state.pop(pick_key, None)
@@ -123,9 +124,9 @@ def _int(v):
         return None
 
 
-st.header(f"Example {eid}")
+st.header(f"Example {escape_md(eid)}")
 if ref.manifest.get("text_pair_column"):
-    st.caption(f"Sentence pair: the text and its second segment (column `{ref.manifest['text_pair_column']}`) were "
+    st.caption(f"Sentence pair: the text and its second segment (column {escape_md(ref.manifest['text_pair_column'])}) were "
                "tokenized together; the tokens after the first separator ([SEP] or </s>) are the second segment.")
 arrays = ref.attention(eid) if eid in stored else None
 probs = row.get("probs")
@@ -135,13 +136,13 @@ example_views.render_prediction(probs=probs, labels=labels, pred=_int(row.get("p
                      gold_name=row.get("label_name"), correct=row.get("correct"), key=wkey, name=f"{ref.name}-{eid}",
                      text=str(row.get("text", "")))
 if bool(row.get("truncated", False)):
-    st.caption(f"The text was truncated to {row.get('n_tokens')} tokens for the model.")
+    st.caption(f"The text was truncated to {escape_md(row.get('n_tokens'))} tokens for the model.")
 
 st.subheader("Tokens")
 example_views.render_token_shading(ref.tokens(eid), key=wkey, methods=methods, name=f"{ref.name}-{eid}")
 
 if arrays is None:
-    st.info(f"The attention arrays of {eid} were not stored (this run keeps them for {len(stored)} example(s); "
+    st.info(f"The attention arrays of {escape_md(eid)} were not stored (this run keeps them for {len(stored)} example(s); "
             f"`--store-attention` sets how many). Switch on *Only with attention arrays* to pick one.")
 else:
     example_views.render_attention_views(arrays, key=wkey, name=f"{ref.name}-{eid}", cache_key=f"{ref.key}|{eid}",

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from attnexplain.dashboard import example_views
+from attnexplain.dashboard.widgets import escape_md
 from attnexplain.models import DEFAULT_MODEL
 from attnexplain.runs.settings import DEFAULT_METHODS
 
@@ -213,7 +214,7 @@ if submitted:
     try:
         parse_backend(spec)
     except BackendSpecError as exc:
-        st.error(f"Backend options: {exc}")
+        st.error(f"Backend options: {escape_md(exc)}")
         st.stop()
     st.session_state["live_params"] = (model, spec, text, tuple(chosen), int(max_new))
 params = st.session_state.get("live_params")
@@ -225,7 +226,7 @@ model, backend, text, methods, max_new = params
 try:
     lm, warning = _load(model, backend)
 except Exception as exc:  # noqa: BLE001 - show the loader's message (it says how to fix it)
-    st.error(f"Cannot load {model!r} with backend {backend!r}: {exc}")
+    st.error(f"Cannot load {escape_md(repr(model))} with backend {escape_md(repr(backend))}: {escape_md(exc)}")
     st.stop()
 if warning:
     st.warning(warning, icon=":material/warning:")
@@ -236,7 +237,7 @@ if lm.task == "causal-lm":  # a prompt to continue: the generation view
         try:
             gen_ex = _generation(model, backend, text, methods, max_new)
         except Exception as exc:  # noqa: BLE001 - bad input messages name the fix
-            st.error(f"Explaining the generation failed: {exc}")
+            st.error(f"Explaining the generation failed: {escape_md(exc)}")
             st.stop()
     generation_views.render(gen_ex, key="live-gen")
     st.stop()
@@ -244,7 +245,7 @@ with st.spinner("Running the model..."):
     try:
         res = _model_pass(model, backend, text)
     except Exception as exc:  # noqa: BLE001
-        st.error(f"Explaining failed: {type(exc).__name__}: {exc}")
+        st.error(f"Explaining failed: {type(exc).__name__}: {escape_md(exc)}")
         st.stop()
 
 key = "live"
@@ -266,7 +267,7 @@ try:
         bar.progress(i / max(len(methods), 1), text=f"Explaining {res['n']} tokens: {m} ({i + 1} of {len(methods)})...")
         parts.append(_method_scores(model, backend, text, m))
 except Exception as exc:  # noqa: BLE001
-    st.error(f"Explaining failed: {type(exc).__name__}: {exc}")
+    st.error(f"Explaining failed: {type(exc).__name__}: {escape_md(exc)}")
     st.stop()
 bar.empty()
 token_scores = (pd.concat(parts, ignore_index=True) if parts

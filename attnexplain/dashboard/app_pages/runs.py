@@ -11,6 +11,7 @@ import streamlit as st
 from attnexplain.dashboard import run_access
 from attnexplain.dashboard.app import page_path
 from attnexplain.dashboard.csv_export import to_safe_csv
+from attnexplain.dashboard.widgets import escape_md
 
 st.title("Runs")
 root = run_access.runs_dir()
@@ -58,17 +59,23 @@ def _summary(path: str, sig: tuple) -> dict:
 
 if not runs:
     st.subheader("No runs found")
-    st.markdown(f"The dashboard reads run folders from `{root}` (set by `attnexplain dashboard RUNS_DIR` "
+    st.markdown(f"The dashboard reads run folders from {escape_md(root)} (set by `attnexplain dashboard RUNS_DIR` "
                 f"or the `{run_access.RUNS_ENV}` environment variable). {'That folder does not exist yet.' if not root.exists() else 'It holds no run folder.'}")
     st.markdown("Make a run with:")
     st.code(run_access.analyze_command(), language="bash")
     st.markdown("then reload this page. The **Live** page works without any run.")
     st.stop()
 
+outside = {r.name: run_access.refused_link(r.path) for r in runs}
+for r in runs:
+    if outside[r.name] is not None:
+        st.error(f"Refused run **{escape_md(r.name)}**: {escape_md(outside[r.name])} is a symlink that leads "
+                 f"outside the runs folder {escape_md(root)}.", icon=":material/block:")
+runs = [r for r in runs if outside[r.name] is None]
 good = [r for r in runs if r.ok]
 broken = [r for r in runs if not r.ok]
 for r in broken:
-    st.error(f"Run **{r.name}** cannot be read: {r.error}", icon=":material/error:")
+    st.error(f"Run **{escape_md(r.name)}** cannot be read: {escape_md(r.error)}", icon=":material/error:")
 
 if not good:
     st.warning("None of the run folders can be read. Make a new run with:")
@@ -80,12 +87,12 @@ for r in good:
     try:
         rows.append(_summary(str(r.path), run_access.signature(r.path)))
     except Exception as exc:  # noqa: BLE001 - one bad run must not hide the others
-        st.error(f"Run **{r.name}** cannot be summarised: {exc}", icon=":material/error:")
+        st.error(f"Run **{escape_md(r.name)}** cannot be summarised: {escape_md(exc)}", icon=":material/error:")
 table = pd.DataFrame(rows)
 if table.empty:
     st.stop()
 
-st.caption(f"{len(table)} run(s) in `{root}`. AOPC: comprehensiveness (higher = more necessary tokens) and "
+st.caption(f"{len(table)} run(s) in {escape_md(root)}. AOPC: comprehensiveness (higher = more necessary tokens) and "
            "sufficiency (lower = more sufficient), averaged over examples.")
 # the key columns fit without horizontal scrolling; the AOPC columns (two per method) and the rest are chosen
 KEY_COLUMNS = ["run", "model", "dataset", "backend", "examples", "accuracy"]
@@ -115,17 +122,17 @@ if picked:
     st.session_state.pop("ax_run_url_ok", None)
 c1, c2, c3 = st.columns(3)
 if len(picked) >= 1:
-    c1.page_link(page_path("explorer"), label=f"Explore examples of {picked[0]}", icon=":material/search:",
+    c1.page_link(page_path("explorer"), label=f"Explore examples of {escape_md(picked[0])}", icon=":material/search:",
                  query_params={"run": picked[0]})
-    c2.page_link(page_path("ablations"), label=f"Ablations of {picked[0]}", icon=":material/content_cut:",
+    c2.page_link(page_path("ablations"), label=f"Ablations of {escape_md(picked[0])}", icon=":material/content_cut:",
                  query_params={"run": picked[0]})
 if len(picked) == 2:
     st.session_state["ax_run2"] = picked[1]
     st.session_state.pop("ax_run2_url_ok", None)
-    c3.page_link(page_path("compare"), label=f"Compare {picked[0]} vs {picked[1]}", icon=":material/compare:",
+    c3.page_link(page_path("compare"), label=f"Compare {escape_md(picked[0])} vs {escape_md(picked[1])}", icon=":material/compare:",
                  query_params={"run": picked[0], "run2": picked[1]})
 
 with st.expander("Manifests"):
     for r in good:
-        st.markdown(f"**{r.name}**")
+        st.markdown(f"**{escape_md(r.name)}**")
         st.json(r.manifest, expanded=False)
