@@ -107,6 +107,22 @@ MODEL_ALIASES: Registry = Registry("model alias", {
 })
 
 
+def _warn_literal_special_tokens(tokenizer: Any, texts: list[str]) -> None:
+    """Warn when texts hold a special token's literal string (e.g. ``"[CLS]"``, ``"<s>"``).
+
+    The tokenizer turns such a string into the special token itself, not into text, so the model
+    sees an extra [CLS]/[SEP]/[MASK] and the special-token option drops it from the scores.
+    """
+    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) or [] if isinstance(t, str) and len(t) > 1]
+    hits = [(i, tok) for i, t in enumerate(texts) for tok in specials if tok in t]
+    if hits:
+        i, tok = hits[0]
+        warnings.warn(
+            f"{len({i for i, _ in hits})} text(s) contain a special token's literal string (first: text {i} "
+            f"holds {tok!r}); the tokenizer reads it as that special token, not as text. Remove or rewrite it "
+            "(e.g. '[ CLS ]') if it is meant as text.", stacklevel=3)
+
+
 @dataclass
 class LoadedModel:
     """A model, its tokenizer and what attnexplain needs to know about it.
@@ -209,6 +225,7 @@ class LoadedModel:
             if is_blank_text(t):
                 raise InputError(f"text {i} is empty or whitespace only (invisible characters such as zero-width "
                                  "spaces and control characters count as whitespace); remove it or give some text")
+        _warn_literal_special_tokens(self.tokenizer, texts if text_pairs is None else [*texts, *text_pairs])
         limit = min(max_length or self.max_length, self.max_length)
         kwargs: dict[str, Any] = {}
         if text_pairs is not None:

