@@ -602,3 +602,36 @@ def test_views_are_valid_plotly_and_reduce_long_inputs():
     # token shading escapes markup
     out = views.token_html(["<script>alert(1)</script>", "&", 'a"b'], [1.0, -0.5, 0.0])
     assert "<script>" not in out and "&lt;script&gt;" in out and "&amp;" in out
+
+
+def _navigation_pages() -> None:
+    """AppTest script: run the dashboard's main() with st.navigation replaced by a recorder."""
+    import streamlit as st
+
+    from attnexplain.dashboard import app
+
+    def record(pages, **kw):
+        st.session_state["pages"] = [(p.url_path, str(p._page), p._visibility) for p in pages]
+        st.stop()
+
+    original, st.navigation = st.navigation, record
+    try:
+        app.main()
+    finally:
+        st.navigation = original
+
+
+def test_runs_page_is_served_at_slash_runs_too(monkeypatch):
+    """The default page is served at "/" whatever its url_path; "/runs" must reach the Runs page too."""
+    from attnexplain.dashboard import app
+
+    monkeypatch.setattr("streamlit.navigation", __import__("streamlit").navigation)  # restored after the test
+    at = AppTest.from_function(_navigation_pages, default_timeout=60)
+    at.run()
+    pages = at.session_state["pages"]
+    by_url = {url: (path, vis) for url, path, vis in pages}
+    assert len(by_url) == len(pages), pages  # unique public paths
+    assert by_url[""] == (str(app.page_path("runs")), "visible")  # "/" is the Runs page, in the menu
+    assert by_url["runs"] == (str(app.page_path("runs")), "hidden")  # and so is "/runs", not listed twice
+    for name in ("explorer", "ablations", "compare", "live"):
+        assert by_url[name][0] == str(app.page_path(name))

@@ -217,6 +217,27 @@ def test_dashboard_in_chromium(runs_dir):  # noqa: F811
         page.goto(f"{url}/explorer?run=..%2F..%2Fetc")
         settled(page, plots=3, text="Refused")
         no_exception(page)
+        # run names and example ids from the URL are shown as text: no outside image, no link
+        from urllib.parse import quote
+
+        image, link = "![x](http://example.invalid/x.png)", "[click](http://example.invalid)"
+        for query, text in ((f"run={quote(image, safe='')}", "cannot be read"),
+                            (f"run={quote(link, safe='')}", "cannot be read"),
+                            (f"run=tiny-dense&example={quote(image, safe='')}", "is not in run"),
+                            (f"run=tiny-dense&example={quote(link, safe='')}", "is not in run")):
+            page.goto(f"{url}/explorer?{query}")
+            settled(page, plots=3, text=text)
+            no_exception(page)
+            assert page.locator('[href*="example.invalid"], [src*="example.invalid"]').count() == 0, query
+            body = page.locator("body").inner_text()
+            assert (image if "x.png" in query else link) in body, query  # shown literally
+        # the Runs page has its own URL too (it is also the default page at /)
+        page.goto(f"{url}/runs")
+        settled(page, text="Select one run")
+        no_exception(page)
+        assert "Page not found" not in page.locator("body").inner_text()
+        page.goto(f"{url}/explorer?run=tiny-dense&example={short}")
+        settled(page, plots=3, text="effective attention is raw attention")
 
         # Explorer: pick a run and an example, switch head, open the other tab
         select_option(page, "Run", "tiny-dense")

@@ -47,8 +47,11 @@ def main() -> None:
     # the favicon from fonts.gstatic.com (the dashboard loads nothing from outside hosts)
     st.set_page_config(page_title="attnexplain", page_icon="\N{LEFT-POINTING MAGNIFYING GLASS}", layout="wide")
 
+    # the default page is served at "/" whatever its url_path (which only has to be unique), so the Runs
+    # page is listed twice: at "/" (default) and, hidden from the menu, at "/runs"
     pages = [
-        st.Page(page_path("runs"), title="Runs", icon=":material/folder_open:", url_path="runs", default=True),
+        st.Page(page_path("runs"), title="Runs", icon=":material/folder_open:", url_path="home", default=True),
+        st.Page(page_path("runs"), title="Runs", icon=":material/folder_open:", url_path="runs", visibility="hidden"),
         st.Page(page_path("explorer"), title="Example explorer", icon=":material/search:", url_path="explorer"),
         st.Page(page_path("ablations"), title="Ablations", icon=":material/content_cut:", url_path="ablations"),
         st.Page(page_path("compare"), title="Dense vs efficient", icon=":material/compare:", url_path="compare"),
