@@ -403,6 +403,11 @@ def test_escape_md_leaves_no_markdown_special_unescaped():
     import re
 
     assert re.sub(r"\\(.)", r"\1", out) == raw + " next"
+    # bare URLs are auto-linked by GFM even with escapes: a word joiner breaks them
+    for url in ("http://example.invalid/x.png", "https://www.example.invalid", "me@example.invalid"):
+        shown = escape_md(url)
+        assert not re.search("(://|(?i:www)|@)(?!\u2060)", shown), shown
+        assert re.sub(r"\\(.)", r"\1", shown).replace("\u2060", "") == url
     for ch in "`*_{}[]<>()#+-.!|~$:&=":
         assert all(out[i - 1] == "\\" for i, c in enumerate(out) if c == ch), ch
 

@@ -71,9 +71,14 @@ def escape_md(s: object) -> str:
     so ``![x](http://...)`` cannot become an image (an outside request), ``[t](url)`` a link,
     ``:material/x:`` an icon or ``$...$`` LaTeX; line breaks become spaces. The one helper for every
     string that comes from run data, the URL or an exception message. Do not put its result inside
-    backticks (backslashes are literal in code spans).
+    backticks (backslashes are literal in code spans). Bare URLs and e-mail addresses would still be
+    auto-linked by GitHub-flavoured markdown (escapes do not stop that), so an invisible word joiner
+    (U+2060) is put after ``://``, ``www`` and ``@``.
     """
+    import re
+
     out = str(s).replace("\r", " ").replace("\n", " ")
+    out = re.sub(r"(://|(?i:www)(?=\.)|@)", "\\1\u2060", out)
     return "".join("\\" + c if c in _MD_SPECIALS else c for c in out)
 
 
