@@ -483,6 +483,13 @@ def load_model(
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, **common)
     except OSError as exc:
         raise ModelNotFoundError(f"cannot load model {name!r} from {path}: {exc}") from exc
+    except Exception as exc:  # corrupt or truncated weights / tokenizer files: safetensors, json, torch errors
+        if type(exc).__name__ != "SafetensorError" and not isinstance(exc, (ValueError, RuntimeError, EOFError)):
+            raise
+        fix = (f"re-create it with `attnexplain prepare --model {name}`" if name in _prepared_names()
+               else "replace the folder's weights (model.safetensors) and tokenizer files with intact copies")
+        raise ModelNotFoundError(f"cannot load model {name!r} from {path}: its files are corrupt or truncated "
+                                 f"({type(exc).__name__}: {exc}); {fix}") from exc
     if task == "classification" and not any("SequenceClassification" in a for a in (config.architectures or [])):
         warnings.warn(f"{name}: the classification head is newly initialised (random) until fine-tuned; "
                       "`attnexplain prepare` makes fine-tuned classifiers", stacklevel=2)
@@ -554,3 +561,10 @@ def _save_converted(model: nn.Module, tokenizer: Any, path: Path) -> None:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         warnings.warn(f"could not keep a converted SmolLM2 copy in {path}: {exc}", stacklevel=3)
+
+
+def _prepared_names() -> set[str]:
+    """Names of the classifiers ``attnexplain prepare`` makes (for the fix named in load errors)."""
+    from .training.finetune import CLASSIFIERS
+
+    return set(CLASSIFIERS)

@@ -484,3 +484,23 @@ def test_literal_special_token_strings_in_a_text_are_warned_about():
     with _w.catch_warnings():
         _w.simplefilter("error")
         lm.tokenize(["a plain film"])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_model_weights_are_one_clear_error(tmp_path, damage):
+    """Kind 1: a garbage or truncated model.safetensors in a model folder -> ModelNotFoundError naming
+    the folder, 'corrupt or truncated' and the fix; the CLI prints one error line and exits 2."""
+    from attnexplain.errors import AttnExplainError as _Base
+    from attnexplain.models import ModelNotFoundError, load_model
+    from attnexplain.testing import tiny_hf_model
+
+    folder = tmp_path / "model"
+    tiny_hf_model("bert").save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(b"not a safetensors file" if damage == "garbage" else weights.read_bytes()[:500])
+    with pytest.raises(ModelNotFoundError, match="corrupt or truncated") as info:
+        load_model(str(folder))
+    assert isinstance(info.value, _Base) and str(folder) in str(info.value)
+    result = CliRunner().invoke(app, ["explain", "a witty film", "--model", str(folder)])
+    assert result.exit_code == 2, result.output
+    assert "corrupt or truncated" in result.output and "Traceback" not in result.output
