@@ -192,3 +192,25 @@ def test_notebook_view_of_one_example_is_offline_and_shows_methods_and_a_head():
         m[int(i), int(j)] = float(v)
     assert np.allclose(m.sum(1), 1.0, atol=1e-3)
     assert "layer 1, head 1" in out
+
+
+def test_figure_titles_from_run_data_are_not_rendered_as_html():
+    """Issue 15 kind 6: plotly renders <a href>, <b>, ... in titles; a hostile method or run name in a
+    title must reach the page as text (escaped), in every figure helper that takes a title."""
+    import numpy as np
+    import pandas as pd
+
+    from attnexplain.dashboard import figures
+
+    hostile = '<a href="http://example.invalid">click</a>'
+    df = pd.DataFrame({"x": [1, 2], "y": [0.1, 0.2], "c": ["a", "b"]})
+    made = [
+        figures.layer_head_heatmap(np.zeros((2, 3)), title=hostile, colorbar_title=hostile),
+        figures.histogram(np.array([0.1, 0.2]), title=hostile),
+        figures.bars(df, x="x", y="y", color="c", title=hostile),
+        figures.curves(df, x="x", y="y", color="c", title=hostile),
+        figures.token_bar(np.array([0.1, 0.2]), ["a", "b"], title=hostile)[0],
+    ]
+    for fig in made:
+        text = fig.layout.title.text or ""
+        assert "<a " not in text and "&lt;a href" in text, text

@@ -494,7 +494,7 @@ def token_bar(values: np.ndarray, tokens: Sequence[str], *, title: str = "", hei
     y = pool_vector(values, MAX_TOKENS)
     labels = pool_labels(tokens, MAX_TOKENS)
     fig = go.Figure(go.Bar(x=labels, y=y, marker_color="#e66e14", hovertemplate="%{x}<br>%{y:.4f}<extra></extra>"))
-    fig.update_layout(title=title, height=height, margin=_MARGIN, xaxis=dict(tickangle=-60))
+    fig.update_layout(title=html.escape(title), height=height, margin=_MARGIN, xaxis=dict(tickangle=-60))
     _thin_ticks(fig, len(labels))
     note = f"{n} tokens: mean over blocks of {math.ceil(n / MAX_TOKENS)} tokens." if n > MAX_TOKENS else None
     return fig, note
@@ -519,9 +519,9 @@ def layer_head_heatmap(mat: np.ndarray, *, title: str = "", colorbar_title: str 
     mat = np.asarray(mat, dtype=np.float32)
     L, H = mat.shape
     fig = go.Figure(go.Heatmap(z=mat, x=[f"H{h}" for h in range(H)], y=[f"L{l}" for l in range(L)],
-                               colorscale="YlOrRd", colorbar=dict(title=dict(text=colorbar_title)),
+                               colorscale="YlOrRd", colorbar=dict(title=dict(text=html.escape(colorbar_title))),
                                hovertemplate="%{y} %{x}<br>%{z:.4f}<extra></extra>"))
-    fig.update_layout(title=title, height=max(260, 36 * L + 110), margin=_MARGIN)
+    fig.update_layout(title=html.escape(title), height=max(260, 36 * L + 110), margin=_MARGIN)
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -547,13 +547,13 @@ def curves(df: pd.DataFrame, *, x: str, y: str, color: str, facet: str | None = 
                                      showlegend=(i == 0), line=dict(color=colors[c]), xaxis="x" + s, yaxis="y" + s,
                                      hovertemplate=f"{html.escape(str(c))}<br>{x_title or x} %{{x}}<br>{y_title or y} %{{y:.4f}}<extra></extra>"))
         x0 = i * (width + gap)
-        layout["xaxis" + s] = dict(domain=[x0, x0 + width], anchor="y" + s, title=x_title or x)
+        layout["xaxis" + s] = dict(domain=[x0, x0 + width], anchor="y" + s, title=html.escape(str(x_title or x)))
         layout["yaxis" + s] = dict(anchor="x" + s, title=(y_title or y) if i == 0 else None)
         if fv is not None:
             annotations.append(dict(text=html.escape(str(fv)), x=x0 + width / 2, y=1.02, xref="paper", yref="paper",
                                     yanchor="bottom", showarrow=False, font=dict(size=13)))
     fig = go.Figure(traces)
-    fig.update_layout(**layout, title=title, height=height, annotations=annotations,
+    fig.update_layout(**layout, title=html.escape(title), height=height, annotations=annotations,
                       margin=dict(l=10, r=10, t=70, b=10))
     return fig
 
@@ -572,7 +572,7 @@ def bars(df: pd.DataFrame, *, x: str, y: str, color: str | None = None, title: s
             err = dict(type="data", symmetric=False, array=np.maximum(hi - val, 0), arrayminus=np.maximum(val - lo, 0),
                        thickness=1.2, width=4)
         fig.add_trace(go.Bar(x=part[x].astype(str), y=part[y], name=str(name), error_y=err))
-    fig.update_layout(title=title, height=height, barmode="group", margin=_MARGIN)
+    fig.update_layout(title=html.escape(title), height=height, barmode="group", margin=_MARGIN)
     return fig
 
 
@@ -585,5 +585,5 @@ def histogram(values: pd.Series | np.ndarray, *, title: str = "", x_title: str =
         fig.update_layout(barmode="overlay")
     else:
         fig.add_trace(go.Histogram(x=np.asarray(values), nbinsx=30))
-    fig.update_layout(title=title, height=height, margin=_MARGIN, xaxis_title=x_title)
+    fig.update_layout(title=html.escape(title), height=height, margin=_MARGIN, xaxis_title=x_title)
     return fig
