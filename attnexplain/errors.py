@@ -68,6 +68,10 @@ def storage_error_message(exc: BaseException) -> str | None:
     if not isinstance(exc, OSError) or isinstance(exc, AttnExplainError):
         return None
     name = _errno.errorcode.get(exc.errno or -1, "")
+    if name in ("ENOENT", "ENOTDIR") and exc.filename is not None:
+        # a path that cannot exist (a missing input file, an --out inside /proc or under a file)
+        return (f"no such file or directory: {exc.filename}; check the path (an output folder such as --out "
+                "must lie in a folder where new folders can be made: choose another place)")
     if name not in _STORAGE_ERRNOS:
         return None
     where = exc.filename if exc.filename is not None else "(unknown path)"

@@ -227,6 +227,17 @@ def test_unwritable_out_is_a_clear_error_for_analyze_and_report(tiny, data, tmp_
         _user_error(runner.invoke(app, ["report", str(out), "--n-resamples", "20"]), needle)
 
 
+@pytest.mark.parametrize("where", ["/proc/attnexplain-no-such-run", "FILE/run"])
+def test_out_where_no_folder_can_be_made_is_a_clear_error(tiny, data, tmp_path, where):
+    """--out inside /proc (ENOENT from mkdir) or under a regular file (ENOTDIR): one error line, exit 2."""
+    if where == "FILE/run":
+        (tmp_path / "file").write_text("x")
+        where = str(tmp_path / "file" / "run")
+    result = runner.invoke(app, ["analyze", "--dataset", str(data), "--split", "all", "--no-progress",
+                                 "--methods", "random", "--out", where])
+    _user_error(result, "no such file or directory", where)
+
+
 # --------------------------------------------------------------------------------------------
 # 3. public API arguments
 # --------------------------------------------------------------------------------------------
