@@ -293,6 +293,22 @@ def bootstrap_ci(
 # --------------------------------------------------------------------------------------------
 
 
+def proportion_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (e.g. accuracy = successes / n), via
+    ``scipy.stats.binomtest(...).proportion_ci(method="wilson")`` (Wilson, JASA 1927).
+
+    Unlike a bootstrap of 0/1 values it does not collapse to a zero-width interval when every
+    example is right (or wrong): 8 of 8 correct gives about (0.676, 1.0).
+    Raises ``ValueError`` unless ``0 <= successes <= n`` and ``n >= 1``.
+    """
+    from scipy.stats import binomtest
+
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n >= 1, got successes={successes}, n={n}")
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def rationale_mask(rationale: Iterable[int], n_words: int) -> np.ndarray:
     """Boolean mask of length ``n_words`` that is True at the rationale's word indices."""
     mask = np.zeros(n_words, dtype=bool)

@@ -115,3 +115,22 @@ def test_bootstrap_ci():
     assert all(math.isnan(x) for x in M.bootstrap_ci([1.0]))
     lo2, hi2 = M.bootstrap_ci(v, confidence_level=0.5, n_resamples=2000)
     assert lo < lo2 < hi2 < hi
+
+
+def test_proportion_ci_is_the_wilson_interval():
+    """Against the closed-form Wilson score interval; 8/8 is not a zero-width interval."""
+    import math
+
+    from attnexplain.metrics import proportion_ci
+
+    z = 1.959963984540054
+    for k, n in [(8, 8), (0, 5), (41, 50), (1, 3)]:
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        lo, hi = proportion_ci(k, n)
+        assert abs(lo - max(0.0, centre - half)) < 1e-9 and abs(hi - min(1.0, centre + half)) < 1e-9
+    lo, hi = proportion_ci(8, 8)
+    assert 0.6 < lo < 0.7 and hi == 1.0
+    with pytest.raises(ValueError):
+        proportion_ci(3, 2)

@@ -7,7 +7,7 @@
 
 What is computed:
 
-* **accuracy** over labelled examples (with a bootstrap 95 % CI);
+* **accuracy** over labelled examples (with a 95 % Wilson score interval);
 * **AOPC** per method: mean comprehensiveness and sufficiency AOPC over the examples, each with a
   bootstrap 95 % CI (:func:`attnexplain.metrics.bootstrap_ci`, BCa, seeded); the per-bin means
   give the perturbation curves;
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import kendall_tau_matrix
+from ..metrics import kendall_tau_matrix, proportion_ci
 from .markdown import format_markdown_table
 from .reader import Run, open_run
 from .atomic_io import write_bytes_atomic, write_text_atomic
@@ -191,8 +191,8 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
     if n and ex["correct"].notna().any():
         corr = ex["correct"].dropna().astype(float).to_numpy()
         acc = float(corr.mean())
-        lo, hi = _ci(corr, n_resamples)
-        lines.append(f"- accuracy: **{acc:.3f}** (95 % CI {_fmt(lo)}-{_fmt(hi)}, {len(corr)} labelled examples)")
+        lo, hi = proportion_ci(int(corr.sum()), len(corr))  # Wilson: not zero-width at 8/8
+        lines.append(f"- accuracy: **{acc:.3f}** (95 % Wilson CI {_fmt(lo)}-{_fmt(hi)}, {len(corr)} labelled examples)")
     else:
         lines.append("- accuracy: n/a (unlabelled data)")
     if n:
