@@ -172,7 +172,7 @@ def analyze(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (e.g. runs/NAME); resumed if it holds the same run."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Model name or folder."),
     split: str = typer.Option("test", help="train | validation | test | all."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N examples of the split."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N examples of the split (built-in splits come in a fixed shuffled order, so this is a seeded random sample of them)."),
     methods: Optional[List[str]] = typer.Option(
         None, "--methods",
         help="Explanation methods (repeat or comma-separate). Default: raw_attention, effective_attention, norm, "
