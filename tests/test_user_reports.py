@@ -541,4 +541,4 @@ def test_dashboard_explorer_says_where_the_second_segment_starts(tmp_path, monke
     (path / "manifest.json").write_text(json.dumps(man))
     at = _app(root, monkeypatch, "explorer", run="pairs")
     _no_exception(at)
-    assert "Sentence pair" in _text(at) and "`hypothesis`" in _text(at)
+    assert "Sentence pair" in _text(at) and "(column hypothesis)" in _text(at)  # escaped text, no code span
