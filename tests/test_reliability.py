@@ -469,6 +469,7 @@ def test_streamlit_config_shipped_with_the_checkout_pins_address_and_statistics(
     cfg = tomllib.loads((root / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] == "127.0.0.1"
     assert cfg["browser"]["gatherUsageStats"] is False
+    assert cfg["client"]["toolbarMode"] == "minimal"  # no Deploy button (issue 16)
     from attnexplain.cli.args import DashboardArgs
 
     cmd = DashboardArgs(runs_dir=root).command()
