@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 
 from ._token_matrix import TokenMatrixMethod
 from .base import register_method
-from .norm_residual_ln import post_ln_parts
+from .norm_residual_ln import rolled_out_post_ln
 
 __all__ = ["ALTI"]
 
@@ -44,16 +43,9 @@ class ALTI(TokenMatrixMethod):
     description: ClassVar[str] = "ALTI: L1-distance contributions to each layer output, rolled out (Ferrando et al. 2022)"
 
     def token_matrices(self, lm, batch, target, idxs):
-        from ..capturing.mixing import capture_mixing
-        from ..functional.context_mixing import alti_layer, contribution_rollout
+        from ..functional.context_mixing import alti_layer
 
-        mc = capture_mixing(lm.model, batch, norms=True)
-        out = []
-        for b, idx in enumerate(idxs):
-            Cs = []
-            for p in range(len(mc.blocks)):
-                parts, rec = post_ln_parts(mc, p, b, idx)
-                y = rec.norms["attention"][1][b].index_select(0, idx.to(parts.device))
-                Cs.append(alti_layer(parts, y))
-            out.append(contribution_rollout(torch.stack(Cs))[-1])
-        return out
+        def layer(parts, rec, b, idx):
+            return alti_layer(parts, rec.norms["attention"][1][b].index_select(0, idx.to(parts.device)))
+
+        return rolled_out_post_ln(lm, batch, idxs, layer)

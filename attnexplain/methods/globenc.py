@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
 
 from ._token_matrix import TokenMatrixMethod
 from .base import register_method
-from .norm_residual_ln import post_ln_parts
+from .norm_residual_ln import rolled_out_post_ln
 
 __all__ = ["GlobEnc"]
 
@@ -43,16 +42,10 @@ class GlobEnc(TokenMatrixMethod):
     description: ClassVar[str] = "GlobEnc: norms through attention, both residuals and LayerNorms, rolled out (Modarressi et al. 2022)"
 
     def token_matrices(self, lm, batch, target, idxs):
-        from ..capturing.mixing import capture_mixing
-        from ..functional.context_mixing import contribution_rollout, globenc_layer
+        from ..functional.context_mixing import globenc_layer
 
-        mc = capture_mixing(lm.model, batch, norms=True)
-        out = []
-        for b, idx in enumerate(idxs):
-            Cs = []
-            for p in range(len(mc.blocks)):
-                parts, rec = post_ln_parts(mc, p, b, idx)
-                z2, _, w2, _, eps2 = rec.norms["output"]
-                Cs.append(globenc_layer(parts, z2[b].index_select(0, idx.to(z2.device)), w2, eps2))
-            out.append(contribution_rollout(torch.stack(Cs))[-1])
-        return out
+        def layer(parts, rec, b, idx):
+            z2, _, w2, _, eps2 = rec.norms["output"]
+            return globenc_layer(parts, z2[b].index_select(0, idx.to(z2.device)), w2, eps2)
+
+        return rolled_out_post_ln(lm, batch, idxs, layer)

@@ -96,3 +96,21 @@ class NormResidualLN(TokenMatrixMethod):
         pos = select_layer_positions(self.layers, len(mc.blocks))
         return [sum(torch.linalg.vector_norm(post_ln_parts(mc, p, b, idx)[0], dim=-1) for p in pos) / len(pos)
                 for b, idx in enumerate(idxs)]
+
+
+def rolled_out_post_ln(lm, batch, idxs, layer_fn) -> list[torch.Tensor]:
+    """Per example: each block's contribution matrix ``layer_fn(parts, rec, b, idx)`` (from
+    :func:`post_ln_parts`), aggregated over the blocks by ``contribution_rollout``; the last
+    layer's rolled-out matrix. Shared by ALTI and GlobEnc."""
+    from ..capturing.mixing import capture_mixing
+    from ..functional.context_mixing import contribution_rollout
+
+    mc = capture_mixing(lm.model, batch, norms=True)
+    out = []
+    for b, idx in enumerate(idxs):
+        Cs = []
+        for p in range(len(mc.blocks)):
+            parts, rec = post_ln_parts(mc, p, b, idx)
+            Cs.append(layer_fn(parts, rec, b, idx))
+        out.append(contribution_rollout(torch.stack(Cs))[-1])
+    return out
