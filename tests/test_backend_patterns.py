@@ -5,11 +5,15 @@ output-only path agrees), it puts no weight on keys the pattern hides, and the b
 setting (one cluster, a full window, as many landmarks as tokens) equals dense softmax attention
 computed here from the pattern's definition. A backend whose mechanism cannot do a pattern
 refuses it with UnsupportedPatternError. Tiny tensors only.
+
+The tensors live on ``ATTNEXPLAIN_TEST_DEVICE`` (default ``cpu``): a GPU machine runs the same
+sweep with ``ATTNEXPLAIN_TEST_DEVICE=cuda`` (``scripts/gpu_check.sh``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -18,6 +22,8 @@ from attnexplain.backends import ATTENTION_PATTERNS, causal_cross_limits, get_ba
 from attnexplain.backends import linear as linear_module
 from attnexplain.backends.linear import kernel_attention
 from attnexplain.errors import AttnExplainError, UnsupportedPatternError
+
+DEVICE = torch.device(os.environ.get("ATTNEXPLAIN_TEST_DEVICE", "cpu"))
 
 #: a setting of each backend that approximates (small clusters / windows / few features)
 APPROXIMATE = {
@@ -68,18 +74,19 @@ def allowed_by_definition(pattern: str, n: int, m: int, pad: int) -> torch.Tenso
     real = torch.ones(2, m, dtype=torch.bool)
     if pad:
         real[1, m - pad:] = False
-    return vis[None, None] & real[:, None, None, :]
+    return (vis[None, None] & real[:, None, None, :]).to(DEVICE)
 
 
 def make_call(pattern: str, n: int, m: int, pad: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(2, 2, n, 4, generator=g)
-    k = torch.randn(2, 2, m, 4, generator=g)
-    v = torch.randn(2, 2, m, 3, generator=g)
+    q = torch.randn(2, 2, n, 4, generator=g).to(DEVICE)
+    k = torch.randn(2, 2, m, 4, generator=g).to(DEVICE)
+    v = torch.randn(2, 2, m, 3, generator=g).to(DEVICE)
     kpm = None
     if pad:
         kpm = torch.ones(2, m, dtype=torch.bool)
         kpm[1, m - pad:] = False
+        kpm = kpm.to(DEVICE)
     return pattern_call(pattern, q, k, v, scaling=0.5, key_padding_mask=kpm)
 
 
@@ -110,7 +117,7 @@ def test_implied_matrix_is_exact_and_respects_the_pattern(backend_name, pattern,
     # clustered backends may leave a row empty when no visible key shares its cluster, local
     # attention when its band holds only hidden keys)
     if backend_name in ("dense", "linear", "performer"):
-        torch.testing.assert_close(a.sum(-1), torch.ones(2, 2, n, dtype=a.dtype), atol=1e-4, rtol=0)
+        torch.testing.assert_close(a.sum(-1), torch.ones(2, 2, n, dtype=a.dtype, device=a.device), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("backend_name,pattern,n,m,pad", supported_cases(DENSE_SETTING))
