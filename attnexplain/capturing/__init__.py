@@ -10,8 +10,10 @@ from .attention import (
     Intervention,
     Session,
     active_session,
+    backend_at_sites,
     backend_of,
     register_backend_function,
+    routed_backend,
     session,
     use_backend,
 )
@@ -24,7 +26,7 @@ from .sites import mark_attention_site, report_attention, unmark_attention_site
 __all__ = [
     "AttentionGradients", "attention_gradients", "MixingCapture", "capture_mixing", "rerun_block",
     "ADAPTER_RULES", "AdapterRule", "AttentionSite", "UnsupportedArchitectureError", "find_attention_sites",
-    "CaptureSpec", "Intervention", "Session", "active_session", "backend_of", "register_backend_function",
+    "CaptureSpec", "Intervention", "Session", "active_session", "backend_at_sites", "backend_of", "routed_backend", "register_backend_function",
     "session", "use_backend", "CaptureResult", "ExampleView", "NothingCapturedError", "capture",
     "mark_attention_site", "report_attention", "unmark_attention_site", "first_token_readout",
     "first_token_readout_supported",

@@ -36,11 +36,16 @@ __all__ = [
     "use_backend",
     "backend_of",
     "build_call",
+    "backend_at_sites",
+    "routed_backend",
 ]
 
 _PREFIX = "attnexplain_"
 _REGISTERED: dict[str, AttentionBackend] = {}
 _ACTIVE: contextvars.ContextVar["Session | None"] = contextvars.ContextVar("attnexplain_session", default=None)
+#: id(attention module) -> the backend it runs instead of its model's (set by :func:`backend_at_sites`)
+_SITE_BACKENDS: contextvars.ContextVar["dict[int, AttentionBackend] | None"] = contextvars.ContextVar(
+    "attnexplain_site_backends", default=None)
 
 #: an intervention receives the attention matrix (B, H, n, m), the call and the site and returns
 #: the matrix to use instead (same shape); it may return a new tensor or modify a copy.
@@ -246,7 +251,11 @@ def _densify(a: torch.Tensor) -> torch.Tensor:
 
 
 def run_attention(backend: AttentionBackend, module: nn.Module, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The body of every registered function: output (B, H, n, d_v) and the matrix if computed."""
+    """The body of every registered function: output (B, H, n, d_v) and the matrix if computed.
+
+    ``backend`` is replaced by the one :func:`backend_at_sites` put at ``module``, if any (so custom
+    attention modules that call this function follow the swap too)."""
+    backend = routed_backend(module, backend)
     state = _ACTIVE.get()
     site = state.site_of(module) if state is not None else None
     if site is None:
@@ -284,6 +293,79 @@ def run_attention(backend: AttentionBackend, module: nn.Module, call: AttentionC
     return out, probs
 
 
+def routed_backend(module: nn.Module, default: AttentionBackend) -> AttentionBackend:
+    """The backend ``module`` runs now: the one :func:`backend_at_sites` put at it, else ``default``.
+
+    The registered attention functions call this for every attention call (through
+    :func:`run_attention`, which custom attention modules call too, so ``backend_at_sites`` swaps
+    their backend as well).
+    """
+    routed = _SITE_BACKENDS.get()
+    if routed:
+        return routed.get(id(module), default)
+    return default
+
+
+@contextlib.contextmanager
+def backend_at_sites(
+    model: Any,
+    backend: AttentionBackend | str,
+    sites: Callable[[AttentionSite], bool] | list[str] | tuple[str, ...] | set[str],
+    **options: Any,
+) -> Iterator[list[str]]:
+    """Inside the ``with`` block, the chosen attention sites of ``model`` run ``backend``; every other
+    site keeps the backend the model runs (which must be an attnexplain backend, e.g. ``"dense"``).
+
+    This is how one attention pattern of a model is swapped alone (CAB's patterns: the decoder's
+    causal self-attention, or its cross-attention, while the encoder stays dense).
+
+    Args:
+        model: a LoadedModel or a torch module; its sites come from the adapter table and from
+            :func:`~attnexplain.capturing.mark_attention_site` (custom modules that call
+            :func:`routed_backend`).
+        backend / options: the backend to run there (a name with options, or an instance).
+        sites: site keys (``["decoder.0.cross", "decoder.1.cross"]``) or a predicate on
+            :class:`~attnexplain.capturing.AttentionSite` (``lambda s: s.kind == "cross"``).
+
+    Yields:
+        The keys of the sites that run ``backend``, sorted.
+
+    Raises:
+        ValueError: no site matches, or a key names no site of the model (the message lists them).
+    """
+    from ..models import torch_module
+
+    torch_model = torch_module(model) if not isinstance(model, nn.Module) else model
+    chosen_backend = get_backend(backend, **options)
+    try:
+        table = dict(_model_sites(torch_model))
+    except ValueError:  # no adapter rule matches: only marked sites
+        table = {}
+    for m in torch_model.modules():
+        marked = getattr(m, "_attnexplain_site", None)
+        if marked is not None:
+            table[id(m)] = marked
+    keys = {s.key for s in table.values()}
+    if callable(sites):
+        pick = sites
+    else:
+        wanted = set(sites)
+        unknown = wanted - keys
+        if unknown:
+            raise ValueError(f"unknown attention site(s) {sorted(unknown)}; this model has {sorted(keys)}")
+        pick = lambda s: s.key in wanted  # noqa: E731
+    chosen = {mid: chosen_backend for mid, s in table.items() if pick(s)}
+    if not chosen:
+        raise ValueError(f"no attention site of {type(torch_model).__name__} matches; its sites: {sorted(keys)}")
+    routed = dict(_SITE_BACKENDS.get() or {})
+    routed.update(chosen)
+    token = _SITE_BACKENDS.set(routed)
+    try:
+        yield sorted({table[mid].key for mid in chosen})
+    finally:
+        _SITE_BACKENDS.reset(token)
+
+
 def _make_function(backend: AttentionBackend) -> Callable:
     def attnexplain_attention(
         module: nn.Module,
@@ -296,13 +378,14 @@ def _make_function(backend: AttentionBackend) -> Callable:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         device = query.device.type
-        if backend.handles_autocast or not torch.is_autocast_enabled(device):
+        chosen = routed_backend(module, backend)
+        if chosen.handles_autocast or not torch.is_autocast_enabled(device):
             call = build_call(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-            out, probs = run_attention(backend, module, call)
+            out, probs = run_attention(chosen, module, call)
         else:  # e.g. bfloat16 faithfulness forwards: the backend computes in its own dtype
             with torch.autocast(device, enabled=False):
                 call = build_call(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-                out, probs = run_attention(backend, module, call)
+                out, probs = run_attention(chosen, module, call)
         return out.transpose(1, 2).contiguous(), (probs if probs is None or not probs.is_sparse else probs.to_dense())
 
     attnexplain_attention.backend = backend  # type: ignore[attr-defined]

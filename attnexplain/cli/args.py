@@ -56,11 +56,13 @@ def parse_list(values: list[str] | str | None) -> list[str] | None:
 def training_defaults(model: str) -> dict[str, Any]:
     """The options ``attnexplain prepare --model MODEL`` trains with when none is given: epochs, limit, seed."""
     if model.startswith("tiny-"):
-        from ..training import TINY_TASKS
+        from ..training import SEQ2SEQ_RECIPES, TINY_TASKS
 
         task = model[len("tiny-"):]
+        if task in SEQ2SEQ_RECIPES:  # tiny-seq2seq-<task>: the tiny encoder-decoder
+            return {"epochs": SEQ2SEQ_RECIPES[task][0], "limit": None, "seed": 0}
         if task not in TINY_TASKS:
-            raise ValueError(f"unknown synthetic task {task!r}; known: {', '.join(TINY_TASKS)}")
+            raise ValueError(f"unknown synthetic task {task!r}; known: {', '.join([*TINY_TASKS, *SEQ2SEQ_RECIPES])}")
         return {"epochs": TINY_TASKS[task][0], "limit": None, "seed": 0}
     from ..training import CLASSIFIERS
 
@@ -141,6 +143,11 @@ class PrepareArgs:
         if not self.force and self.cached_record() is not None:
             return cache_dir() / "models" / name
         out = cache_dir() / "models" / name
+        if self.model.startswith("tiny-seq2seq-"):
+            from ..training import prepare_seq2seq
+
+            return prepare_seq2seq(self.model[len("tiny-"):], epochs=options["epochs"], limit=options["limit"],
+                                   seed=options["seed"], out_dir=out)
         if self.model.startswith("tiny-"):
             from ..training import prepare_tiny
 
@@ -398,11 +405,14 @@ class CompareBackendsArgs:
     dataset: str = "bbc-news"
     split: str = "test"
     limit: int | None = 100
-    backends: list[str] = field(default_factory=lambda: ["smyrf:memory=0.5", "smyrf:memory=0.25"])
+    #: None: SMYRF at 50 % and 25 % memory for a classifier; every mechanism once for an encoder-decoder
+    backends: list[str] | None = None
     max_length: int | None = None
     min_tokens: int | None = None
     batch_size: int = 4
     label_map: dict[str, str] | None = None
+    #: encoder-decoder models: CAB patterns to swap into (None: every pattern the model has)
+    patterns: list[str] | None = None
 
 
     def __post_init__(self) -> None:
@@ -415,9 +425,10 @@ class CompareBackendsArgs:
         from ..runs.backend_comparison import compare_backends_cli
 
         return compare_backends_cli(
-            self.model, self.dataset, split=self.split, limit=self.limit, backends=list(self.backends),
+            self.model, self.dataset, split=self.split, limit=self.limit,
+            backends=list(self.backends) if self.backends else None,
             out=self.out, max_length=self.max_length, min_tokens=self.min_tokens, batch_size=self.batch_size,
-            label_map=self.label_map,
+            label_map=self.label_map, patterns=self.patterns,
         )
 
 

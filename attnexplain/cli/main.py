@@ -95,7 +95,8 @@ def _kv(items: Optional[List[str]], what: str, typed: bool = True) -> dict:
 def prepare(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
                               help="minilm-rotten-tomatoes | minilm-bbc-news (fine-tune the packaged MiniLM) or "
-                                   "tiny-<synthetic task> (e.g. tiny-synthetic-negation: a tiny BERT in seconds)."),
+                                   "tiny-<synthetic task> (e.g. tiny-synthetic-negation: a tiny BERT in seconds; "
+                                   "tiny-seq2seq-reverse / -copy / -sort: a tiny BART encoder-decoder in about a minute)."),
     epochs: Optional[int] = typer.Option(None, help="Training epochs (default: the recipe's). Non-default options "
                                                     "cache the model under its own name, e.g. "
                                                     "minilm-rotten-tomatoes-epochs2."),
@@ -298,14 +299,23 @@ def compare_backends(
     model: str = typer.Option("minilm-bbc-news", "--model", "-m",
                               help="Model name or folder (default: the bbc-news classifier, `attnexplain prepare "
                                    "--model minilm-bbc-news`)."),
-    dataset: str = typer.Option("bbc-news", "--dataset", "-d", help="Data set name or file."),
+    dataset: str = typer.Option("bbc-news", "--dataset", "-d",
+                                help="Data set name or file; for an encoder-decoder model a digit task: seq2seq-reverse, "
+                                     "seq2seq-copy or seq2seq-sort."),
     split: str = typer.Option("test", help="Split of a built-in data set."),
     limit: Optional[int] = typer.Option(100, help="At most this many examples."),
     backend: Optional[List[str]] = typer.Option(
         None, "--backend", "-b",
         help="Backend spec, repeatable: 'smyrf:memory=0.5', 'smyrf:n_hashes=2,q_cluster_size=64,k_cluster_size=64', "
-             "'performer:n_features=128', 'local:window=64'... (default: SMYRF at 50 % and 25 % memory).",
+             "'performer:n_features=128', 'local:window=64'... (default: SMYRF at 50 % and 25 % memory; for an "
+             "encoder-decoder every mechanism once, dense included as the sanity check).",
     ),
+    pattern: Optional[List[str]] = typer.Option(
+        None, "--pattern",
+        help="Encoder-decoder models (e.g. tiny-seq2seq-reverse, `attnexplain prepare --model tiny-seq2seq-reverse`): "
+             "the attention pattern to swap each backend into, one at a time, the rest staying dense (repeatable or "
+             "comma-separated): noncausal_self (encoder), causal_self (decoder self), noncausal_cross (decoder "
+             "cross). Default: every pattern the model has."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to this many tokens."),
     min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="Keep only examples at least this long."),
     batch_size: int = typer.Option(4, "--batch-size"),
@@ -314,10 +324,14 @@ def compare_backends(
                                                        "when the data set's label names differ from the model's."),
 ) -> None:
     """Dense vs efficient attention on the same model and texts: prediction agreement, output TVD,
-    per-layer JSD of attention rows, Kendall tau of raw/effective token rankings, memory share."""
+    per-layer JSD of attention rows, Kendall tau of raw/effective token rankings, memory share.
+    An encoder-decoder model is compared per attention pattern (CAB's patterns: encoder self, decoder
+    causal self, cross), with next-token agreement and token accuracy under teacher forcing; a backend
+    that cannot compute a pattern is listed as refused, with its reason."""
     args = CompareBackendsArgs(out=out, model=model, dataset=dataset, split=split, limit=limit,
                                max_length=max_length, min_tokens=min_tokens, batch_size=batch_size,
-                               label_map=_kv(label_map, "--label-map", typed=False) or None)
+                               label_map=_kv(label_map, "--label-map", typed=False) or None,
+                               patterns=parse_list(pattern))
     if backend:
         args.backends = list(backend)
     res = args.run()

@@ -60,6 +60,7 @@ from ..backends.spec import (
     smyrf_cluster_size,
     smyrf_config_for_share,
 )
+from ..errors import ArgumentError
 from ..methods.base import DEFAULT_EXPLAIN_METHODS
 from .markdown import format_markdown_table
 
@@ -403,7 +404,7 @@ def compare_backends_cli(
     dataset: str,
     split: str = "test",
     limit: int | None = 100,
-    backends: Sequence[Any] | str = ("smyrf:memory=0.5", "smyrf:memory=0.25"),
+    backends: Sequence[Any] | str | None = None,
     out: str | Path = "compare_backends",
     *,
     max_length: int | None = None,
@@ -412,7 +413,8 @@ def compare_backends_cli(
     methods: Sequence[str] = DEFAULT_METHODS,
     progress: bool = True,
     label_map: Mapping[str, str] | None = None,
-) -> BackendComparison:
+    patterns: Sequence[str] | None = None,
+) -> Any:
     """``attnexplain compare-backends``: load ``model`` and ``dataset``, run :func:`compare_backends`
     and write ``table.md``, ``per_example.parquet`` and ``manifest.json`` into ``out``.
 
@@ -425,6 +427,14 @@ def compare_backends_cli(
         min_tokens: keep only examples with at least this many tokens after truncation
             (e.g. 256 for the long-input report).
         label_map: dataset label name -> model label name, when the names differ (as ``analyze``).
+        patterns: encoder-decoder models only: CAB's attention patterns to swap the backends into
+            one at a time (default: every pattern the model has).
+
+    An encoder-decoder model (task ``"seq2seq"``, e.g. ``tiny-seq2seq-reverse``) is compared pattern
+    by pattern on a digit task by :func:`attnexplain.runs.pattern_comparison.compare_patterns_cli`
+    (default backends :data:`~attnexplain.runs.pattern_comparison.SEQ2SEQ_DEFAULT_BACKENDS`) and a
+    :class:`~attnexplain.runs.pattern_comparison.PatternComparison` is returned; a classifier gives a
+    :class:`BackendComparison` (default backends: SMYRF at 50 % and 25 % memory).
     """
     import platform
 
@@ -434,10 +444,32 @@ def compare_backends_cli(
 
     if isinstance(backends, str):
         backends = [b for b in backends.split(";") if b.strip()]
-    configs = [parse_backend(b) for b in backends]  # fail fast, before loading anything
+    configs = [parse_backend(b) for b in backends] if backends else None  # fail fast, before loading anything
+    if patterns is not None:
+        from .pattern_comparison import _PATTERN_ORDER
+
+        bad = [p for p in patterns if p not in _PATTERN_ORDER]
+        if bad:
+            raise ArgumentError(f"unknown attention pattern(s) {', '.join(bad)}; use {', '.join(_PATTERN_ORDER)}")
     t_start = time.perf_counter()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     lm = load_model_for_run(model)
+    if lm.task == "seq2seq":
+        from .pattern_comparison import compare_patterns_cli
+
+        unused = [opt for opt, val in (("--max-length", max_length), ("--min-tokens", min_tokens),
+                                       ("--label-map", label_map)) if val]
+        if unused:
+            raise ArgumentError(f"{', '.join(unused)} applies to classifiers; {model} is an encoder-decoder compared "
+                                "on a digit task (leave the option out)")
+
+        return compare_patterns_cli(lm, model, dataset, split, limit, configs, out, patterns=patterns,
+                                    batch_size=batch_size, progress=progress)
+    if patterns is not None and list(patterns) != ["noncausal_self"]:
+        raise ArgumentError(f"{model} is not an encoder-decoder: its attention is noncausal self-attention only; "
+                            "--pattern applies to encoder-decoder models (e.g. tiny-seq2seq-reverse)")
+    if configs is None:
+        configs = [parse_backend(b) for b in ("smyrf:memory=0.5", "smyrf:memory=0.25")]
     ds = load_dataset(dataset, split=split)
     texts, labels = list(ds.texts), ds.labels
     limit_tokens = min(max_length or lm.max_length, lm.max_length)

@@ -1,0 +1,228 @@
+"""Efficient backends swapped into one attention pattern of an encoder-decoder at a time
+(compare-backends per CAB pattern), the per-site routing behind it, and the tiny trained
+encoder-decoder with its digit tasks. Tiny random models except for one 1-epoch training run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.stats import kendalltau
+from typer.testing import CliRunner
+
+from attnexplain.capturing import backend_at_sites, capture
+from attnexplain.capturing.attention import running_backend
+from attnexplain.runs.pattern_comparison import compare_patterns_seq2seq, model_patterns
+from attnexplain.testing import tiny_generator
+
+SOURCES = ["3 1 4 1 5", "9 2 6", "5 3 5 8 9 7 9", "2 7"]
+TARGETS = ["5 1 4 1 3", "6 2 9", "9 7 9 8 5 3 5", "7 2"]
+
+
+@pytest.fixture(scope="module")
+def bart():
+    return tiny_generator("bart", seed=3)
+
+
+def _batch(lm, sources=SOURCES, targets=TARGETS):
+    enc = lm.tokenize(sources)
+    tgt = [lm.tokenizer([t], add_special_tokens=False)["input_ids"][0] for t in targets]
+    n = max(len(t) for t in tgt)
+    start = lm.model.config.decoder_start_token_id
+    dec = torch.full((len(tgt), n + 1), lm.tokenizer.pad_token_id)
+    dec[:, 0] = start
+    for i, t in enumerate(tgt):
+        dec[i, 1 : len(t) + 1] = torch.tensor(t)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "decoder_input_ids": dec}, tgt
+
+
+def test_model_patterns_of_an_encoder_decoder(bart):
+    pats = model_patterns(bart)
+    assert pats == {"noncausal_self": ["encoder.0.self", "encoder.1.self"],
+                    "causal_self": ["decoder.0.self", "decoder.1.self"],
+                    "noncausal_cross": ["decoder.0.cross", "decoder.1.cross"]}
+
+
+def test_backend_at_sites_swaps_only_the_chosen_sites(bart):
+    batch, _ = _batch(bart)
+    with running_backend(bart, "dense"):
+        ref = capture(bart, batch)
+        with backend_at_sites(bart, "local", ["decoder.0.cross", "decoder.1.cross"], window=1) as keys:
+            alt = capture(bart, batch)
+        after = capture(bart, batch)
+    assert keys == ["decoder.0.cross", "decoder.1.cross"]
+    # the encoder does not see the swap: identical
+    for l in (0, 1):
+        assert torch.equal(ref.attention(l, stack="encoder"), alt.attention(l, stack="encoder"))
+    # the cross rows are banded (|i + m - n - j| <= 1, local attention's cross alignment) and differ from dense
+    a = alt.attention(0, stack="decoder", kind="cross")
+    n, m = a.shape[-2:]
+    i = torch.arange(n)[:, None]
+    j = torch.arange(m)[None]
+    outside = (i + (m - n) - j).abs() > 1
+    assert a[..., outside].abs().max() == 0
+    assert not torch.allclose(a, ref.attention(0, stack="decoder", kind="cross"))
+    # the decoder outputs move (its cross-attention changed); leaving the block restores dense exactly
+    assert not torch.allclose(alt.logits, ref.logits)
+    assert torch.equal(after.logits, ref.logits)
+    with pytest.raises(ValueError, match="decoder.0.cross"):
+        with backend_at_sites(bart, "dense", ["decoder.7.cross"]):
+            pass
+    with pytest.raises(ValueError, match="no attention site"):
+        with backend_at_sites(bart, "dense", lambda s: s.kind == "diagonal"):
+            pass
+
+
+@pytest.fixture(scope="module")
+def comparison(bart):
+    return compare_patterns_seq2seq(bart, SOURCES, TARGETS, ["dense", "local:window=1", "nystrom:n_landmarks=2"],
+                                    batch_size=3, progress=False)
+
+
+def test_table_has_a_row_per_backend_and_pattern_and_names_refusals(comparison):
+    s = comparison.summary
+    assert s.iloc[0]["backend"] == "dense (reference)"
+    body = s.iloc[1:]
+    assert len(body) == 3 * 3
+    assert set(zip(body["name"], body["pattern"])) == {(b, p) for b in ("dense", "local", "nystrom")
+                                                      for p in ("noncausal_self", "causal_self", "noncausal_cross")}
+    refused = body[body["status"].str.startswith("refused")]
+    assert list(zip(refused["name"], refused["pattern"])) == [("nystrom", "causal_self")]
+    why = refused.iloc[0]["status"]
+    assert "causal" in why and "nystrom" in why.lower()
+    assert math.isnan(refused.iloc[0]["agreement"]) and refused.iloc[0]["n_examples"] == 0
+    assert (body[~body["status"].str.startswith("refused")]["status"] == "ok").all()
+    md = comparison.to_markdown()
+    assert "refused: " in md and "next-token agreement" in md and "| nystrom(n_landmarks=2) | causal_self |" in md
+
+
+def test_dense_backend_agrees_exactly(comparison):
+    dense = comparison.summary[comparison.summary["name"] == "dense"]
+    dense = dense[dense["backend"] == "dense"]
+    assert len(dense) == 3
+    assert (dense["agreement"] == 1.0).all()
+    assert (dense["mean_tvd"] == 0.0).all() and (dense["jsd"] == 0.0).all()
+    for col in ("tau_cross_raw", "tau_cross_effective", "tau_self_raw"):
+        assert (dense[col] == 1.0).all(), col
+    ref_acc = comparison.summary.iloc[0]["token_accuracy"]
+    assert (dense["token_accuracy"] == ref_acc).all()
+    # an approximating backend does move something
+    local = comparison.summary[comparison.summary["name"] == "local"].set_index("pattern")
+    assert local.loc["noncausal_cross", "jsd"] > 1e-3
+
+
+def test_agreement_and_tau_match_an_independent_computation(bart, comparison):
+    """Next-token agreement, token accuracy and the cross tau of one row, from plain forwards and scipy."""
+    batch, gold = _batch(bart)
+    with running_backend(bart, "dense"):
+        ref = capture(bart, batch)
+        with backend_at_sites(bart, "local", lambda s: s.kind == "cross", window=1):
+            alt = capture(bart, batch)
+    per = comparison.per_example
+    rows = per[(per["backend"] == "local(window=1)") & (per["pattern"] == "noncausal_cross")].set_index("example")
+    for i, g in enumerate(gold):
+        t = len(g)
+        p_ref = ref.logits[i, :t].argmax(-1).numpy()
+        p_alt = alt.logits[i, :t].argmax(-1).numpy()
+        assert rows.loc[i, "agree"] == pytest.approx(float((p_ref == p_alt).mean()), abs=1e-12)
+        assert rows.loc[i, "token_accuracy"] == pytest.approx(float((p_alt == np.asarray(g)).mean()), abs=1e-12)
+        # source tokens without the special ones (the character tokenizer's <s> at position 0)
+        real = batch["attention_mask"][i].bool().nonzero().flatten()[1:]
+        a = torch.stack([ref.attention(l, stack="decoder", kind="cross") for l in (0, 1)]).mean(0).mean(1)[i]
+        b = torch.stack([alt.attention(l, stack="decoder", kind="cross") for l in (0, 1)]).mean(0).mean(1)[i]
+        taus = [kendalltau(a[r, real].numpy(), b[r, real].numpy()).statistic for r in range(t)]
+        taus = [x for x in taus if not np.isnan(x)]
+        assert rows.loc[i, "tau_cross_raw"] == pytest.approx(float(np.mean(taus)), abs=1e-9)
+
+
+def test_compare_patterns_rejects_bad_requests(bart):
+    from attnexplain.errors import ArgumentError
+    from attnexplain.testing import tiny_model
+
+    with pytest.raises(ArgumentError, match="causal_cross"):
+        compare_patterns_seq2seq(bart, SOURCES, TARGETS, ["dense"], patterns=["causal_cross"], progress=False)
+    with pytest.raises(ArgumentError, match="encoder-decoder"):
+        compare_patterns_seq2seq(tiny_model("bert"), SOURCES, TARGETS, ["dense"], progress=False)
+    with pytest.raises(ArgumentError, match="targets"):
+        compare_patterns_seq2seq(bart, SOURCES, TARGETS[:2], ["dense"], progress=False)
+
+
+def test_compare_backends_command_on_an_encoder_decoder(bart, tmp_path, monkeypatch):
+    import attnexplain.runs.analyze as analyze
+    from attnexplain.cli.main import app
+
+    monkeypatch.setattr(analyze, "load_model_for_run", lambda name, **k: bart)
+    runner = CliRunner()
+    out = tmp_path / "cb"
+    res = runner.invoke(app, ["compare-backends", "--out", str(out), "--model", "tiny-bart", "--dataset",
+                              "seq2seq-reverse", "--limit", "3", "--batch-size", "3", "--backend", "dense",
+                              "--backend", "nystrom:n_landmarks=2", "--pattern", "causal_self,noncausal_cross"])
+    assert res.exit_code == 0, res.output
+    table = (out / "table.md").read_text()
+    assert "| dense | causal_self | ok |" in table and "| nystrom(n_landmarks=2) | causal_self | refused: " in table
+    assert "noncausal_self" not in table.split("Legend")[0]
+    assert "Not in this model: causal_cross" in table
+    per = pd.read_parquet(out / "per_example.parquet")
+    assert set(per["pattern"]) == {"causal_self", "noncausal_cross"} and per["id"].str.startswith("reverse-").all()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["n_examples"] == 3 and "nystrom(n_landmarks=2) / causal_self" in man["meta"]["refused"]
+    bad = runner.invoke(app, ["compare-backends", "--out", str(out), "--model", "tiny-bart", "--dataset", "bbc-news"])
+    assert bad.exit_code == 2 and "--dataset" in bad.stderr and "seq2seq-reverse" in bad.stderr
+    bad = runner.invoke(app, ["compare-backends", "--out", str(out), "--model", "tiny-bart", "--dataset",
+                              "seq2seq-copy", "--pattern", "diagonal"])
+    assert bad.exit_code == 2 and "diagonal" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_pattern_option_is_refused_for_a_classifier(tmp_path, monkeypatch):
+    import attnexplain.runs.analyze as analyze
+    from attnexplain.cli.main import app
+    from attnexplain.testing import tiny_model
+
+    monkeypatch.setattr(analyze, "load_model_for_run", lambda name, **k: tiny_model("bert"))
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\nhello world,a\nanother example,b\n")
+    res = CliRunner().invoke(app, ["compare-backends", "--out", str(tmp_path / "o"), "--model", "tiny", "--dataset",
+                                   str(data), "--split", "all", "--pattern", "causal_self"])
+    assert res.exit_code == 2 and "--pattern" in res.stderr and "encoder-decoder" in res.stderr
+
+
+# -- the digit tasks and the tiny trained encoder-decoder -------------------------------------------
+
+
+def test_digit_tasks_are_deterministic_and_aligned():
+    from attnexplain.data.seq2seq import SEQ2SEQ_TASKS, generate_seq2seq, gold_alignment, load_seq2seq
+
+    for task in SEQ2SEQ_TASKS:
+        rows = generate_seq2seq(task, n=300)
+        assert rows == generate_seq2seq(task, n=300)
+        for r in rows:
+            src, tgt = r["source"].split(), r["target"].split()
+            assert 4 <= len(src) <= 10 and len(tgt) == len(src) and all(d.isdigit() and len(d) == 1 for d in src)
+            align = gold_alignment(task, r["source"])
+            assert sorted(align) == list(range(len(src)))
+            assert [src[k] for k in align] == tgt
+        parts = {s: set(load_seq2seq(task, split=s, n=300).sources) for s in ("train", "validation", "test")}
+        assert not (parts["train"] & parts["test"]) and not (parts["train"] & parts["validation"])
+    r = generate_seq2seq("seq2seq-reverse", n=5)[0]
+    assert r["target"].split() == r["source"].split()[::-1]
+    assert generate_seq2seq("seq2seq-sort", n=5)[0]["target"].split() == sorted(generate_seq2seq("seq2seq-sort", n=5)[0]["source"].split())
+
+
+def test_prepare_seq2seq_trains_saves_and_loads(tmp_path):
+    from attnexplain.models import load_model
+    from attnexplain.training import prepare_seq2seq
+
+    path = prepare_seq2seq("seq2seq-copy", epochs=1, limit=128, out_dir=tmp_path / "tiny-seq2seq-copy", threads=1)
+    record = json.loads((path / "attnexplain_training.json").read_text())
+    assert record["dataset"] == "seq2seq-copy" and record["steps"] == 2 and record["limit"] == 128
+    assert 0.0 <= record["validation_token_accuracy"] <= 1.0 and 0.0 <= record["validation_exact_match"] <= 1.0
+    lm = load_model(str(path))
+    assert lm.task == "seq2seq" and lm.backend == "attnexplain_dense"
+    assert list(model_patterns(lm)) == ["noncausal_self", "causal_self", "noncausal_cross"]
+    # one token per digit; the encoder reads [CLS] digits [SEP]
+    ids = lm.tokenizer("3 1 4")["input_ids"]
+    assert lm.tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "3", "1", "4", "[SEP]"]
