@@ -1,6 +1,6 @@
 """``analyze --engine ray`` against the local engine, end to end, on the benchmarks/analyze.py workload.
 
-    python benchmarks/ray_engine.py [--limit 512] [--batch-size 32] [--model minilm-rotten-tomatoes]
+    python benchmarks/ray_engine.py [--limit 512] [--batch-size 32] [--model minilm-rotten-tomatoes] [--repeats 2]
 
 Workload: the ``target`` workload of benchmarks/analyze.py (one capture per batch with all
 layers, heads and values; effective_attention, norm, rollout and the ERASER faithfulness of each;
@@ -8,6 +8,11 @@ head statistics; the arrays of the first 50 examples; shard writes and the final
 first ``--limit`` rotten-tomatoes test examples. Every configuration is a whole ``analyze`` call
 into a fresh run folder, timed from the call to the finished run: model loading, and for Ray the
 start of a private Ray instance, the workers' start-up and their model loading, are included.
+
+The driver loads the model once before any timing (transformers imports its modules lazily on the
+first load: without this warm-up the first configuration timed pays them alone). Each configuration
+runs ``--repeats`` times, the rounds interleaved (all four, then all four again) so that a burst of
+load from elsewhere hits every configuration alike; each figure is the median of its repeats.
 
 Configurations, in this order, in the same run:
 
@@ -34,6 +39,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +50,10 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--model", default="minilm-rotten-tomatoes")
+    ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
+    if args.repeats < 1:
+        raise SystemExit("error: --repeats must be >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -71,21 +80,28 @@ def main() -> None:
         ("ray 1 worker x 1 thread", dict(engine="ray", num_workers=1, worker_threads=1)),
         ("ray 2 workers x 1 thread", dict(engine="ray", num_workers=2, worker_threads=1)),
     ]
+    from attnexplain.models import load_model_for_run
+
+    load_model_for_run(args.model)  # warm-up: transformers' lazy imports, paid once before timing
     tmp = tempfile.mkdtemp(prefix="attnexplain-bench-ray-")
-    seconds: dict[str, float] = {}
+    runs: dict[str, list[float]] = {name: [] for name, _ in configs}
     try:
-        for name, opts in configs:
-            load = os.getloadavg()[0]
-            t0 = time.perf_counter()
-            run = analyze(os.path.join(tmp, name.replace(" ", "-")), model=args.model, dataset=ds, methods=methods,
-                          batch_size=args.batch_size, store_attention=50, progress=False, log=lambda m: None,
-                          force=True, **opts)
-            seconds[name] = time.perf_counter() - t0
-            assert run.n_done == n, (name, run.n_done)
-            print(f"  {name}: {seconds[name]:.1f} s = {n / seconds[name]:.1f} examples/s "
-                  f"(load average at start {load:.2f})", flush=True)
+        for r in range(args.repeats):
+            for name, opts in configs:
+                load = os.getloadavg()[0]
+                t0 = time.perf_counter()
+                run = analyze(os.path.join(tmp, f"{name.replace(' ', '-')}-{r}"), model=args.model, dataset=ds,
+                              methods=methods, batch_size=args.batch_size, store_attention=50, progress=False,
+                              log=lambda m: None, force=True, **opts)
+                runs[name].append(time.perf_counter() - t0)
+                assert run.n_done == n, (name, run.n_done)
+                print(f"  round {r + 1}, {name}: {runs[name][-1]:.1f} s = {n / runs[name][-1]:.1f} examples/s "
+                      f"(load average at start {load:.2f})", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    seconds = {name: statistics.median(v) for name, v in runs.items()}
+    for name, v in seconds.items():
+        print(f"  {name}: median {v:.1f} s = {n / v:.1f} examples/s")
 
     local, ray12, ray11, ray21 = (seconds[c[0]] for c in configs)
     overhead = ray12 / local

@@ -320,3 +320,23 @@ def _interrupt(number, start, size):
 def test_no_ray_process_is_left(cluster):
     """Every analyze call above killed its workers (the module's Ray instance stops after this)."""
     assert _alive_worker_pids() == []
+
+
+def test_private_instance_workers_run_at_normal_priority():
+    """Ray starts its workers at niceness 15 by default: on a busy machine any other process (even
+    Ray's own daemons) then takes their cores first. A private instance sets WORKER_NICENESS (0,
+    as the local engine runs; relative to the driver's own niceness); checked in a fresh process (this module's own Ray instance is
+    started by the test, not by RaySession)."""
+    from attnexplain.runs.ray_engine import WORKER_NICENESS
+
+    code = (
+        "import os\n"
+        "from attnexplain.runs.ray_engine import RaySession\n"
+        "with RaySession(num_workers=1, worker_threads=1, log=lambda m: None) as s:\n"
+        "    f = s.ray.remote(num_cpus=1)(lambda: os.nice(0))\n"
+        "    print('NICENESS', s.ray.get(f.remote()) - os.nice(0))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"NICENESS {WORKER_NICENESS}" in out.stdout, out.stdout[-500:]

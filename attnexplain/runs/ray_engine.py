@@ -57,6 +57,8 @@ MAX_RESTARTS = 3
 IN_FLIGHT = 2
 #: object store of a private Ray instance: only receipts and at most one model object pass through it
 OBJECT_STORE_BYTES = 256 * 1024**2
+#: niceness of the workers of a private Ray instance (a cluster started by `ray start` keeps its own)
+WORKER_NICENESS = 0
 #: seconds to wait for a TCP connection to ``--address`` before calling it unreachable
 CONNECT_TIMEOUT = 3.0
 
@@ -180,7 +182,10 @@ class RaySession:
             if self.address is None:
                 cpus = self.num_workers * T if self.num_workers else (os.cpu_count() or 1)
                 self.log(f"[analyze] starting a private Ray instance ({cpus} CPUs) on this machine")
-                ray.init(address="local", num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES, **common)
+                # workers at normal priority (Ray's default niceness 15 lets any other process, even
+                # Ray's own daemons, take their cores first; the local engine runs at 0 as well)
+                ray.init(address="local", num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES,
+                         _system_config={"worker_niceness": WORKER_NICENESS}, **common)
                 self.started = True
                 self._watchdog = _start_watchdog()
             else:
