@@ -10,6 +10,8 @@ Public API (re-exported here, implemented in submodules; imported lazily so that
                ``attention_rollout``, ``attention_flow`` (in ``attnexplain.functional``)
 - explanation: ``explain``, ``get_method``, ``available_methods``
 - data/runs:   ``load_dataset``, ``open_run``
+- set decoder: ``SetDecoder``, ``train_set_decoder``, ``load_set_decoder`` (learned-query
+               decoder over social scenes; everything else in ``attnexplain.set_decoder``)
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ _EXPORTS = {
     "available_methods": "attnexplain.methods",
     "load_dataset": "attnexplain.data",
     "open_run": "attnexplain.runs",
+    "SetDecoder": "attnexplain.set_decoder",
+    "train_set_decoder": "attnexplain.set_decoder",
+    "load_set_decoder": "attnexplain.set_decoder",
 }
 
 
