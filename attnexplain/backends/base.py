@@ -206,6 +206,16 @@ class AttentionBackend:
         """Return the output (B, H, n, d_v); by default via :meth:`attention`."""
         return self.attention(call)[0]
 
+    def attention_rows(self, call: AttentionCall, positions: torch.Tensor) -> torch.Tensor:
+        """Row ``positions[b]`` of example ``b``'s implied matrix, every head: ``(B, H, 1, m)``.
+
+        By default the full matrix of :meth:`attention`, sliced (exact for any backend); backends
+        whose rows do not depend on the other queries (dense) compute only those rows."""
+        probs = self.attention(call)[1]
+        probs = probs.to_dense() if probs.is_sparse else probs
+        b = torch.arange(probs.shape[0], device=probs.device)
+        return probs[b, :, positions.to(probs.device)].unsqueeze(-2)
+
     def memory_fraction(self, n: int, m: int, causal: bool = False) -> float:
         """Share of the dense n x m score matrix this backend computes (1.0 for dense)."""
         return 1.0

@@ -7,6 +7,8 @@ capture or an intervention asks for.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -63,6 +65,21 @@ class DenseAttention(AttentionBackend):
             weights = F.dropout(probs, p=call.dropout, training=True)
         out = torch.matmul(weights.to(call.value.dtype), call.value)
         return out, probs
+
+    def attention_rows(self, call: AttentionCall, positions: torch.Tensor) -> torch.Tensor:
+        """softmax(q_r K^T * scaling + mask_r) for the query row ``r = positions[b]`` of each example
+        only: ``(B, H, 1, m)`` float32, equal to those rows of :func:`dense_attention_probs`."""
+        self.check_extras(call)
+        if call.causal and call.mask is None:  # the causal structure lives in no mask: slice the full matrix
+            return super().attention_rows(call, positions)
+        B, H, n, m = call.shape
+        pos = positions.to(call.query.device)
+        b = torch.arange(B, device=call.query.device)
+        q = call.query[b, :, pos].unsqueeze(-2)  # (B, H, 1, d)
+        mask = call.mask
+        if mask is not None:
+            mask = torch.broadcast_to(mask, (B, mask.shape[1], n, m))[b, :, pos].unsqueeze(-2)
+        return dense_attention_probs(dataclasses.replace(call, query=q, mask=mask, causal=False))
 
     def forward(self, call: AttentionCall) -> torch.Tensor:
         self.check_extras(call)

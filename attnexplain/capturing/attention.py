@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import weakref
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,22 @@ class CaptureSpec:
         dtype: dtype the attention matrices are stored in (float16 halves memory).
         store_values: also keep the value vectors (needed for effective / norm-based attention).
         keep_sparse: keep sparse implied matrices (SMYRF, LSH) sparse instead of densifying.
+        query_rows: ``(B,)`` long, one query position per example (e.g. a classifier's readout
+            row): its row of every recorded head is kept as ``Record.rows`` ``(B, H, 1, m)``.
+        head_means: keep the mean over the recorded heads, ``Record.head_mean`` ``(B, n, m)``
+            (what attention rollout reads).
+        full_examples: the batch examples whose full matrices are kept (None: all of them, the
+            default; ``[]``: none, e.g. with ``query_rows`` only).
+        effective_basis: compute each recorded layer's value-space basis (what effective attention
+            projects onto; :func:`attnexplain.functional.value_space_basis`, default tolerance) while
+            the values are at hand, ``Record.basis``.
+        on_matrices: called with each record while its full matrices (every example) are still
+            there, before they are cut to ``full_examples``; its return value is kept as
+            ``Record.derived`` (per-layer statistics over the whole matrix without keeping it).
+
+    With none of ``query_rows`` / ``head_means`` / ``full_examples`` / ``on_matrices`` a record
+    holds the full matrices of every example (the default). With ``query_rows`` alone, the dense
+    backend computes only those rows (``q_r K^T``) and the layer output keeps the fused kernel.
     """
 
     layers: set[int] | None = None
@@ -73,6 +89,22 @@ class CaptureSpec:
     dtype: torch.dtype = torch.float32
     store_values: bool = True
     keep_sparse: bool = False
+    query_rows: torch.Tensor | None = None
+    head_means: bool = False
+    full_examples: Sequence[int] | None = None
+    effective_basis: bool = False
+    on_matrices: Callable[["Record"], Any] | None = None
+
+    @property
+    def reduced(self) -> bool:
+        """True when records hold less than every example's full matrices (or hold more besides)."""
+        return (self.query_rows is not None or self.head_means or self.full_examples is not None
+                or self.effective_basis or self.on_matrices is not None)
+
+    def needs_matrices(self) -> bool:
+        """Whether recording needs the full matrices of the whole batch (not only ``query_rows``)."""
+        return (self.full_examples is None or len(self.full_examples) > 0 or self.head_means
+                or self.on_matrices is not None)
 
     def wants(self, site: AttentionSite) -> bool:
         return (
@@ -96,6 +128,23 @@ class Record:
     #: None with ``key_mask_known`` = no key is padding; unknown for reported/marked sites
     key_mask: torch.Tensor | None = None
     key_mask_known: bool = False
+    #: the batch examples ``probs`` holds, in order (None: every example of the batch)
+    examples: list[int] | None = None
+    #: (B, H_sel, 1, m): the row at ``row_positions`` of each example (``CaptureSpec.query_rows``)
+    rows: torch.Tensor | None = None
+    row_positions: torch.Tensor | None = None
+    #: (B, n, m): mean over the recorded heads (``CaptureSpec.head_means``)
+    head_mean: torch.Tensor | None = None
+    #: ``(U_r, rank)`` of :func:`attnexplain.functional.value_space_basis` (``CaptureSpec.effective_basis``)
+    basis: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: what ``CaptureSpec.on_matrices`` returned for this record
+    derived: Any = None
+    #: batch size of the call (``probs`` may hold fewer examples)
+    batch_size: int | None = None
+
+    @property
+    def n_batch(self) -> int:
+        return self.batch_size if self.batch_size is not None else int(self.probs.shape[0])
 
 
 @dataclass
@@ -270,6 +319,24 @@ def run_attention(backend: AttentionBackend, module: nn.Module, call: AttentionC
         return backend.forward(call), None
     num_heads = call.query.shape[1]
     heads = spec.heads if (spec is not None and spec.heads is not None) else None
+    if record and intervention is None and spec.query_rows is not None and not spec.needs_matrices():
+        # only the chosen query rows are recorded: the output keeps the fast path, and the backend
+        # computes those rows alone where it can (dense: q_r K^T)
+        out = backend.forward(call)
+        sel = _select_heads(call, heads) if heads is not None and len(heads) < num_heads else call
+        B, _, n, m = sel.shape
+        rows = backend.attention_rows(sel, _query_positions(spec, B, n, call.query.device))
+        km = call.key_padding_mask
+        rec = Record(site=site, probs=rows.new_zeros((0, rows.shape[1], n, m), dtype=spec.dtype),
+                     values=call.value.detach().to(spec.dtype) if spec.store_values else None, heads=heads,
+                     num_heads=num_heads, key_mask=None if km is None else km.detach(), key_mask_known=True,
+                     examples=[], batch_size=B)
+        rec.rows = rows.detach().to(spec.dtype)
+        rec.row_positions = _query_positions(spec, B, n, rows.device)
+        if spec.effective_basis:
+            rec.basis = _record_basis(rec)
+        state.records.append(rec)
+        return out, None
     if intervention is None and heads is not None and len(heads) < num_heads:
         # only the chosen heads' matrices are built; the output keeps the fast path
         out = backend.forward(call)
@@ -288,8 +355,9 @@ def run_attention(backend: AttentionBackend, module: nn.Module, call: AttentionC
         stored = stored.detach().to(spec.dtype)
         values = call.value.detach().to(spec.dtype) if spec.store_values else None
         km = call.key_padding_mask
-        state.records.append(Record(site=site, probs=stored, values=values, heads=heads, num_heads=num_heads,
-                                    key_mask=None if km is None else km.detach(), key_mask_known=True))
+        rec = Record(site=site, probs=stored, values=values, heads=heads, num_heads=num_heads,
+                     key_mask=None if km is None else km.detach(), key_mask_known=True)
+        state.records.append(reduce_record(spec, rec) if spec.reduced else rec)
     return out, probs
 
 
@@ -364,6 +432,64 @@ def backend_at_sites(
         yield sorted({table[mid].key for mid in chosen})
     finally:
         _SITE_BACKENDS.reset(token)
+
+
+def _query_positions(spec: CaptureSpec, batch: int, n: int, device: torch.device) -> torch.Tensor:
+    """``spec.query_rows`` checked against a call's (batch, n queries), as a long tensor on ``device``."""
+    pos = torch.as_tensor(spec.query_rows).reshape(-1).to(device=device, dtype=torch.long)
+    if pos.numel() != batch:
+        raise ValueError(f"query_rows has {pos.numel()} positions for a batch of {batch} examples")
+    if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= n):
+        raise ValueError(f"query_rows {pos.tolist()} out of range for an attention call with {n} query rows")
+    return pos
+
+
+def _record_basis(rec: Record) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The value-space basis of a record, computed exactly as :meth:`CaptureResult.effective_basis`
+    does from the stored values (default tolerance); None where it cannot be (no values, no known
+    output projection, a failed factorisation)."""
+    from ..functional import value_space_basis
+
+    if not rec.key_mask_known:  # a reported site: the result falls back to the input's mask later
+        return None
+    W = rec.site.output_projection_blocks(rec.num_heads) if rec.site.out_proj is not None else None
+    if W is None or rec.values is None:
+        return None
+    V, W = rec.values, W.detach()
+    if rec.heads is not None:
+        V, W = V[:, rec.heads], W[rec.heads]
+    km = None if rec.key_mask is None else rec.key_mask.to(rec.probs.device)
+    try:
+        return value_space_basis(V, W, key_mask=km)
+    except (ValueError, RuntimeError):
+        return None
+
+
+def reduce_record(spec: CaptureSpec, rec: Record) -> Record:
+    """Cut a record holding every example's full matrices to what ``spec`` asks for (see
+    :class:`CaptureSpec`): the query rows, the head means, the basis and ``on_matrices``' result
+    from the full matrices, then the full matrices of ``full_examples`` only."""
+    probs = rec.probs
+    dense = _densify(probs)
+    B, n = dense.shape[0], dense.shape[-2]
+    rec.batch_size = B
+    if spec.effective_basis and rec.basis is None:
+        rec.basis = _record_basis(rec)
+    if spec.query_rows is not None:
+        pos = _query_positions(spec, B, n, dense.device)
+        rec.rows = dense[torch.arange(B, device=dense.device), :, pos].unsqueeze(-2)
+        rec.row_positions = pos
+    if spec.head_means:
+        rec.head_mean = dense.mean(1)
+    if spec.on_matrices is not None:
+        rec.derived = spec.on_matrices(rec)
+    if spec.full_examples is not None:
+        idx = [int(i) for i in spec.full_examples]
+        if any(not 0 <= i < B for i in idx):
+            raise ValueError(f"full_examples {idx} out of range for a batch of {B} examples")
+        rec.probs = probs.index_select(0, torch.as_tensor(idx, dtype=torch.long, device=probs.device))
+        rec.examples = idx
+    return rec
 
 
 def _make_function(backend: AttentionBackend) -> Callable:

@@ -112,14 +112,71 @@ class CaptureResult:
         rec = self.records[key][0]
         return list(rec.heads) if rec.heads is not None else list(range(rec.num_heads))
 
-    def attention(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0) -> torch.Tensor:
-        """Attention matrix (B, H_captured, n, m) of one layer (dense)."""
-        a = self.records[self._key(layer, stack, kind)][step].probs
-        return a.to_dense() if a.is_sparse else a
+    def _record(self, layer: int, stack: str | None, kind: str, step: int) -> Record:
+        return self.records[self._key(layer, stack, kind)][step]
 
-    def stacked(self, *, stack: str | None = None, kind: str = "self") -> torch.Tensor:
-        """All captured layers of a stack: (L, B, H, n, m)."""
-        return torch.stack([self.attention(l, stack=stack, kind=kind) for l in self.layers(stack, kind)])
+    def attention(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0,
+                  examples: list[int] | None = None) -> torch.Tensor:
+        """Attention matrix (B, H_captured, n, m) of one layer (dense); ``examples``: only those
+        batch examples, (len(examples), H, n, m).
+
+        Raises:
+            ValueError: the capture kept the full matrices of other examples only (``full_examples``).
+        """
+        rec = self._record(layer, stack, kind, step)
+        a = rec.probs
+        a = a.to_dense() if a.is_sparse else a
+        if rec.examples is None:
+            return a if examples is None else a[list(examples)]
+        held = {e: k for k, e in enumerate(rec.examples)}
+        wanted = list(range(rec.n_batch)) if examples is None else list(examples)
+        missing = [e for e in wanted if e not in held]
+        if missing:
+            raise ValueError(
+                f"the full attention matrices of example(s) {missing[:5]} at {rec.site.key} were not captured "
+                f"(captured in full: {rec.examples}); capture them with full_examples=..., or without "
+                "query_rows/head_means/full_examples for every example")
+        return a[[held[e] for e in wanted]]
+
+    def readout_rows(self, layer: int, positions: torch.Tensor, *, stack: str | None = None, kind: str = "self",
+                     step: int = 0) -> torch.Tensor:
+        """Row ``positions[b]`` of example ``b``'s attention, every captured head: (B, H, 1, m).
+
+        Read from the rows the capture kept (``query_rows``) when they are these positions, else
+        sliced from the full matrices."""
+        rec = self._record(layer, stack, kind, step)
+        pos = torch.as_tensor(positions).reshape(-1)
+        if rec.rows is not None and rec.row_positions is not None and torch.equal(
+                rec.row_positions.to(pos.device, torch.long), pos.long()):
+            return rec.rows
+        A = self.attention(layer, stack=stack, kind=kind, step=step)
+        return A[torch.arange(A.shape[0], device=A.device), :, pos.to(A.device)].unsqueeze(-2)
+
+    def head_mean(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0) -> torch.Tensor:
+        """Mean over the captured heads of one layer's attention: (B, n, m) (kept by ``head_means``,
+        else computed from the full matrices)."""
+        rec = self._record(layer, stack, kind, step)
+        if rec.head_mean is not None:
+            return rec.head_mean
+        return self.attention(layer, stack=stack, kind=kind, step=step).mean(1)
+
+    def derived(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0) -> Any:
+        """What the capture's ``on_matrices`` callback returned for one layer (None without one)."""
+        return self._record(layer, stack, kind, step).derived
+
+    def num_keys(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0) -> int:
+        """m, the keys of one layer's attention (padded batch length for self-attention)."""
+        return int(self._record(layer, stack, kind, step).probs.shape[-1])
+
+    @property
+    def batch_size(self) -> int:
+        """Examples in the batch."""
+        return next(iter(self.records.values()))[0].n_batch
+
+    def stacked(self, *, stack: str | None = None, kind: str = "self", examples: list[int] | None = None) -> torch.Tensor:
+        """All captured layers of a stack: (L, B, H, n, m) (``examples``: only those, (L, S, H, n, m))."""
+        return torch.stack([self.attention(l, stack=stack, kind=kind, examples=examples)
+                            for l in self.layers(stack, kind)])
 
     def values(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0) -> torch.Tensor:
         """Value vectors (B, H_captured, m, d_h) of one layer."""
@@ -172,6 +229,9 @@ class CaptureResult:
         from ..functional import value_space_basis
 
         key = (self._key(layer, stack, kind), step, rtol, bool(preserve_row_sums))
+        rec = self.records[key[0]][step]
+        if key not in self._bases and rec.basis is not None and rtol is None and not preserve_row_sums:
+            self._bases[key] = rec.basis  # computed at capture time from the same values (effective_basis=True)
         if key not in self._bases:
             V = self.values(layer, stack=stack, kind=kind, step=step)
             W = self.out_proj_blocks(layer, stack=stack, kind=kind)
@@ -180,20 +240,24 @@ class CaptureResult:
         return self._bases[key]
 
     def effective_attention(self, layer: int, *, stack: str | None = None, kind: str = "self", step: int = 0,
-                            rtol: float | None = None, preserve_row_sums: bool = False) -> torch.Tensor:
+                            rtol: float | None = None, preserve_row_sums: bool = False,
+                            examples: list[int] | None = None) -> torch.Tensor:
         """Effective attention ``A U_r U_r^T`` of one layer, (B, H, n, m) float32 (Brunner et al., ICLR 2020).
 
         Equal to :func:`attnexplain.functional.effective_attention_from_values` on this layer's
         attention, values and output projection; the basis comes from :meth:`effective_basis`.
-        Padding keys' columns are 0.
+        Padding keys' columns are 0. ``examples``: only those batch examples.
         """
         from ..functional import effective_attention_from_basis
 
         U, _ = self.effective_basis(layer, stack=stack, kind=kind, step=step, rtol=rtol,
                                     preserve_row_sums=preserve_row_sums)
-        A = self.records[self._key(layer, stack, kind)][step].probs
-        A = A.to_dense() if A.is_sparse else A
+        A = self.attention(layer, stack=stack, kind=kind, step=step, examples=examples)
         km = self._site_key_mask(layer, stack, kind, step)
+        if examples is not None:
+            sel = torch.as_tensor(list(examples), dtype=torch.long)
+            U = U.index_select(0, sel.to(U.device)) if U.shape[0] > 1 else U
+            km = None if km is None else km.index_select(0, sel.to(km.device))
         return effective_attention_from_basis(A.to(U.device), U, key_mask=None if km is None else km[:, None, :])
 
     @property
@@ -204,11 +268,12 @@ class CaptureResult:
     # -- per example ------------------------------------------------------------------------
     def example(self, i: int) -> "ExampleView":
         """One example with padding removed: tokens and (L, H, n_i, n_i) attention."""
+        full = self.stacked(examples=[i])[:, 0]
         if self.attention_mask is not None:
             idx = self.attention_mask[i].bool().nonzero().flatten()
         else:
-            idx = torch.arange(self.stacked().shape[-1])
-        att = self.stacked()[:, i][..., idx, :][..., idx]
+            idx = torch.arange(full.shape[-1])
+        att = full[..., idx, :][..., idx]
         probs = None if self.probs is None else self.probs[i]
         return ExampleView(tokens=self.tokens[i], attentions=att, positions=idx, probs=probs, labels=self.labels)
 
@@ -255,9 +320,43 @@ class CaptureResult:
             for r in recs:
                 p = r.probs
                 total += (p._values().numel() * p.element_size()) if p.is_sparse else p.numel() * p.element_size()
+                for extra in (r.rows, r.head_mean):
+                    if extra is not None:
+                        total += extra.numel() * extra.element_size()
                 if r.values is not None:
                     total += r.values.numel() * r.values.element_size()
         return total
+
+
+class _LazyTokens:
+    """Token strings computed on first read of :attr:`CaptureResult.tokens` (the readable strings of a
+    16 x 128 batch take a few ms: more than some captures' own overhead)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Any) -> None:
+        self.make = make
+
+
+def _get_tokens(self: CaptureResult) -> list[list[str]]:
+    toks = self.__dict__.get("_tokens")
+    if isinstance(toks, _LazyTokens):
+        toks = self.__dict__["_tokens"] = toks.make()
+    return toks
+
+
+def _set_tokens(self: CaptureResult, value: Any) -> None:
+    self.__dict__["_tokens"] = value
+
+
+def _getstate(self: CaptureResult) -> dict[str, Any]:
+    _get_tokens(self)  # pickled (e.g. to a Ray worker) with its strings, not the closure that makes them
+    return self.__dict__
+
+
+# a property installed after @dataclass made the field (so ``tokens=`` stays a constructor argument)
+CaptureResult.tokens = property(_get_tokens, _set_tokens, doc="token strings per example, padding removed")
+CaptureResult.__getstate__ = _getstate
 
 
 @dataclass
@@ -309,9 +408,9 @@ def _check_batch_layout(torch_model: nn.Module, records: list[Record], batch: di
     if ref is None:
         return
     for rec in records:
-        if rec.probs.shape[0] != ref.shape[0]:
+        if rec.n_batch != ref.shape[0]:
             raise UnsupportedArchitectureError(unsupported_message(
-                torch_model, f"its attention at {rec.site.key} runs on {rec.probs.shape[0]} rows for {ref.shape[0]} "
+                torch_model, f"its attention at {rec.site.key} runs on {rec.n_batch} rows for {ref.shape[0]} "
                 "input(s): window attention (each window of each image attends separately), which is not one "
                 "token-by-token matrix per example"))
 
@@ -319,10 +418,10 @@ def _check_batch_layout(torch_model: nn.Module, records: list[Record], batch: di
 @contextlib.contextmanager
 def _window_geometry(torch_model: nn.Module):
     """For window-attention sites (Swin): record each block's input grid, window and shift per call."""
-    from .adapters import _resolve, find_attention_sites
+    from .adapters import _resolve
 
-    try:
-        sites = [s for s in find_attention_sites(torch_model).values() if s.rule is not None and s.rule.windowed]
+    try:  # the model's site table, found once per model (walking the modules costs every call)
+        sites = [s for s in _model_sites(torch_model).values() if s.rule is not None and s.rule.windowed]
     except ValueError:
         sites = []
     geometry: dict[str, list[tuple[int, int, int, int]]] = {}
@@ -443,6 +542,11 @@ def capture(
     text_pairs: list[str] | None = None,
     max_length: int | None = None,
     on_long: str = "truncate",
+    query_rows: Any = None,
+    head_means: bool = False,
+    full_examples: list[int] | None = None,
+    effective_basis: bool = False,
+    on_matrices: Any = None,
     **forward_kwargs: Any,
 ) -> CaptureResult:
     """Run ``model`` once on ``inputs`` and return the attention it used.
@@ -455,6 +559,14 @@ def capture(
         layers / heads / stacks / kinds: restrict what is stored (memory: L x H x n^2 per example).
         dtype: storage dtype of the matrices (``torch.float16`` halves memory).
         store_values: keep value vectors (needed for effective and norm-based attention).
+        query_rows / head_means / full_examples / effective_basis / on_matrices: keep only what
+            the consumers read (see :class:`~attnexplain.capturing.attention.CaptureSpec`): one
+            query row per example (``(B,)`` positions; read with :meth:`CaptureResult.readout_rows`),
+            the head mean per layer (:meth:`CaptureResult.head_mean`), the full matrices of some
+            examples only (``attention(layer, examples=...)``), the effective-attention basis, and
+            statistics over the full matrices computed layer by layer (:meth:`CaptureResult.derived`).
+            Values equal those of the full capture (rows: within float round-off, ~1e-7). Default:
+            every example's full matrices.
         forward_kwargs: extra model inputs (e.g. ``decoder_input_ids``).
 
     The model's output is the same as without capture (dense backend: within float error).
@@ -499,11 +611,19 @@ def capture(
         dtype=dtype,
         store_values=store_values,
         keep_sparse=keep_sparse,
+        query_rows=None if query_rows is None else torch.as_tensor(query_rows, dtype=torch.long).reshape(-1),
+        head_means=bool(head_means),
+        full_examples=None if full_examples is None else [int(i) for i in full_examples],
+        effective_basis=bool(effective_basis),
+        on_matrices=on_matrices,
     )
     with torch.no_grad(), session(torch_model, spec) as state, _window_geometry(torch_model) as geometry:
         output = torch_model(**batch)
     if not state.records:
         _raise_nothing_captured(torch_model, state)
+    if geometry and spec.reduced:
+        raise ValueError("query_rows / head_means / full_examples / effective_basis / on_matrices are not "
+                         "available for window attention (Swin): capture the full matrices")
     if geometry:
         state.records = [_fold_windows(rec, geometry) for rec in state.records]
     _check_batch_layout(torch_model, state.records, batch)
@@ -519,12 +639,13 @@ def capture(
     input_ids = batch.get("input_ids")
     attention_mask = batch.get("attention_mask")
     if input_ids is not None and lm is not None and lm.tokenizer is not None:
-        tokens = lm.tokens(input_ids, attention_mask)
+        ids_at, mask_at = input_ids.clone(), None if attention_mask is None else attention_mask.clone()
+        tokens = _LazyTokens(lambda: lm.tokens(ids_at, mask_at))
     elif input_ids is not None:
         tokens = [[str(t) for t in row] for row in input_ids.tolist()]
     else:
         n = next(iter(records.values()))[0].probs.shape[-1]
-        tokens = [[f"#{j}" for j in range(n)] for _ in range(next(iter(records.values()))[0].probs.shape[0])]
+        tokens = [[f"#{j}" for j in range(n)] for _ in range(next(iter(records.values()))[0].n_batch)]
     backend = backend_of(torch_model)
     return CaptureResult(
         input_ids=input_ids,

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .adapters import AttentionSite
-from .attention import Record, active_session
+from .attention import Record, active_session, reduce_record
 
 __all__ = ["mark_attention_site", "unmark_attention_site", "report_attention"]
 
@@ -93,12 +93,11 @@ def report_attention(module: nn.Module, probs: torch.Tensor, values: torch.Tenso
     if heads is not None:
         stored = stored[:, heads]
     state.calls += 1
-    state.records.append(
-        Record(
-            site=site,
-            probs=stored.to(spec.dtype),
-            values=values.detach().to(spec.dtype) if (values is not None and spec.store_values) else None,
-            heads=heads,
-            num_heads=probs.shape[1],
-        )
+    rec = Record(
+        site=site,
+        probs=stored.to(spec.dtype),
+        values=values.detach().to(spec.dtype) if (values is not None and spec.store_values) else None,
+        heads=heads,
+        num_heads=probs.shape[1],
     )
+    state.records.append(reduce_record(spec, rec) if spec.reduced else rec)

@@ -50,6 +50,7 @@ __all__ = [
     "Flow",
     "is_causal_model",
     "readout_rows",
+    "readout_positions",
     "real_positions",
 ]
 
@@ -111,6 +112,13 @@ def readout_rows(readout: str | int, n: int) -> list[int]:
             raise ValueError(f"readout position {r} is out of range for an example with {n} real tokens")
         return [r % n]
     raise ValueError(f"readout must be one of {_READOUTS} or an int position, got {readout!r}")
+
+
+def readout_positions(readout: str | int, attention_mask: torch.Tensor | None, batch: int, n: int) -> torch.Tensor:
+    """(B,) long: the padded-batch position of each example's readout row (``readout`` resolved,
+    not ``"mean"``)."""
+    idxs = [real_positions(attention_mask, i, n) for i in range(batch)]
+    return torch.stack([idx[readout_rows(readout, idx.numel())[0]] for idx in idxs])
 
 
 def _check_readout(readout: Any) -> None:
@@ -209,6 +217,16 @@ class AttentionMethod(ExplanationMethod):
         score of a key depends only on that key's column (and per-key data) can implement it."""
         raise NotImplementedError
 
+    def _batched(self, readout: str | int) -> bool:
+        """Whether :meth:`attribute` scores the batch from one readout row per example."""
+        return readout != "mean" and type(self)._rows_scores is not AttentionMethod._rows_scores
+
+    def capture_needs(self, lm: Any) -> set:
+        """What :meth:`attribute` reads from a capture: ``("rows", readout)`` (one readout row per
+        example, ``readout`` resolved: ``"cls"``, ``"last"`` or an int) or ``"full"``."""
+        readout = resolve_readout(self.readout, lm)
+        return {("rows", readout)} if self._batched(readout) else {"full"}
+
     def _finish_layer(self, s: torch.Tensor) -> torch.Tensor:
         """(H, k, n_i) or (k, n_i) -> (n_i,): mean over readout rows, then the head reduction."""
         if s.dim() == 3:
@@ -220,23 +238,26 @@ class AttentionMethod(ExplanationMethod):
         readout = resolve_readout(self.readout, lm, capture)
         layer_ids = select_layers(self.layers, capture.layers())
         mask = capture.attention_mask if capture.attention_mask is not None else batch.get("attention_mask")
-        # one readout row per example: the whole batch is scored at once (_rows_scores)
-        batched = readout != "mean" and type(self)._rows_scores is not AttentionMethod._rows_scores
+        # one readout row per example: the whole batch is scored at once (_rows_scores), from the
+        # readout rows alone (all a capture with query_rows keeps)
+        batched = self._batched(readout)
         sums: list[torch.Tensor | None] = []
         for li, layer in enumerate(layer_ids):
-            A = capture.attention(layer)
+            A = None if batched else capture.attention(layer)
             if li == 0:
-                B, n = A.shape[0], A.shape[-1]
-                idxs = [real_positions(mask, i, n).to(A.device) for i in range(B)]
+                B = capture.batch_size
+                n = capture.num_keys(layer)
+                idxs = [real_positions(mask, i, n) for i in range(B)]
                 sums = [None] * B
                 if batched:  # the readout position of each example in the padded batch
-                    pos = torch.stack([idx[readout_rows(readout, idx.numel())[0]] for idx in idxs])
+                    pos = readout_positions(readout, mask, B, n)
             if batched:
-                rows = A[torch.arange(B, device=A.device), :, pos, :].unsqueeze(-2).float()  # (B, H, 1, n)
+                rows = capture.readout_rows(layer, pos).float()  # (B, H, 1, n)
                 S = self._rows_scores(rows, self._rows_data(capture, layer))  # (B, H, 1, n) or (B, 1, n)
                 scores = (S[i].index_select(-1, idx.to(S.device)) for i, idx in enumerate(idxs))
             else:
                 T = self._layer_data(capture, layer)
+                idxs = [idx.to(A.device) for idx in idxs]
                 scores = (self._layer_scores(A[i].index_select(-2, idx).index_select(-1, idx).float(),
                                              T[i].index_select(-2, idx.to(T.device)) if T is not None else None,
                                              readout_rows(readout, idx.numel()))
@@ -427,12 +448,25 @@ class _LayeredGraphMethod(AttentionMethod):
     layers starting at its first.
     """
 
+    #: True when the method needs only the head mean of each layer with ``head_reduction="mean"``
+    _reads_head_means: ClassVar[bool] = False
+
+    def _uses_head_means(self) -> bool:
+        return self._reads_head_means and self.head_reduction == "mean"
+
+    def capture_needs(self, lm: Any) -> set:
+        return {"head_means"} if self._uses_head_means() else {"full"}
+
     def _stack(self, capture) -> tuple[list[int], list[int], torch.Tensor]:
         captured = capture.layers()
         if captured != list(range(captured[0], captured[0] + len(captured))):
             raise ValueError(f"{self.name} needs consecutive captured layers, got {captured}")
         tops = select_layers(self.layers, captured)
-        return captured, [captured.index(t) for t in tops], capture.stacked()  # (L, B, H, n, n)
+        if self._uses_head_means():  # the mean over heads is all a "mean" head reduction reads: (L, B, 1, n, n)
+            att = torch.stack([capture.head_mean(layer) for layer in captured]).unsqueeze(2)
+        else:
+            att = capture.stacked()  # (L, B, H, n, n)
+        return captured, [captured.index(t) for t in tops], att
 
     def _scores_per_example(self, att: torch.Tensor, rows: list[int], tops: list[int]) -> torch.Tensor:
         """att (L, H, n_i, n_i) -> (n_i,)."""
@@ -476,6 +510,7 @@ class Rollout(_LayeredGraphMethod):
 
     layers: str | int | list[int] = "last"
     residual: float = 0.5
+    _reads_head_means: ClassVar[bool] = True
 
     def _scores_per_example(self, att, rows, tops):
         from ..functional import attention_rollout
@@ -507,6 +542,7 @@ class Flow(_LayeredGraphMethod):
 
     layers: str | int | list[int] = "last"
     residual: float = 0.5
+    _reads_head_means: ClassVar[bool] = True
 
     def _scores_per_example(self, att, rows, tops):
         from ..functional import attention_flow

@@ -126,6 +126,13 @@ class ExplanationMethod:
         """
         raise NotImplementedError
 
+    def capture_needs(self, lm: LoadedModel) -> set:
+        """What :meth:`attribute` reads from the capture it is given (so that a caller such as
+        ``analyze`` captures only that): a set of ``"full"`` (every example's full matrices),
+        ``"head_means"`` (the mean over heads per layer) and ``("rows", readout)`` (one readout
+        row per example). Empty for methods that read no capture."""
+        return {"full"} if self.uses_capture else set()
+
     def options(self) -> dict[str, Any]:
         import dataclasses
 

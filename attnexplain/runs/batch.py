@@ -30,6 +30,11 @@ class _Setup:
     label_names: list[str] | None
     model_labels: list[str]
     precision: str = "float32"
+    #: "needed": the capture keeps only what the methods and statistics read (readout rows, head
+    #: means, the stored examples' full matrices; the statistics over whole matrices are taken
+    #: layer by layer during the forward); "full": every layer's full matrices for every example
+    #: (the reference route; same results)
+    capture_mode: str = "needed"
 
 
 def _readout(lm: LoadedModel, cap: Any) -> str:
@@ -64,38 +69,117 @@ def _faithfulness(setup: _Setup, enc: dict[str, torch.Tensor], scores: dict[str,
     return {m: vals[i] for i, m in enumerate(setup.method_names)}
 
 
-def _head_stats(setup: _Setup, cap: Any, mask: torch.Tensor, readout_pos: torch.Tensor, stored: list[int]):
-    """Per (layer, example, head): entropy, eff_raw_jsd, eff_raw_l1; plus effective matrices of ``stored``."""
-    layers = cap.layers()
-    km = mask.bool()
+def _layer_head_stats(A: torch.Tensor, E: torch.Tensor | None, km: torch.Tensor, readout_pos: torch.Tensor):
+    """One layer's per-head statistics (B, H) each: entropy of the readout row; JSD and L1 between
+    raw and effective attention rows, mean over the real query rows (NaN without ``E``).
+
+    ``A`` (B, H, n, n) raw attention, ``E`` its effective attention (None when it cannot be
+    computed), ``km`` (B, n) bool real tokens, ``readout_pos`` (B,) the readout row of each example."""
     B = km.shape[0]
-    ent, jsds, l1 = [], [], []
-    eff_store: dict[int, list[torch.Tensor]] = {i: [] for i in stored}
     qmask = km[:, None, :].float()  # (B, 1, n) over query rows
     nq = km.sum(-1).clamp_min(1).float()[:, None]  # (B, 1)
-    for layer in layers:
-        A = cap.attention(layer).float()  # (B, H, n, n)
-        A = A * km[:, None, None, :]
-        rows = A[torch.arange(B), :, readout_pos, :]  # (B, H, n)
-        ent.append(-(torch.where(rows > 0, rows * torch.log(rows.clamp_min(1e-30)), torch.zeros(()))).sum(-1))
+    A = A.float() * km[:, None, None, :]
+    rows = A[torch.arange(B), :, readout_pos, :]  # (B, H, n)
+    ent = -(torch.where(rows > 0, rows * torch.log(rows.clamp_min(1e-30)), torch.zeros(()))).sum(-1)
+    if E is None:
+        nan = torch.full(rows.shape[:2], float("nan"))
+        return ent, nan, nan.clone()
+    E = E.float()
+    absE = E.abs()
+    Q = absE / absE.sum(-1, keepdim=True).clamp_min(1e-30)
+    d = jsd(A, Q)  # (B, H, n), per row
+    return ent, (d * qmask).sum(-1) / nq, ((A - E).abs().sum(-1) * qmask).sum(-1) / nq
+
+
+def _head_stats(setup: _Setup, cap: Any, mask: torch.Tensor, readout_pos: torch.Tensor, stored: list[int]):
+    """Per (layer, example, head): entropy, eff_raw_jsd, eff_raw_l1; plus effective matrices of ``stored``
+    (from a capture holding every example's full matrices)."""
+    km = mask.bool()
+    ent, jsds, l1 = [], [], []
+    eff_store: dict[int, list[torch.Tensor]] = {i: [] for i in stored}
+    for layer in cap.layers():
         try:  # the basis is cached on the capture: the effective_attention method shares it
             E = cap.effective_attention(layer).float()
         except (ValueError, RuntimeError):
             E = None
-        if E is None:
-            jsds.append(torch.full(rows.shape[:2], float("nan")))
-            l1.append(torch.full(rows.shape[:2], float("nan")))
-            continue
-        absE = E.abs()
-        Q = absE / absE.sum(-1, keepdim=True).clamp_min(1e-30)
-        d = jsd(A, Q)  # (B, H, n), per row
-        jsds.append((d * qmask).sum(-1) / nq)
-        l1.append(((A - E).abs().sum(-1) * qmask).sum(-1) / nq)
-        for i in stored:
-            eff_store[i].append(E[i])
+        e, j, l = _layer_head_stats(cap.attention(layer), E, km, readout_pos)
+        ent.append(e), jsds.append(j), l1.append(l)
+        if E is not None:
+            for i in stored:
+                eff_store[i].append(E[i])
     stats = {"entropy": torch.stack(ent), "eff_raw_jsd": torch.stack(jsds), "eff_raw_l1": torch.stack(l1)}  # (L, B, H)
     eff = {i: torch.stack(v) for i, v in eff_store.items() if v}
     return stats, eff
+
+
+class _HeadStatsDuringCapture:
+    """``on_matrices`` of the "needed" capture: :func:`_layer_head_stats` of each layer while its
+    full matrices exist (they are then cut to the stored examples), and the stored examples'
+    effective attention, kept with the layer's record (``CaptureResult.derived``).
+    :meth:`result` returns what :func:`_head_stats` returns."""
+
+    def __init__(self, mask: torch.Tensor, readout_pos: torch.Tensor, stored: list[int]):
+        self.km, self.readout_pos, self.stored = mask.bool(), readout_pos, stored
+
+    def __call__(self, rec: Any):
+        from ..functional import effective_attention_from_basis
+
+        A = rec.probs.to_dense() if rec.probs.is_sparse else rec.probs
+        E = None
+        if rec.basis is not None:  # as CaptureResult.effective_attention, from the same basis
+            U = rec.basis[0]
+            km = rec.key_mask
+            try:
+                E = effective_attention_from_basis(A.to(U.device), U, key_mask=None if km is None else
+                                                   km.to(A.device)[:, None, :]).float()
+            except (ValueError, RuntimeError):
+                E = None
+        stats = _layer_head_stats(A, E, self.km, self.readout_pos)
+        return stats, None if E is None else {i: E[i] for i in self.stored}
+
+    def result(self, cap: Any):
+        # read back per layer after capture (a module shared by several layers, ALBERT's, is
+        # numbered by call there)
+        per_layer = [cap.derived(layer) for layer in cap.layers()]
+        stats = {name: torch.stack([d[0][k] for d in per_layer])
+                 for k, name in enumerate(("entropy", "eff_raw_jsd", "eff_raw_l1"))}
+        eff = {}
+        for i in self.stored:
+            per = [d[1][i] for d in per_layer if d[1] is not None]
+            if per:
+                eff[i] = torch.stack(per)
+        return stats, eff
+
+
+def _capture_needed(setup: _Setup, enc: dict[str, torch.Tensor], readout_pos: torch.Tensor, stored: list[int]):
+    """Capture for one analyze batch and the head statistics: ``(capture, stats, effective of stored)``.
+
+    What is kept is what the methods read (:meth:`ExplanationMethod.capture_needs`): their readout
+    rows, the head means (rollout), full matrices only for the ``stored`` examples (the run's arrays)
+    unless a method needs every example's; the statistics over whole matrices are computed layer
+    by layer during the forward. ``setup.capture_mode == "full"`` keeps everything (the reference)."""
+    from ..capturing import capture
+    from ..methods.attention_methods import readout_positions
+
+    lm = setup.lm
+    mask = enc["attention_mask"]
+    needs: set = set()
+    for m in setup.methods:
+        needs |= set(m.capture_needs(lm))
+    row_readouts = {x[1] for x in needs if isinstance(x, tuple) and x[0] == "rows"}
+    if setup.capture_mode == "full" or "full" in needs or len(row_readouts) > 1:
+        cap = capture(lm, enc)
+        stats, eff = _head_stats(setup, cap, mask.cpu(), readout_pos, stored)
+        return cap, stats, eff
+    B, n = mask.shape
+    rows = readout_positions(next(iter(row_readouts)), mask.cpu(), B, n) if row_readouts else None
+    collect = _HeadStatsDuringCapture(mask.cpu(), readout_pos, stored)
+    # one layer's full matrices at a time (the forward needs them for the statistics anyway); kept:
+    # readout rows, head means, the stored examples' matrices, the effective-attention basis
+    cap = capture(lm, enc, query_rows=rows, head_means="head_means" in needs, full_examples=stored,
+                  effective_basis=True, on_matrices=collect)
+    stats, eff = collect.result(cap)
+    return cap, stats, eff
 
 
 def _head_ablation(setup: _Setup, cap: Any, batch: dict[str, torch.Tensor], base_probs: torch.Tensor) -> torch.Tensor:
@@ -105,7 +189,7 @@ def _head_ablation(setup: _Setup, cap: Any, batch: dict[str, torch.Tensor], base
     lm = setup.lm
     layers = cap.layers()
     stack = cap.primary_stack
-    H = cap.attention(layers[0]).shape[1]
+    H = len(cap.heads())
     B = base_probs.shape[0]
     rep = {k: v.repeat(H, *([1] * (v.dim() - 1))) for k, v in batch.items()}
     head_of_row = torch.arange(H).repeat_interleave(B)  # row r = h * B + b
@@ -128,7 +212,6 @@ def analyze_batch(setup: _Setup, ids: list[str], positions: list[int], texts: li
                   labels: list[int | None] | None, label_names: list[str | None] | None,
                   text_pairs: list[str] | None, store: set[int]):
     """Everything for one batch: (tables dict of columns, attention arrays by example id)."""
-    from ..capturing import capture
     from ..methods import explain_batch
     from ..models import untruncated_ids
 
@@ -142,13 +225,15 @@ def analyze_batch(setup: _Setup, ids: list[str], positions: list[int], texts: li
     if mask is None:
         mask = torch.ones_like(enc["input_ids"])
         enc["attention_mask"] = mask
-    cap = capture(lm, enc)
-    probs = cap.probs  # (B, C)
-    pred = probs.argmax(-1)
-    scores, _, _ = explain_batch(lm, enc, setup.methods, target=pred, capture_result=cap)
     B = len(texts)
     km = mask.bool().cpu()
     real_idx = [km[i].nonzero().flatten() for i in range(B)]
+    readout_pos = torch.tensor([int(r[0]) if setup.readout == "cls" else int(r[-1]) for r in real_idx])
+    stored_local = [i for i in range(B) if i in store]
+    cap, stats, eff = _capture_needed(setup, enc, readout_pos, stored_local)
+    probs = cap.probs  # (B, C)
+    pred = probs.argmax(-1)
+    scores, _, _ = explain_batch(lm, enc, setup.methods, target=pred, capture_result=cap)
     tokens = lm.tokens(enc["input_ids"], mask)
     pred_np = pred.cpu().numpy()
     probs_np = probs.cpu().numpy()
@@ -197,9 +282,6 @@ def analyze_batch(setup: _Setup, ids: list[str], positions: list[int], texts: li
     }
 
     # -- heads (long) ------------------------------------------------------------------------------
-    readout_pos = torch.tensor([int(r[0]) if setup.readout == "cls" else int(r[-1]) for r in real_idx])
-    stored_local = [i for i in range(B) if i in store]
-    stats, eff = _head_stats(setup, cap, mask.cpu(), readout_pos, stored_local)
     if setup.head_ablation:
         stats["ablation_tvd"] = _head_ablation(setup, cap, enc, probs)
     metric_names = list(stats)
@@ -237,7 +319,7 @@ def example_arrays(cap: Any, key_mask: torch.Tensor, indices: Sequence[int], *,
         return out
     km = key_mask.bool().cpu()
     sub = torch.as_tensor(list(indices))
-    raw = cap.stacked().float()[:, sub]  # (L, S, H, n, n)
+    raw = cap.stacked(examples=list(indices)).float()  # (L, S, H, n, n)
     subm = km[sub]
     roll = attention_rollout(raw, key_mask=subm)  # (S, L, n, n)
     norms = []
@@ -253,8 +335,8 @@ def example_arrays(cap: Any, key_mask: torch.Tensor, indices: Sequence[int], *,
     if effective is None:
         effective = {}
         try:
-            per_layer = [cap.effective_attention(layer).float() for layer in cap.layers()]
-            effective = {i: torch.stack([E[i] for E in per_layer]) for i in indices}
+            per_layer = [cap.effective_attention(layer, examples=list(indices)).float() for layer in cap.layers()]
+            effective = {i: torch.stack([E[a] for E in per_layer]) for a, i in enumerate(indices)}
         except (ValueError, RuntimeError):
             pass
     for a, i in enumerate(indices):
