@@ -105,7 +105,7 @@ def test_backend_is_switched_back(lm):
     ("smyrf:n_hashes", "expected key=value"),
     ("smyrf:n_hashes=0", "cannot build backend"),
     ("dense:x=1", "takes no options"),
-    ("performer:memory=0.5", "only understood for smyrf"),
+    ("linear:memory=0.5", "only understood for smyrf"),
     ("smyrf:memory=0.5,q_cluster_size=4", "either memory= or"),
     (("smyrf",), r"\(name, \{options\}\)"),
     ("", "empty"),

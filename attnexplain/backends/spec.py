@@ -4,8 +4,10 @@ A backend is given as ``"name"`` or ``"name:key=value,key=value"`` (the CLI's ``
 --backend-option key=value`` gives the same pairs), ``(name, {options})``, a
 :class:`BackendConfig` or an ``AttentionBackend``. Values are read by :func:`parse_option_value`
 (JSON where possible: numbers, booleans, lists; ``none``/``null`` -> None; else the string).
-SMYRF also takes the pseudo-option ``memory=<share>`` (``"smyrf:memory=0.25"``): the cluster sizes
-are then chosen by :func:`smyrf_cluster_size` for that share at a reference length. An unknown
+SMYRF, LSH, local and Performer also take the pseudo-option ``memory=<share>``
+(``"smyrf:memory=0.25"``, ``"local:memory=0.25"``): the size option (SMYRF's cluster sizes, LSH's
+bucket size, the local window, Performer's feature count) is then chosen by :func:`resolve_memory`
+for that share of the dense n x n scores at a reference length (SMYRF: :func:`smyrf_cluster_size`). An unknown
 backend, an unknown option or a malformed string raises :class:`BackendSpecError` (a
 ``ValueError``) before anything runs.
 """
@@ -24,6 +26,11 @@ __all__ = [
     "BackendConfig", "BackendSpecError", "parse_backend", "parse_key_values", "parse_option_value",
     "smyrf_cluster_size", "smyrf_config_for_share", "resolve_memory",
 ]
+
+
+#: backends that understand ``memory=<share>``, and the size options it sets
+MEMORY_OPTIONS = {"smyrf": ("q_cluster_size", "k_cluster_size"), "lsh": ("bucket_size",), "local": ("window",),
+                  "performer": ("n_features",)}
 
 
 class BackendSpecError(AttnExplainError, ValueError):
@@ -108,13 +115,13 @@ def _check_config(cfg: BackendConfig, original: Any) -> BackendConfig:
         )
     opts = dict(cfg.options)
     if "memory" in opts:
-        if cfg.name != "smyrf":
+        if cfg.name not in MEMORY_OPTIONS:
             raise BackendSpecError(f"the option 'memory' (a target share of dense scores) is only understood for "
-                                   f"smyrf, not {cfg.name!r} (in {original!r})")
+                                   f"{', '.join(MEMORY_OPTIONS)}, not {cfg.name!r} (in {original!r})")
         share = opts.pop("memory")
         if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share <= 1:
             raise BackendSpecError(f"memory must be a share in (0, 1], got {share!r} (in {original!r})")
-        for k in ("q_cluster_size", "k_cluster_size"):
+        for k in MEMORY_OPTIONS[cfg.name]:
             if k in opts:
                 raise BackendSpecError(f"give either memory= or {k}=, not both (in {original!r})")
     try:
@@ -126,7 +133,7 @@ def _check_config(cfg: BackendConfig, original: Any) -> BackendConfig:
         known = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
         bad = sorted(set(opts) - set(known))
         hint = (f"unknown option(s) {', '.join(bad)}; " if bad else "") + (
-            f"{cfg.name!r} takes: {', '.join(known + (['memory'] if cfg.name == 'smyrf' else []))}"
+            f"{cfg.name!r} takes: {', '.join(known + (['memory'] if cfg.name in MEMORY_OPTIONS else []))}"
             if known else f"{cfg.name!r} takes no options")
         raise BackendSpecError(f"cannot build backend {original!r}: {hint} ({exc})") from None
     except ValueError as exc:
@@ -208,18 +215,58 @@ def smyrf_config_for_share(n: int, share: float, *, n_hashes: int = 2, seed: int
     return BackendConfig("smyrf", opts, label)
 
 
-def resolve_memory(cfg: BackendConfig, n_ref: int) -> BackendConfig:
-    """``cfg`` with a SMYRF ``memory=<share>`` pseudo-option replaced by the cluster sizes for that
-    share at length ``n_ref`` (other configurations unchanged)."""
+def _closest_size(share_of, share: float, n: int) -> int:
+    """The size 1..n whose ``share_of(size)`` (non-decreasing in size) is closest to ``share``
+    (ties: the smaller share); bisection for the first size reaching ``share``, then its neighbour."""
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if share_of(mid) >= share:
+            hi = mid
+        else:
+            lo = mid + 1
+    best = min({max(1, lo - 1), lo}, key=lambda c: (abs(share_of(c) - share), share_of(c)))
+    return best
+
+
+def resolve_memory(cfg: BackendConfig, n_ref: int, *, causal: bool = False) -> BackendConfig:
+    """``cfg`` with a ``memory=<share>`` pseudo-option replaced by the size option that computes that
+    share of the dense ``n_ref x n_ref`` scores (``backend.memory_fraction(n_ref, n_ref, causal)``),
+    other configurations unchanged:
+
+    * smyrf: cluster sizes (queries = keys), :func:`smyrf_cluster_size`;
+    * lsh: ``bucket_size`` (its share ``n_hashes * C * chunk^2 / n^2``, about ``n_hashes * bucket / n``);
+    * local: ``window`` (the band's pairs; ``causal``: the causal band ``i - window <= j <= i``);
+    * performer: ``n_features`` R (the feature maps' ``2 n R`` entries stand in for ``n^2`` scores).
+
+    The label says the target and the achieved share. Raises ValueError for ``n_ref < 1``.
+    """
     if "memory" not in cfg.options:
         return cfg
+    if int(n_ref) < 1:
+        raise ValueError(f"n_ref must be >= 1, got {n_ref}")
+    n_ref = int(n_ref)
     opts = dict(cfg.options)
     share = float(opts.pop("memory"))
-    n_hashes = int(opts.get("n_hashes", 2))
-    c = smyrf_cluster_size(n_ref, share, n_hashes=n_hashes)
-    opts.update(n_hashes=n_hashes, q_cluster_size=c, k_cluster_size=c)
-    achieved = _smyrf_share(n_ref, c, n_hashes)
-    label = cfg.label or f"smyrf {n_hashes}x{c} (target {share:.0%}: {achieved:.0%} at n={n_ref})"
-    return BackendConfig("smyrf", opts, label)
+    if cfg.name == "smyrf":
+        n_hashes = int(opts.get("n_hashes", 2))
+        c = smyrf_cluster_size(n_ref, share, n_hashes=n_hashes)
+        opts.update(n_hashes=n_hashes, q_cluster_size=c, k_cluster_size=c)
+        achieved = _smyrf_share(n_ref, c, n_hashes)
+        size = f"{n_hashes}x{c}"
+    else:
+        from .base import get_backend
 
+        key = MEMORY_OPTIONS[cfg.name][0]
 
+        def share_of(size: int) -> float:
+            return get_backend(cfg.name, **{**opts, key: size - (1 if cfg.name == "local" else 0)}) \
+                .memory_fraction(n_ref, n_ref, causal)
+
+        # local: window w = size - 1 >= 0 (w = 0: each token sees itself only)
+        size_ = _closest_size(share_of, share, n_ref)
+        achieved = share_of(size_)
+        opts[key] = size_ - (1 if cfg.name == "local" else 0)
+        size = f"{key}={opts[key]}"
+    label = cfg.label or f"{cfg.name} {size} (target {share:.0%}: {achieved:.0%} at n={n_ref})"
+    return BackendConfig(cfg.name, opts, label)

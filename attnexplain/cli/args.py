@@ -398,36 +398,64 @@ class CompareArgs:
 
 @dataclass
 class CompareBackendsArgs:
-    """``attnexplain compare-backends``: the same texts through dense and efficient attention backends."""
+    """``attnexplain compare-backends``: the same texts through dense and efficient attention backends
+    (``task="lm"``: inside a causal LM, perplexity / next-token / explanation agreement per length)."""
 
     out: Path
     model: str = "minilm-bbc-news"  # the default data set's own classifier (long texts: where SMYRF matters)
     dataset: str = "bbc-news"
     split: str = "test"
     limit: int | None = 100
-    #: None: SMYRF at 50 % and 25 % memory for a classifier; every mechanism once for an encoder-decoder
+    #: None: the task's defaults (classifier: SMYRF at 50 % and 25 % memory; encoder-decoder: every mechanism
+    #: once; causal LM (task lm): every causal backend at two budgets)
     backends: list[str] | None = None
     max_length: int | None = None
     min_tokens: int | None = None
-    batch_size: int = 4
+    #: None: 4 texts per pass (lm: 1 window)
+    batch_size: int | None = None
     label_map: dict[str, str] | None = None
     #: encoder-decoder models: CAB patterns to swap into (None: every pattern the model has)
     patterns: list[str] | None = None
-
+    #: "auto" (lm for a causal LM: smollm2 or a folder whose config names a ...ForCausalLM), "classification", "lm"
+    task: str = "auto"
+    lengths: list[int] | None = None
+    n_tokens: int | None = None
+    explain_prompts: int = 4
 
     def __post_init__(self) -> None:
         _check_int("--limit", self.limit, low=1, allow_none=True)
         _check_int("--max-length", self.max_length, low=1, allow_none=True)
         _check_int("--min-tokens", self.min_tokens, low=1, allow_none=True)
-        _check_int("--batch-size", self.batch_size, low=1)
+        _check_int("--batch-size", self.batch_size, low=1, allow_none=True)
+        _check_int("--n-tokens", self.n_tokens, low=2, allow_none=True)
+        _check_int("--explain-prompts", self.explain_prompts, low=0)
+        if self.task not in ("auto", "classification", "lm"):
+            raise ArgumentError(f"--task must be auto, classification or lm, got {self.task!r}")
+        for n in self.lengths or []:
+            _check_int("--lengths", n, low=2)
+
+    def resolved_task(self) -> str:
+        if self.task != "auto":
+            return self.task
+        from ..runs.lm_backend_comparison import names_causal_lm
+
+        return "lm" if names_causal_lm(self.model) else "classification"
 
     def run(self):
+        if self.resolved_task() == "lm":
+            from ..runs.lm_backend_comparison import DEFAULT_LENGTHS, compare_backends_lm_cli
+
+            return compare_backends_lm_cli(
+                self.model, self.dataset, split=self.split, limit=self.limit, backends=self.backends, out=self.out,
+                lengths=self.lengths or DEFAULT_LENGTHS, n_tokens=self.n_tokens, n_explain=self.explain_prompts,
+                batch_size=self.batch_size or 1,
+            )
         from ..runs.backend_comparison import compare_backends_cli
 
         return compare_backends_cli(
             self.model, self.dataset, split=self.split, limit=self.limit,
             backends=list(self.backends) if self.backends else None,
-            out=self.out, max_length=self.max_length, min_tokens=self.min_tokens, batch_size=self.batch_size,
+            out=self.out, max_length=self.max_length, min_tokens=self.min_tokens, batch_size=self.batch_size or 4,
             label_map=self.label_map, patterns=self.patterns,
         )
 

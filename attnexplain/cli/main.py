@@ -318,25 +318,49 @@ def compare_backends(
              "cross). Default: every pattern the model has."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Truncate inputs to this many tokens."),
     min_tokens: Optional[int] = typer.Option(None, "--min-tokens", help="Keep only examples at least this long."),
-    batch_size: int = typer.Option(4, "--batch-size"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size",
+                                            help="Texts (lm: windows) per forward pass (default 4; lm 1)."),
     label_map: Optional[List[str]] = typer.Option(None, "--label-map",
                                                   help="dataset_label=model_label (repeatable or comma-separated), "
                                                        "when the data set's label names differ from the model's."),
+    task: str = typer.Option("auto", "--task",
+                             help="classification (classifiers and encoder-decoders) | lm | auto (lm for a causal LM such as "
+                                  "smollm2): lm compares "
+                                  "perplexity, next-token agreement and explanation agreement inside the LM, with "
+                                  "every causal backend at two budgets by default."),
+    lengths: Optional[str] = typer.Option(None, "--lengths",
+                                          help="lm: window lengths in tokens, comma-separated (default 512,1024,2048)."),
+    n_tokens: Optional[int] = typer.Option(None, "--n-tokens",
+                                           help="lm: tokens of text scored per length (default: the longest length); "
+                                                "--limit caps the texts joined to get them."),
+    explain_prompts: int = typer.Option(4, "--explain-prompts",
+                                        help="lm: fixed prompts (windows of the shortest length) for the Kendall tau "
+                                             "of raw-attention and gradient x input scores (0: none)."),
 ) -> None:
     """Dense vs efficient attention on the same model and texts: prediction agreement, output TVD,
     per-layer JSD of attention rows, Kendall tau of raw/effective token rankings, memory share.
     An encoder-decoder model is compared per attention pattern (CAB's patterns: encoder self, decoder
     causal self, cross), with next-token agreement and token accuracy under teacher forcing; a backend
-    that cannot compute a pattern is listed as refused, with its reason."""
+    that cannot compute a pattern is listed as refused, with its reason. A causal LM (--task lm, the
+    default for smollm2) is compared inside the LM (CAB's causal self pattern): perplexity and
+    next-token agreement per backend, budget and length, Kendall tau of token scores on fixed prompts."""
+    length_list = None
+    if lengths is not None:
+        try:
+            length_list = [int(x) for x in lengths.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--lengths takes comma-separated integers such as 512,1024,2048, got {lengths!r}") from None
     args = CompareBackendsArgs(out=out, model=model, dataset=dataset, split=split, limit=limit,
                                max_length=max_length, min_tokens=min_tokens, batch_size=batch_size,
                                label_map=_kv(label_map, "--label-map", typed=False) or None,
-                               patterns=parse_list(pattern))
+                               patterns=parse_list(pattern), task=task,
+                               lengths=length_list, n_tokens=n_tokens, explain_prompts=explain_prompts)
     if backend:
         args.backends = list(backend)
     res = args.run()
     typer.echo(res.to_markdown())
-    typer.echo(f"\nwrote {out}/table.md, per_example.parquet, manifest.json", err=True)
+    files = ("perplexity.csv, explanations.csv" if args.resolved_task() == "lm" else "per_example.parquet")
+    typer.echo(f"\nwrote {out}/table.md, {files}, manifest.json", err=True)
 
 
 @app.command("train-efficient")
