@@ -11,7 +11,11 @@ target. Each method runs unchanged on that call:
   generation's own capture serves every step and every method;
 * gradient methods (integrated gradients, gradient x input) and occlusion run the model on
   :meth:`GenerationResult.step_batch` with ``target = y_t`` (the logit of the generated token at
-  the readout row; occlusion: its probability);
+  the readout row; occlusion: its probability). Integrated gradients computes every step from one
+  interpolation path over the whole sequence
+  (:meth:`~attnexplain.methods.gradients.IntegratedGradients.attribute_positions`: a causal model's
+  readout row ignores later inputs, so this equals the per-step runs; one forward pass instead of
+  one per step);
 * contrastive explanations (``contrast=``: "why Paris rather than Lyon", Yin & Neubig 2022,
   as in inseq's contrastive attribution) attribute ``log p(y_t) - log p(c_t)``, the difference of
   the log-probabilities of the explained and the contrast token at the same step (the target's
@@ -310,6 +314,18 @@ def explain_generation(
     n_steps = [len(gen.steps(i)) for i in range(B)]
     mats = {m.name: [np.full((n_steps[i], n_prompt[i] + n_steps[i]), np.nan) for i in range(B)] for m in built}
     wanted = range(N) if steps is None else [int(s) for s in steps]
+    # integrated gradients of every step from one interpolation path over the whole sequence (equal
+    # to the per-step prefix runs for a causal model; one forward instead of one per step)
+    whole_path: dict[str, dict[int, list[np.ndarray]]] = {}
+    if foil is None and list(wanted):
+        from ..methods.gradients import IntegratedGradients
+
+        todo = sorted(set(wanted))
+        for m in built:
+            if isinstance(m, IntegratedGradients):
+                out = m.attribute_positions(lm, gen.step_batch(todo[-1]), positions=[gen.readout_position(t) for t in todo],
+                                            targets=gen.generated_ids[:, todo])
+                whole_path[m.name] = dict(zip(todo, out))
     for t in wanted:
         valid = gen.generated_mask[:, t].clone()
         if foil is not None:
@@ -322,7 +338,9 @@ def explain_generation(
         for m in built:
             if m.name in not_applicable:
                 continue
-            if foil is None:
+            if m.name in whole_path:
+                scores = whole_path[m.name][t]
+            elif foil is None:
                 try:
                     scores = m.attribute(lm, batch, target=tgt, capture=view)
                 except UnsupportedArchitectureError as exc:

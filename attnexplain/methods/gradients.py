@@ -214,6 +214,80 @@ class IntegratedGradients(ExplanationMethod):
         self.convergence_delta = (scores.sum(-1) - (f_x - f_b)).detach().double().cpu().numpy()
         return _split(scores, _real_masks(batch))
 
+    def attribute_positions(self, lm, batch, *, positions: list[int], targets: torch.Tensor) -> list[list[np.ndarray]]:
+        """Integrated gradients of a causal LM's logit ``targets[:, t]`` at position ``positions[t]``,
+        for every t, from **one** interpolation path over the whole sequence.
+
+        Equals :meth:`attribute` on the prefix ``batch[:, : positions[t] + 1]`` with target
+        ``targets[:, t]`` (tested; up to float rounding): the path moves every word embedding by the
+        same ``alpha`` and a causal model's output at position ``r`` does not depend on later inputs,
+        so the gradients of ``F_t`` on the full path are the prefix's gradients (zero after ``r``).
+        Cost: one forward of the ``n_steps x B`` path rows (in chunks of ``internal_batch_size``
+        rows) and one backward per position, instead of a forward and a backward per position; the
+        LM head runs on the requested positions only (``logits_to_keep``).
+
+        Args:
+            batch: ``input_ids`` (B, n), ``attention_mask`` (left padding: every position in
+                ``positions`` real for every example), optional ``position_ids``.
+            positions: N readout positions (increasing).
+            targets: (B, N) token ids.
+
+        Returns:
+            ``out[t][i]``: scores of example ``i``'s real tokens among positions ``0 .. positions[t]``.
+            ``self.convergence_delta`` becomes (B, N): ``sum_j score_j - (F_t(x) - F_t(x'))``.
+        """
+        from captum.attr._utils.approximation_methods import approximation_parameters
+
+        _check_text_batch(self, lm, batch)
+        if getattr(lm, "task", None) != "causal-lm":
+            raise ValueError("attribute_positions needs a causal LM (its outputs must not depend on later inputs)")
+        kwargs = _model_kwargs(batch)
+        ids = kwargs.pop("input_ids")
+        model = lm.model
+        emb = model.get_input_embeddings()
+        B, n = ids.shape
+        pos = torch.as_tensor(list(positions), dtype=torch.long, device=ids.device)
+        N = int(pos.numel())
+        targets = torch.as_tensor(targets, device=ids.device).long().reshape(B, N)
+        base = self.baseline_ids(lm, batch)
+        with torch.no_grad():
+            e = emb(ids)
+            e0 = emb(base)
+        sizes_fn, alphas_fn = approximation_parameters("gausslegendre")
+        steps = int(self.n_steps)
+        sizes = torch.tensor(sizes_fn(steps), dtype=e.dtype, device=e.device)
+        alphas = torch.tensor(alphas_fn(steps), dtype=e.dtype, device=e.device)
+
+        def logits_at(x_emb: torch.Tensor, rows_kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
+            with _replace_output(emb, lambda out: x_emb):
+                out = model(input_ids=ids.repeat(x_emb.shape[0] // B, 1), use_cache=False, logits_to_keep=pos,
+                            **rows_kwargs)
+            return out.logits.float()  # (rows, N, V)
+
+        per_chunk = max(1, int(self.internal_batch_size) // B)  # alphas per forward pass
+        acc = torch.zeros(N, B, n, e.shape[-1], dtype=torch.float32, device=e.device)
+        diff = (e - e0).float()
+        gather_idx = targets.T[:, None, :]  # (N, 1, B)
+        with torch.enable_grad():
+            for a0 in range(0, steps, per_chunk):
+                a = alphas[a0: a0 + per_chunk]
+                k = a.numel()
+                x = (e0[None] + a[:, None, None, None] * (e - e0)[None]).reshape(k * B, n, -1).detach().requires_grad_(True)
+                rows_kwargs = {name: v.repeat(k, *([1] * (v.dim() - 1))) for name, v in kwargs.items()}
+                logits = logits_at(x, rows_kwargs).view(k, B, N, -1)
+                for t in range(N):
+                    f_t = logits[:, :, t, :].gather(-1, gather_idx[t].expand(k, B)[..., None]).sum()
+                    (g,) = torch.autograd.grad(f_t, x, retain_graph=t < N - 1)
+                    acc[t] += (g.view(k, B, n, -1).float() * sizes[a0: a0 + k, None, None, None].float()).sum(0)
+                del logits, x
+        scores = (acc * diff[None]).sum(-1)  # (N, B, n)
+        with torch.no_grad():
+            f_x = logits_at(e, kwargs).gather(-1, targets[..., None])[..., 0]  # (B, N)
+            f_b = logits_at(e0, kwargs).gather(-1, targets[..., None])[..., 0]
+        self.convergence_delta = (scores.sum(-1).T - (f_x - f_b)).detach().double().cpu().numpy()
+        real = _real_masks(batch)
+        return [_split(scores[t][:, : int(pos[t]) + 1], real[:, : int(pos[t]) + 1]) for t in range(N)]
+
 
 _GXI_INPUTS = ("block_input", "word_embeddings")
 _GXI_AGGREGATIONS = ("sum", "l2")
