@@ -1,12 +1,16 @@
 """The ``generate`` verb: run ``model.generate`` and capture the attention of every generated step.
 
-How: the model generates with its fused attention kernel (no capture slows the decoding loop),
-then **one teacher-forced forward pass** over prompt + generated tokens runs with capture on. Because
-decoder self-attention is causal, the row at position ``P - 1 + t`` of that pass is exactly the row
-the decoding step ``t`` computed (same queries, keys and mask; tested against step-by-step decoding
-and against ``generate(output_attentions=True, return_dict_in_generate=True)`` of an eager copy,
-< 1e-5, with left-padded batches), and one pass over P + N tokens costs less than N cached steps
-recording attention one row at a time.
+How (decoder-only, greedy or sampled, one sequence per prompt): the capture rides on the decoding
+forwards themselves. The prefill pass records the prompt's rows, each cached decoding step the row
+of the position it feeds, and one more cached step feeds the last generated token; assembled, they
+are the (P + N) x (P + N) matrices of one teacher-forced forward over prompt + generated tokens
+(tested equal to that forward, to step-by-step decoding and to ``generate(output_attentions=True,
+return_dict_in_generate=True)`` of an eager copy, < 1e-5, with left-padded batches), at the cost of
+one extra cached step instead of a whole extra forward pass. Otherwise (encoder-decoder models,
+forced targets, beam search, several sequences per prompt) the model generates first and **one
+teacher-forced forward pass** over prompt + generated tokens runs with capture on: because decoder
+self-attention is causal, the row at position ``P - 1 + t`` of that pass is exactly the row
+decoding step ``t`` computed.
 """
 
 from __future__ import annotations
@@ -145,6 +149,87 @@ def _end_mask(gen: torch.Tensor, lengths: torch.Tensor | None, eos: set[int]) ->
     return before == 0
 
 
+#: ``generate`` options under which the decoding forwards are not one cached step per token of each
+#: prompt (beams, several sequences per prompt, assisted or contrastive search, no cache): the
+#: attention is then captured by one teacher-forced forward pass after generating instead
+_NOT_STEPWISE = ("num_beams", "num_return_sequences", "num_beam_groups", "assistant_model", "prompt_lookup_num_tokens",
+                 "penalty_alpha", "generation_config", "use_cache", "past_key_values", "streamer", "synced_gpus")
+
+
+def _stepwise(generate_kwargs: dict[str, Any]) -> bool:
+    return not any(k in generate_kwargs and generate_kwargs[k] not in (None, 1, True) for k in _NOT_STEPWISE)
+
+
+def _generate_capturing(lm: LoadedModel, batch: dict[str, torch.Tensor], kwargs: dict[str, Any], *,
+                        layers, heads, stacks, kinds, dtype, store_values) -> tuple[torch.Tensor, dict, torch.Tensor] | None:
+    """Decoder-only: generate with the capture riding on the decoding forwards themselves.
+
+    The prefill pass records the prompt's rows (P x P), each cached decoding step the one row of
+    the position it feeds, and one more cached step feeds the last generated token (its row and the
+    values of all P + N keys), so the assembled (B, H, P + N, P + N) matrices are those of one
+    teacher-forced forward over prompt + generated tokens (tested equal) without running it.
+    Returns ``(generated ids (B, N), capture fields, step logits (B, N, V))``, or None when the
+    forwards did not come as one prefill plus one step per token (the caller then captures by a
+    teacher-forced forward).
+    """
+    import dataclasses
+    from collections import defaultdict
+
+    from ..capturing.attention import CaptureSpec, backend_of, session
+    from ..capturing.result import _prepare_model
+    from ..validation import check_indices
+
+    model = lm.model
+    _prepare_model(model)
+    if layers is not None:
+        layers = check_indices("layers", layers, lm.num_layers, what="layer index")
+    if heads is not None:
+        heads = check_indices("heads", heads, lm.num_heads, what="head index")
+    spec = CaptureSpec(layers=set(layers) if layers is not None else None, heads=list(heads) if heads is not None else None,
+                       stacks=set(stacks) if stacks is not None else None, kinds=set(kinds) if kinds is not None else None,
+                       dtype=dtype, store_values=False)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    B, P = ids.shape
+    with torch.no_grad(), session(model, spec) as state:
+        out = model.generate(**batch, **kwargs, return_dict_in_generate=True, output_logits=True)
+        gen = out.sequences[:, P:]
+        N = int(gen.shape[1])
+        if N == 0 or getattr(out, "past_key_values", None) is None or out.logits is None:
+            return None
+        n_calls = len(state.records)
+        state.spec = dataclasses.replace(spec, store_values=store_values)  # the last step holds every key's values
+        full_mask = torch.cat([mask, torch.ones_like(gen, dtype=mask.dtype)], dim=1)
+        last_pos = full_mask.long().sum(-1, keepdim=True) - 1
+        model(input_ids=gen[:, -1:], attention_mask=full_mask, position_ids=last_pos,
+              past_key_values=out.past_key_values, use_cache=True)
+    by_key: dict[str, list] = defaultdict(list)
+    for rec in state.records:
+        by_key[rec.site.key].append(rec)
+    if not by_key or n_calls != len(by_key) * N:
+        return None
+    records, sites, out_proj = {}, {}, {}
+    for key, recs in by_key.items():
+        first = recs[0].probs.to_dense() if recs[0].probs.is_sparse else recs[0].probs
+        if len(recs) != N + 1 or first.shape[-2:] != (P, P):
+            return None
+        full = first.new_zeros(B, first.shape[1], P + N, P + N)
+        full[:, :, :P, :P] = first
+        for k, rec in enumerate(recs[1:], start=1):
+            row = rec.probs.to_dense() if rec.probs.is_sparse else rec.probs
+            if row.shape[-2:] != (1, P + k):
+                return None
+            full[:, :, P + k - 1, : P + k] = row[:, :, 0]
+        last = recs[-1]
+        records[key] = [dataclasses.replace(last, probs=full)]
+        sites[key] = last.site
+        if last.site.out_proj is not None:
+            out_proj[key] = last.site.output_projection_blocks(last.num_heads).detach()
+    backend = backend_of(model)
+    fields = {"records": records, "sites": sites, "out_proj": out_proj,
+              "backend": backend.name if backend is not None else str(model.config._attn_implementation)}
+    return gen, fields, torch.stack(list(out.logits), dim=1).detach()
+
+
 def generate(
     lm: LoadedModel,
     prompts: str | Sequence[str],
@@ -227,19 +312,27 @@ def generate(
             f"{'the target has' if target is not None else 'max_new_tokens ='} {N} tokens, more than {where} "
             f"({room} of {context} tokens); ask for at most {room} new tokens or shorten the prompt"
         )
+    spec = dict(layers=layers, heads=heads, stacks=stacks, kinds=kinds, dtype=dtype, store_values=store_values)
+    carried = None  # decoder-only: the capture rides on the decoding forwards (no extra forward pass)
     if target is None:
         kwargs = {"do_sample": False, "pad_token_id": pad, **generate_kwargs, "max_new_tokens": N}
-        with torch.no_grad():
-            out = lm.model.generate(**batch, **kwargs)
-        out = out.sequences if hasattr(out, "sequences") else out
-        gen = out[:, 1:] if seq2seq else out[:, P:]
+        if not seq2seq and _stepwise(generate_kwargs):
+            carried = _generate_capturing(lm, batch, kwargs, **spec)
+        if carried is not None:
+            gen = carried[0]
+        else:
+            with torch.no_grad():
+                out = lm.model.generate(**batch, **kwargs)
+            out = out.sequences if hasattr(out, "sequences") else out
+            gen = out[:, 1:] if seq2seq else out[:, P:]
         N = gen.shape[1]
         if N == 0:
             raise InputError("the model generated no token (it ended immediately); raise min_new_tokens or give a target")
     gen_mask = _end_mask(gen, lengths, eos if target is None else set())
+    if carried is not None and not bool(torch.where(gen_mask, True, gen == pad).all()):
+        carried = None  # tokens after an end that were not the pad token: capture what the mask says instead
     gen = torch.where(gen_mask, gen, torch.full_like(gen, pad))
 
-    spec = dict(layers=layers, heads=heads, stacks=stacks, kinds=kinds, dtype=dtype, store_values=store_values)
     if seq2seq:
         start = getattr(lm.model.generation_config, "decoder_start_token_id", None)
         if start is None:
@@ -252,8 +345,15 @@ def generate(
         seq = torch.cat([ids, gen], dim=1)
         run_mask = torch.cat([mask, torch.ones_like(gen)], dim=1)  # as generate extends the mask
         positions = (run_mask.long().cumsum(-1) - 1).masked_fill(run_mask == 0, 0)
-        cap = capture(lm, {"input_ids": seq, "attention_mask": run_mask, "position_ids": positions}, **spec)
-        step_logits = cap.logits[:, P - 1 : P - 1 + N]
+        if carried is not None:
+            from ..capturing.result import CaptureResult
+
+            cap = CaptureResult(input_ids=seq, attention_mask=run_mask, tokens=[], logits=None, labels=None,
+                                **carried[1])
+            step_logits = carried[2]
+        else:
+            cap = capture(lm, {"input_ids": seq, "attention_mask": run_mask, "position_ids": positions}, **spec)
+            step_logits = cap.logits[:, P - 1 : P - 1 + N]
         full_mask = torch.cat([mask, gen_mask.long().to(mask.dtype)], dim=1)
         dec = None
     scores = step_scores(step_logits, gen, top_k=top_k)
