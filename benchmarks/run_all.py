@@ -4,7 +4,8 @@
 
 By default runs the four benchmarks of the core targets with the issues' workloads
 (``capture``, ``effective``, ``analyze``, ``faithfulness``; about 5 minutes on a quiet 2-core
-machine, under 10); ``--all`` adds ``backends`` and ``dashboard`` (needs Chromium); ``--quick``
+machine, under 10); ``--all`` adds ``backends``, ``dashboard`` (needs Chromium) and ``generation``
+(needs inseq in its own venv); ``--quick``
 runs fewer repeats (and smaller ``analyze`` / ``faithfulness`` workloads: a smoke test, its
 figures are marked "quick"). Each script runs in its own process, prints the machine it ran on
 (CPU model, threads, load average, precision) and ends with a ``RESULT`` line, which this script
@@ -79,6 +80,12 @@ def fmt_dashboard(r: dict) -> tuple[str, bool]:
     return f"**{first:.2f} s** to the example page, **{head:.2f} s** head switch", first <= 2 and head <= 0.5
 
 
+def fmt_generation(r: dict) -> tuple[str, bool]:
+    att, ig, diff = _f(r.get("speedup_attention")), _f(r.get("speedup_ig")), _f(r.get("max_abs_diff"))
+    return (f"**{att:.2f}x** inseq's time for attention, **{ig:.2f}x** for IG; raw-attention scores agree to "
+            f"{diff:.1e}"), att >= 1.5 and ig >= 1.0 and diff < 1e-5
+
+
 #: name -> (what is compared, target, default args, quick args, formatter)
 BENCHMARKS = {
     "capture": ("full capture (6 layers x 12 heads, values) vs plain SDPA forward, MiniLM, 16 x 128 tokens",
@@ -94,6 +101,9 @@ BENCHMARKS = {
                  "SMYRF 50 %: <= 0.6x memory at 2048, not slower at 4096", [], ["--repeats", "1"], fmt_backends),
     "dashboard": ("headless Chromium on a 500-example run", "first draw <= 2 s, head switch <= 0.5 s", [],
                   ["--examples", "100", "--repeats", "2"], fmt_dashboard),
+    "generation": ("explain 4 x 10 generated SmolLM2 tokens (raw attention; IG 16 steps) vs inseq 0.7.1 in its own "
+                   "venv, generation included", "attention >= 1.5x, IG >= 1.0x inseq, scores within 1e-5", [],
+                   ["--repeats", "1"], fmt_generation),
 }
 CORE = ("capture", "effective", "analyze", "faithfulness")
 
@@ -187,12 +197,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, smaller workloads (smoke test)")
-    ap.add_argument("--all", action="store_true", help="also run backends.py and dashboard.py")
+    ap.add_argument("--all", action="store_true", help="also run backends.py, dashboard.py and generation.py "
+                                                        "(needs the inseq venv, see its docstring)")
     ap.add_argument("--only", help="comma-separated benchmark names (e.g. capture,effective)")
     ap.add_argument("--no-readme", action="store_true", help="print the table, do not rewrite README.md")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per benchmark before it is stopped")
     args = ap.parse_args()
-    names = list(CORE) + (["backends", "dashboard"] if args.all else [])
+    names = list(CORE) + (["backends", "dashboard", "generation"] if args.all else [])
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in names if n not in BENCHMARKS]
