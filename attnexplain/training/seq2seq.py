@@ -37,9 +37,9 @@ SEQ2SEQ_PREFIX = "tiny-"
 
 #: task -> default (epochs, peak lr)
 SEQ2SEQ_RECIPES: Registry = Registry("sequence-to-sequence recipe", {
-    "seq2seq-copy": (6, 3e-3),
-    "seq2seq-reverse": (8, 3e-3),
-    "seq2seq-sort": (12, 3e-3),
+    "seq2seq-copy": (20, 3e-3),
+    "seq2seq-reverse": (20, 3e-3),
+    "seq2seq-sort": (20, 3e-3),
 })
 
 
