@@ -2,10 +2,11 @@
 
     python benchmarks/run_all.py [--quick] [--all] [--only capture,analyze] [--no-readme]
 
-By default runs the four benchmarks of the core targets with the issues' workloads
-(``capture``, ``effective``, ``analyze``, ``faithfulness``; about 5 minutes on a quiet 2-core
-machine, under 10); ``--all`` adds ``backends``, ``dashboard`` (needs Chromium) and ``generation``
-(needs inseq in its own venv); ``--quick``
+By default runs the benchmarks of the core targets with the issues' workloads
+(``capture``, ``effective``, ``analyze``, ``faithfulness``, ``learned_queries``; about 5 minutes on
+a quiet 2-core machine, under 10; ``learned_queries`` first trains its model, under a minute, when
+``analyses/learned_queries.py`` has not cached it); ``--all`` adds ``backends``, ``dashboard``
+(needs Chromium) and ``generation`` (needs inseq in its own venv); ``--quick``
 runs fewer repeats (and smaller ``analyze`` / ``faithfulness`` workloads: a smoke test, its
 figures are marked "quick"). Each script runs in its own process, prints the machine it ran on
 (CPU model, threads, load average, precision) and ends with a ``RESULT`` line, which this script
@@ -75,6 +76,11 @@ def fmt_backends(r: dict) -> tuple[str, bool]:
     return f"**{mem:.2f}x** peak memory at 2048, **{tim:.2f}x** time at 4096", mem <= 0.6 and tim <= 1
 
 
+def fmt_learned_queries(r: dict) -> tuple[str, bool]:
+    ratio = _f(r.get("ratio"))
+    return f"**{ratio:.2f}x** the plain forward", ratio <= 1.5
+
+
 def fmt_dashboard(r: dict) -> tuple[str, bool]:
     first, head = _f(r.get("first_draw_s")), _f(r.get("head_switch_s"))
     return f"**{first:.2f} s** to the example page, **{head:.2f} s** head switch", first <= 2 and head <= 0.5
@@ -99,13 +105,16 @@ BENCHMARKS = {
                      ["--n", "16", "--repeats", "1"], fmt_faithfulness),
     "backends": ("one attention layer (12 heads, d_h 64), each backend vs dense eager, n = 512-4096",
                  "SMYRF 50 %: <= 0.6x memory at 2048, not slower at 4096", [], ["--repeats", "1"], fmt_backends),
+    "learned_queries": ("capture of the decoder cross-attention + effective cross-attention of every decoder layer "
+                        "vs the plain forward, trained set decoder (24 learned queries), 400 scenes",
+                        "<= 1.5x", [], ["--repeats", "3"], fmt_learned_queries),
     "dashboard": ("headless Chromium on a 500-example run", "first draw <= 2 s, head switch <= 0.5 s", [],
                   ["--examples", "100", "--repeats", "2"], fmt_dashboard),
     "generation": ("explain 4 x 10 generated SmolLM2 tokens (raw attention; IG 16 steps) vs inseq 0.7.1 in its own "
                    "venv, generation included", "attention >= 1.5x, IG >= 1.0x inseq, scores within 1e-5", [],
                    ["--repeats", "1"], fmt_generation),
 }
-CORE = ("capture", "effective", "analyze", "faithfulness")
+CORE = ("capture", "effective", "analyze", "faithfulness", "learned_queries")
 
 
 def parse_result(text: str) -> dict[str, str] | None:
