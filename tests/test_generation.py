@@ -303,6 +303,25 @@ def test_key_value_recall_prompts_and_gold_tokens():
         assert tok.decode([i for i, g in zip(ids, gold) if g]).replace(" ", "") == value
 
 
+def test_key_value_recall_with_word_values():
+    from attnexplain.generation.recall import VALUE_SETS, gold_token_mask, key_value_recall
+
+    exs = key_value_recall(20, n_pairs=3, seed=1, template="{name} has a {value} car.", values="colors")
+    tok = _minilm_tokenizer()
+    for e in exs:
+        value = e.prompt[e.value_span[0]: e.value_span[1]]
+        name = e.prompt[e.key_span[0]: e.key_span[1]]
+        assert value in VALUE_SETS["colors"] and e.answer == " " + value
+        assert e.prompt.endswith(f"{name} has a") and e.prompt.count(f"{name} has a {value} car.") == 1
+        gold = gold_token_mask(tok, e.prompt, e.value_span)
+        ids = tok(e.prompt)["input_ids"]
+        assert tok.decode([i for i, g in zip(ids, gold) if g]) == value
+    # the number values are the ones the default always drew (same seed, same prompts)
+    assert key_value_recall(5, seed=2)[0].answer.strip().isdigit()
+    with pytest.raises(ValueError, match="template"):
+        key_value_recall(2, template="{value} belongs to {name}.")
+
+
 def test_recall_evaluation_runs_end_to_end_on_a_tiny_lm():
     import transformers as tf
 

@@ -229,15 +229,16 @@ def find_attention_sites(model: nn.Module) -> dict[int, AttentionSite]:
     return sites
 
 
-def first_block(model: nn.Module) -> nn.Module:
-    """The first transformer block of the model's input stack (the encoder of an encoder-decoder):
-    the module whose first argument is the residual stream entering layer 0, i.e. the embedding
-    output (after the embedding LayerNorm in BERT-family models).
+def first_block(model: nn.Module, stack: str | None = None) -> nn.Module:
+    """The first transformer block of the model's input stack (the encoder of an encoder-decoder;
+    ``stack="decoder"``: the decoder's): the module whose first argument is the residual stream
+    entering layer 0, i.e. the embedding output (after the embedding LayerNorm in BERT-family models).
 
     Raises:
         UnsupportedArchitectureError: no attention site, or its rule has no ``block_path``.
     """
-    sites = [s for s in find_attention_sites(model).values() if s.kind == "self" and s.stack in ("main", "encoder")]
+    stacks = ("main", "encoder") if stack is None else (stack,)
+    sites = [s for s in find_attention_sites(model).values() if s.kind == "self" and s.stack in stacks]
     if not sites:
         raise UnsupportedArchitectureError(unsupported_message(model, "it has no self-attention site in its input stack"))
     site = min(sites, key=lambda s: s.layer)

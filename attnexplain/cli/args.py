@@ -203,7 +203,7 @@ class ExplainArgs:
 
     def _run_generation(self, lm: LoadedModel) -> str:
         """Language models: generate (or force ``continuation``), explain every generated token."""
-        from ..generation import explain_generation, generate, generation_methods
+        from ..generation import explain_generation, generation_methods
         from ..runs.settings import AnalyzeError
 
         if self.target is not None:
@@ -211,10 +211,6 @@ class ExplainArgs:
                                "to explain with --continuation TEXT")
         n = 5 if self.max_new_tokens is None else self.max_new_tokens
         header = [f"model: {lm.name} ({lm.backend}, {lm.task})"]
-        if lm.task == "seq2seq":
-            g = generate(lm, [self.text], n, target=self.continuation)
-            return "\n".join(header + [g.summary(0), "", "(per-token explanations are implemented for decoder-only "
-                                                          "models; this shows the generation and its step probabilities)"])
         ex = explain_generation(lm, [self.text], generation_methods(self.methods), max_new_tokens=n,
                                 target=self.continuation, contrast=self.contrast,
                                 exclude_special_tokens=not self.include_special_tokens)
@@ -337,10 +333,12 @@ class AnalyzeArgs:
     address: str | None = None
     num_workers: int | None = None
     worker_threads: int | None = None
-
+    task: str | None = None
+    max_new_tokens: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("--limit", self.limit, low=1, allow_none=True)
+        _check_int("--max-new-tokens", self.max_new_tokens, low=1, allow_none=True)
         _check_int("--batch-size", self.batch_size, low=1)
         _check_int("--store-attention", self.store_attention, low=0)
         _check_int("--max-length", self.max_length, low=1, allow_none=True)

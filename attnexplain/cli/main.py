@@ -220,6 +220,14 @@ def analyze(
                                                 help="Show special tokens ([CLS], [SEP]; a language model's first token) "
                                                      "in the run's token tables (report, dashboard); by default they are "
                                                      "left out (the tokens table always stores them)."),
+    task: Optional[str] = typer.Option(None, "--task",
+                                       help="classification | generation. generation (a causal LM, e.g. --model smollm2): "
+                                            "each text is a prompt (cut to --max-length tokens), --max-new-tokens are "
+                                            "generated greedily and every generated token is explained over the prompt "
+                                            "and the tokens before it, with faithfulness per generated token. "
+                                            "Default: the model's task."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens",
+                                                 help="--task generation: tokens to generate and explain per prompt (default 10)."),
 ) -> None:
     """Explain a whole data set into a run folder (resumable; bounded memory; see docs/run-format.md)."""
     args = AnalyzeArgs(
@@ -231,6 +239,7 @@ def analyze(
         text_column=text_column, label_column=label_column, text_pair_column=text_pair_column,
         include_special_tokens=include_special_tokens, threads=threads, progress=not no_progress,
         engine=engine, address=address, num_workers=num_workers, worker_threads=worker_threads,
+        task=task, max_new_tokens=max_new_tokens,
     )
     run = args.run(command=["attnexplain", *sys.argv[1:]])
     if args.shard:

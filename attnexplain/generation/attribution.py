@@ -236,6 +236,72 @@ def _occlusion_contrast(method: Any, lm: LoadedModel, batch: dict[str, torch.Ten
     return out
 
 
+def _explain_encoder_decoder(lm: LoadedModel, gen: GenerationResult, methods: Any, *, contrast: Any,
+                             steps: Sequence[int] | None, exclude_special_tokens: bool) -> GenerationExplanation:
+    """:func:`explain_generation` for encoder-decoder models (:mod:`attnexplain.generation.encoder_decoder`)."""
+    from ..capturing import UnsupportedArchitectureError
+    from ..methods import get_method
+    from .encoder_decoder import ENCODER_DECODER_METHODS, encoder_decoder_scores
+
+    from_all = methods == "all" or (not isinstance(methods, str) and methods is not None and "all" in list(methods))
+    built = [get_method(m) for m in generation_methods(methods)]
+    not_applicable = {m.name: "no per-token form for encoder-decoder generations" for m in built
+                      if m.name not in ENCODER_DECODER_METHODS}
+    if not_applicable and not from_all:
+        raise UnsupportedArchitectureError(
+            f"method(s) {', '.join(not_applicable)} have no per-token form for encoder-decoder generations; "
+            f"use {', '.join(ENCODER_DECODER_METHODS)}")
+    built = [m for m in built if m.name not in not_applicable]
+    foil = _contrast_ids(lm, gen, contrast) if contrast is not None else None
+    skipped: list[str] = []
+    if foil is not None:
+        skipped = [m.name for m in built if m.uses_capture]
+        if skipped:
+            warnings.warn(f"attention-derived methods do not depend on the target; no contrastive scores for "
+                          f"{', '.join(skipped)}", stacklevel=3)
+        built = [m for m in built if not m.uses_capture and m.name != "random"] + [m for m in built if m.name == "random"]
+        if not any(m.name != "random" for m in built):
+            raise InputError("contrastive explanations need a gradient or perturbation method "
+                             "(integrated_gradients, gradient_x_input, occlusion)")
+    B = gen.generated_ids.shape[0]
+    n_src = [int(gen.attention_mask[i].sum()) for i in range(B)]
+    n_steps = [len(gen.steps(i)) for i in range(B)]
+    wanted = None if steps is None else {int(s) for s in steps}
+    mats: dict[str, list[np.ndarray]] = {m.name: [] for m in built}
+    for i in range(B):
+        f = None
+        if foil is not None:
+            f = foil[i, : n_steps[i]]
+            ok = f >= 0
+            f = f.clamp(min=0)
+        for m in built:
+            sc = encoder_decoder_scores(m, lm, gen, i, foil=f if m.name != "random" else None)
+            if foil is not None and m.name != "random":
+                sc[~ok.cpu().numpy()] = np.nan
+            if wanted is not None:
+                sc[[t for t in range(n_steps[i]) if t not in wanted]] = np.nan
+            mats[m.name].append(sc)
+    src_tokens = [list(gen.tokens[i]) for i in range(B)]
+    tokens = [src_tokens[i] + list(gen.generated_tokens[i][: n_steps[i]]) for i in range(B)]
+    excluded = None
+    if exclude_special_tokens:
+        from ..methods.special_tokens import special_token_mask
+
+        src_mask = special_token_mask(lm, gen.input_ids, gen.attention_mask, attention_sink=False)
+        excluded = [np.concatenate([np.asarray(src_mask[i], dtype=bool), np.zeros(n_steps[i], dtype=bool)]) for i in range(B)]
+    contrast_tokens = None
+    if foil is not None:
+        from ..token_text import readable_tokens
+
+        contrast_tokens = [readable_tokens(lm.tokenizer, [c for c in foil[i].tolist() if c >= 0]) for i in range(B)]
+    atts = {m.name: GenerationAttribution(m.name, tokens, n_src, mats[m.name], contrast_tokens, excluded) for m in built}
+    if not_applicable:
+        warnings.warn("methods that do not apply to encoder-decoder generations were left out: "
+                      + ", ".join(not_applicable), stacklevel=3)
+    return GenerationExplanation(generation=gen, attributions=atts, contrast_ids=foil, skipped=skipped,
+                                 not_applicable=not_applicable)
+
+
 def explain_generation(
     lm: LoadedModel,
     prompts: str | Sequence[str] | GenerationResult,
@@ -251,7 +317,11 @@ def explain_generation(
     """Explain every generated token of ``prompts`` with each method.
 
     Args:
-        lm: a decoder-only :class:`~attnexplain.models.LoadedModel` (task ``"causal-lm"``).
+        lm: a :class:`~attnexplain.models.LoadedModel` with a language-model head: decoder-only
+            (task ``"causal-lm"``) or encoder-decoder (``"seq2seq"``: source = the encoder input,
+            methods raw / effective / norm attention (cross- and decoder self-attention), rollout,
+            gradient x input, integrated gradients, occlusion and random; see
+            :mod:`attnexplain.generation.encoder_decoder`).
         prompts: texts (generated here with :func:`attnexplain.generate`), or a
             :class:`GenerationResult` to explain (its capture is reused).
         methods: method names or instances (default :data:`DEFAULT_GENERATION_METHODS`;
@@ -273,9 +343,7 @@ def explain_generation(
         :class:`GenerationExplanation` (``.format()`` for text, ``.to_dataframe()`` for a table).
 
     Raises:
-        InputError: a model that cannot generate, an encoder-decoder model (its generation is
-            captured by :func:`attnexplain.generate`, per-token explanations are decoder-only),
-            bad prompts / targets (see :func:`attnexplain.generate`), a contrast that tokenizes to nothing.
+        InputError: a model that cannot generate, bad prompts / targets (see :func:`attnexplain.generate`), a contrast that tokenizes to nothing.
     """
     from ..methods import get_method
 
@@ -287,13 +355,12 @@ def explain_generation(
         from .decoding import check_generator
 
         check_generator(lm)
-        if lm.task == "seq2seq":
-            raise InputError("per-token explanations are implemented for decoder-only models (task 'causal-lm'); "
-                             "attnexplain.generate captures an encoder-decoder generation's attention")
         gen = generate(lm, prompts, max_new_tokens, target=target, **generate_kwargs)
-    elif gen.is_encoder_decoder:
-        raise InputError("per-token explanations are implemented for decoder-only generations")
     from ..capturing import UnsupportedArchitectureError
+
+    if gen.is_encoder_decoder:
+        return _explain_encoder_decoder(lm, gen, methods, contrast=contrast, steps=steps,
+                                        exclude_special_tokens=exclude_special_tokens)
 
     from_all = methods == "all" or (not isinstance(methods, str) and methods is not None and "all" in list(methods))
     built = [get_method(m) for m in generation_methods(methods)]

@@ -96,7 +96,7 @@ def generation_faithfulness(
         ``summary()`` averages over every (example, step).
 
     Raises:
-        ValueError: a contrastive explanation (the probability of one token is not what it
+        ValueError: an encoder-decoder generation (not implemented), a contrastive explanation (the probability of one token is not what it
             explains), an unknown mode, or no method.
     """
     import pandas as pd
@@ -109,6 +109,9 @@ def generation_faithfulness(
     if mode not in ("delete", "mask"):
         raise ValueError(f"mode must be 'delete' or 'mask', got {mode!r}")
     g = explanation.generation
+    if g.is_encoder_decoder:
+        raise ValueError("generation_faithfulness removes prompt tokens of a decoder-only generation; it is not "
+                         "implemented for encoder-decoder generations (their source runs through the encoder)")
     names = list(methods) if methods is not None else explanation.methods
     if not names and not random_baseline:
         raise ValueError("give at least one method (or random_baseline=True)")

@@ -32,7 +32,7 @@ import numpy as np
 from ..models import LoadedModel
 
 
-__all__ = ["RecallExample", "key_value_recall", "recall_evaluation", "gold_token_mask"]
+__all__ = ["RecallExample", "key_value_recall", "recall_evaluation", "gold_token_mask", "VALUE_SETS"]
 
 NAMES = ("Mara", "Tobi", "Lena", "Omar", "Iris", "Hugo", "Nina", "Pavel", "Sara", "Kofi", "Yuki", "Ravi",
          "Elsa", "Bruno", "Dana", "Felix")
@@ -48,23 +48,44 @@ class RecallExample:
     key_span: tuple[int, int]  # characters of the queried name in its pair
 
 
+#: value sets: two-digit numbers (the default) or words that are single tokens with a leading space
+#: in common byte-level BPE vocabularies (SmolLM2's among them)
+VALUE_SETS: dict[str, tuple[str, ...]] = {
+    "numbers": tuple(str(v) for v in range(10, 100)),
+    "colors": ("red", "blue", "green", "black", "white", "yellow", "brown", "pink", "orange", "purple", "gray", "gold"),
+    "cities": ("Paris", "Rome", "Berlin", "Madrid", "Tokyo", "London", "Cairo", "Vienna", "Dublin", "Lisbon",
+               "Moscow", "Sydney"),
+}
+
+
 def key_value_recall(n: int = 100, *, n_pairs: int = 3, seed: int = 0,
-                     template: str = "The code of {name} is {value}.") -> list[RecallExample]:
-    """``n`` seeded key-value recall prompts with ``n_pairs`` pairs each (see the module docstring)."""
+                     template: str = "The code of {name} is {value}.",
+                     values: str | Sequence[str] = "numbers") -> list[RecallExample]:
+    """``n`` seeded key-value recall prompts with ``n_pairs`` pairs each (see the module docstring).
+
+    ``template`` holds ``{name}`` and ``{value}``; the query is the template up to ``{value}``
+    (``"{name} has a {value} car."`` -> ``"... Mara has a"`` -> ``" red"``). ``values``: a name of
+    :data:`VALUE_SETS` or the value strings themselves (drawn without repetition per prompt).
+    """
     if n_pairs < 1 or n_pairs > len(NAMES):
         raise ValueError(f"n_pairs must be in 1..{len(NAMES)}, got {n_pairs}")
+    if "{name}" not in template or "{value}" not in template or template.index("{name}") > template.index("{value}"):
+        raise ValueError(f"template must contain {{name}} and then {{value}}, got {template!r}")
+    pool = VALUE_SETS[values] if isinstance(values, str) else tuple(str(v) for v in values)
+    if len(pool) < n_pairs:
+        raise ValueError(f"{len(pool)} values for {n_pairs} pairs: give at least as many values as pairs")
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         names = rng.sample(NAMES, n_pairs)
-        values = rng.sample(range(10, 100), n_pairs)
+        values = rng.sample(pool, n_pairs)
         q = rng.randrange(n_pairs)
         parts, value_span, key_span = [], (0, 0), (0, 0)
         pos = 0
         for j, (name, value) in enumerate(zip(names, values)):
             sentence = template.format(name=name, value=value)
             if j == q:
-                v0 = pos + sentence.index(str(value))
+                v0 = pos + len(template.split("{value}")[0].format(name=name))  # where the value starts
                 value_span = (v0, v0 + len(str(value)))
                 k0 = pos + sentence.index(name)
                 key_span = (k0, k0 + len(name))
@@ -88,7 +109,9 @@ def recall_evaluation(lm: LoadedModel, examples: Sequence[RecallExample], method
     """Accuracy, plausibility (AUPRC) and faithfulness (AOPC) per method on ``examples``.
 
     Returns ``{"accuracy", "n", "table" (pandas: method, auprc, comprehensiveness, sufficiency),
-    "faithfulness" (list of FaithfulnessResult per batch)}``.
+    "aopc" (per example, step, method, metric), "correct" (per example: greedy decoding starts with
+    the answer), "gold_fraction" (mean share of gold tokens among the prompt tokens: a random
+    ranking's expected AUPRC)}``.
     """
     import pandas as pd
 
@@ -100,6 +123,8 @@ def recall_evaluation(lm: LoadedModel, examples: Sequence[RecallExample], method
 
     examples = list(examples)
     correct = 0
+    flags: list[bool] = []
+    gold_fracs: list[float] = []
     ap: dict[str, list[float]] = {}
     aopc_rows = []
     for start in range(0, len(examples), batch_size):
@@ -107,7 +132,9 @@ def recall_evaluation(lm: LoadedModel, examples: Sequence[RecallExample], method
         prompts = [e.prompt for e in chunk]
         n_new = max(len(lm.tokenizer(e.answer, add_special_tokens=False)["input_ids"]) for e in chunk)
         free = generate(lm, prompts, n_new, store_values=False, layers=[0])
-        correct += sum(t.strip().startswith(e.answer.strip()) for t, e in zip(free.generated_texts, chunk))
+        ok = [t.strip().startswith(e.answer.strip()) for t, e in zip(free.generated_texts, chunk)]
+        flags += ok
+        correct += sum(ok)
         ex = explain_generation(lm, prompts, methods, target=[e.answer for e in chunk])
         g = ex.generation
 
@@ -116,6 +143,7 @@ def recall_evaluation(lm: LoadedModel, examples: Sequence[RecallExample], method
 
         for i, e in enumerate(chunk):
             gold = gold_token_mask(lm.tokenizer, e.prompt, e.value_span)
+            gold_fracs.append(float(gold.mean()))
             for name, att in ex.attributions.items():
                 n_p = att.n_prompt[i]
                 if gold.size != n_p:
@@ -134,4 +162,5 @@ def recall_evaluation(lm: LoadedModel, examples: Sequence[RecallExample], method
         rows.append({"method": name, "auprc": float(np.nanmean(ap[name])) if name in ap else float("nan"),
                      "comprehensiveness": float(piv.loc[name, "comprehensiveness"]),
                      "sufficiency": float(piv.loc[name, "sufficiency"])})
-    return {"accuracy": correct / len(examples), "n": len(examples), "table": pd.DataFrame(rows), "aopc": aopc}
+    return {"accuracy": correct / len(examples), "n": len(examples), "table": pd.DataFrame(rows), "aopc": aopc,
+            "correct": flags, "gold_fraction": float(np.mean(gold_fracs)) if gold_fracs else float("nan")}

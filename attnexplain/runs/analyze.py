@@ -100,12 +100,17 @@ def _contiguous_batches(positions: list[int], batch_size: int, lengths: Mapping[
     return out
 
 
-def _run_batches_locally(writer: RunWriter, ds: Any, batches: list[list[int]], setup: _Setup, *, seed: int,
+def _run_batches_locally(writer: RunWriter, ds: Any, batches: list[list[int]], setup: Any, *, seed: int,
                          store_set: set[int], bar: Any, on_batch: Callable[[int, int, int], None] | None) -> int:
     """The local engine: the batches one after the other in this process; returns #truncated texts."""
+    from .generation_batch import GenerationSetup, run_generation_batch
+
     n_trunc = 0
     for number, batch in enumerate(batches):
-        tables, arrays = run_batch(setup, seed, batch_inputs(ds, batch, setup.label_mapping, store_set))
+        if isinstance(setup, GenerationSetup):
+            tables, arrays = run_generation_batch(setup, seed, batch_inputs(ds, batch, None, store_set))
+        else:
+            tables, arrays = run_batch(setup, seed, batch_inputs(ds, batch, setup.label_mapping, store_set))
         n_trunc += int(np.sum(tables["examples"]["truncated"]))
         writer.write_batch(batch[0], tables, arrays)
         if bar is not None:
@@ -214,6 +219,8 @@ def analyze(
     address: str | None = None,
     num_workers: int | None = None,
     worker_threads: int | None = None,
+    task: str | None = None,
+    max_new_tokens: int | None = None,
 ) -> Run:
     """Explain every example of ``dataset`` with ``model`` into the run folder ``out``; returns the :class:`Run`.
 
@@ -263,6 +270,13 @@ def analyze(
         num_workers: Ray only: actors (each loads the model once). Default: the CPUs of this
             machine (no ``address``) or of the cluster, divided by ``worker_threads``.
         worker_threads: Ray only: torch threads (and Ray CPUs reserved) per worker. Default 1.
+        task: ``"classification"`` (sequence classifiers) or ``"generation"`` (causal language
+            models: every text is a prompt; ``max_new_tokens`` tokens are generated greedily and each
+            generated token is explained over the prompt and the tokens before it, with ERASER
+            faithfulness per generated token; see :mod:`attnexplain.runs.generation_batch`).
+            Default: the model's own (a causal LM -> generation). ``max_length`` then cuts prompts
+            to that many tokens (default: the context minus ``max_new_tokens``); labels are not used.
+        max_new_tokens: generation only: tokens to generate per prompt (default 10).
 
     Raises:
         AnalyzeError, DatasetError, ModelNotFoundError, RunMismatchError: user errors, with messages.
@@ -343,13 +357,41 @@ def analyze(
         except (KeyError, TypeError) as exc:  # unknown backend / bad backend option
             raise AnalyzeError(str(exc.args[0] if exc.args else exc)) from None
         model_name = str(model)
-    if lm.task != "classification":
-        raise AnalyzeError(f"{model_name} is a {lm.task} model; analyze explains sequence classifiers")
-    precision = resolve_precision(faithfulness_precision, lm.device)
-    max_len = min(int(max_length), lm.max_length) if max_length is not None else lm.max_length
-    ds_labels = ds.label_names
-    mapping = resolve_label_map(ds_labels, lm.labels, label_map, dataset_name=ds_name, model_name=model_name,
-                                max_label=max(ds.labels) if ds.labels else None)
+    from .schema import GENERATION_TASK
+
+    if task is None:
+        task = GENERATION_TASK if lm.task == "causal-lm" else "classification"
+    if task not in ("classification", GENERATION_TASK):
+        raise AnalyzeError(f"--task must be classification or generation, got {task!r}")
+    generation = task == GENERATION_TASK
+    if generation:
+        if lm.task != "causal-lm":
+            raise AnalyzeError(f"--task generation explains what a causal language model generates, but {model_name} is "
+                               f"a {lm.task} model; use a causal LM (e.g. --model smollm2) or leave out --task")
+        if head_ablation:
+            raise AnalyzeError("--head-ablation is an option of classifier runs; leave it out with --task generation")
+        if engine != "local":
+            raise AnalyzeError("--task generation runs with --engine local (split a large data set with --shard i/n "
+                               "in several processes and merge them)")
+        if max_new_tokens is None:
+            from .generation_batch import DEFAULT_MAX_NEW_TOKENS
+
+            max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens < lm.max_length:
+            raise AnalyzeError(f"--max-new-tokens must be an integer in 1..{lm.max_length - 1} (the model's context "
+                               f"is {lm.max_length} tokens), got {max_new_tokens!r}")
+    elif lm.task != "classification":
+        raise AnalyzeError(f"{model_name} is a {lm.task} model; analyze explains sequence classifiers"
+                           + (" (for a language model: --task generation)" if lm.task == "causal-lm" else ""))
+    elif max_new_tokens is not None:
+        raise AnalyzeError("--max-new-tokens is an option of --task generation")
+    precision = resolve_precision(faithfulness_precision, lm.device) if not generation else "float32"
+    model_max = lm.max_length - (int(max_new_tokens) if generation else 0)
+    max_len = min(int(max_length), model_max) if max_length is not None else model_max
+    ds_labels = ds.label_names if not generation else None
+    mapping = None if generation else resolve_label_map(
+        ds_labels, lm.labels, label_map, dataset_name=ds_name, model_name=model_name,
+        max_label=max(ds.labels) if ds.labels else None)
 
     _refuse_rows_without_content(lm, ds, positions, max_len)
 
@@ -358,8 +400,9 @@ def analyze(
     ray_model = lm if isinstance(model, LoadedModel) else model_name
     manifest = {
         "format_version": 1, "attnexplain_version": __version__, "command": list(command or sys.argv),
-        "model": model_name, "model_source": getattr(lm, "source", "") or "object", "task": lm.task,
-        "labels": list(lm.labels or []), "dataset": ds_name, "split": ds.split if not isinstance(dataset, TextDataset) else split,
+        "model": model_name, "model_source": getattr(lm, "source", "") or "object",
+        "task": GENERATION_TASK if generation else lm.task,
+        "labels": [] if generation else list(lm.labels or []), "dataset": ds_name, "split": ds.split if not isinstance(dataset, TextDataset) else split,
         "dataset_labels": list(ds_labels) if ds_labels else None, "limit": limit,
         "shard": f"{shard_t[0]}/{shard_t[1]}" if shard_t else None,
         "backend": backend, "backend_options": backend_options, "methods": method_names,
@@ -372,6 +415,10 @@ def analyze(
         "head_dim": _head_dim(lm),
         "engine": ray_session.info if ray_session is not None else {"name": "local", "threads": torch.get_num_threads()},
     }
+    if generation:
+        manifest["model_task"] = lm.task
+        manifest["generation"] = {"max_new_tokens": int(max_new_tokens), "decoding": "greedy",
+                                  "prompt_max_tokens": int(max_len)}
     writer = RunWriter(out, manifest, force=force, log=log)
     # the Ray session connects first (an unreachable cluster fails before the run folder is touched;
     # it fills manifest["engine"]) and is closed last
@@ -387,8 +434,14 @@ def analyze(
                 + (f"; redoing {len(writer.redone)} corrupt batch(es)" if writer.redone else ""))
         store_set = set(positions[:store_attention])
 
-        setup = build_setup(lm, method_names, seed=seed, bins=bins, removal=removal, head_ablation=head_ablation,
-                            max_length=max_len, label_mapping=mapping, label_names=ds_labels, precision=precision)
+        if generation:
+            from .generation_batch import build_generation_setup
+
+            setup = build_generation_setup(lm, method_names, seed=seed, bins=bins, removal=removal,
+                                           max_new_tokens=int(max_new_tokens), max_length=max_len)
+        else:
+            setup = build_setup(lm, method_names, seed=seed, bins=bins, removal=removal, head_ablation=head_ablation,
+                                max_length=max_len, label_mapping=mapping, label_names=ds_labels, precision=precision)
         torch.manual_seed(seed)
         lengths = None
         if todo and lm.tokenizer is not None:
@@ -396,7 +449,7 @@ def analyze(
 
             kw = {"text_pair": [ds.text_pairs[p] for p in todo]} if ds.text_pairs is not None else {}
             ids_all = untruncated_ids(lm.tokenizer, [ds.texts[p] for p in todo], **kw)
-            lengths = {p: min(len(x), max_len) for p, x in zip(todo, ids_all)}
+            lengths = {p: min(len(x), max_len) + (int(max_new_tokens) if generation else 0) for p, x in zip(todo, ids_all)}
         batches = _contiguous_batches(todo, batch_size, lengths, MAX_BATCH_TOKENS)
         bar = None
         if progress:
@@ -423,7 +476,8 @@ def analyze(
                 bar.close()
         seconds = time.perf_counter() - t0
         if n_trunc:
-            log(f"[analyze] {n_trunc} text(s) were longer than {max_len} tokens and were truncated (column 'truncated')")
+            log(f"[analyze] {n_trunc} text(s) were longer than {max_len} tokens and were truncated (column 'truncated')"
+                + (" to make the prompts" if generation else ""))
         run = writer.finalize(extra={"seconds_last_session": round(seconds, 2)})
     if todo:
         log(f"[analyze] wrote {out}: {len(positions)} examples ({len(todo)} this session, "

@@ -83,7 +83,7 @@ def merge_runs(paths: Iterable[str | os.PathLike], out: str | os.PathLike, *, fo
 
     runs.sort(key=first_index)
     methods = runs[0].methods
-    n = merge_tables({t: [r.path / f"{t}.parquet" for r in runs] for t in TABLES}, out, methods)
+    n = merge_tables({t: [r.path / f"{t}.parquet" for r in runs] for t in TABLES}, out, methods, runs[0].manifest.get("task"))
     (out / ATTENTION).mkdir(exist_ok=True)
     for r in runs:
         src = r.path / ATTENTION

@@ -87,8 +87,8 @@ def _shard_meta(table) -> dict:
         return {}
 
 
-def _empty_frame(table: str, methods: Iterable[str]):
-    return table_schema(table, methods).empty_table().to_pandas()
+def _empty_frame(table: str, methods: Iterable[str], task: str | None = None):
+    return table_schema(table, methods, task).empty_table().to_pandas()
 
 
 class Run:
@@ -179,7 +179,7 @@ class Run:
         kwargs: dict[str, Any] = {"filters": filters or None}
         if columns is not None:
             kwargs["columns"] = columns
-        schema = table_schema(table, self.methods)
+        schema = table_schema(table, self.methods, self.manifest.get("task"))
         try:
             if self.is_complete:
                 return pq.read_table(self.path / f"{table}.parquet", **kwargs).to_pandas()

@@ -67,6 +67,11 @@ class CompareResult:
     files: list[Path] = field(default_factory=list)
 
 
+def _clip(text: Any, n: int = 60) -> str:
+    t = " ".join(str(text).split())
+    return t if len(t) <= n else t[: n - 1] + "…"
+
+
 def _fmt(x: float | None, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
@@ -101,7 +106,8 @@ def aopc_table(run: Run, examples: Any = None, n_resamples: int = 2000):
 
 
 def method_agreement(tokens: Any, methods: list[str]):
-    """Mean (over examples) Kendall tau-b between every pair of methods' token scores: DataFrame M x M."""
+    """Mean (over examples; generation runs: over generated tokens) Kendall tau-b between every pair of
+    methods' token scores: DataFrame M x M."""
     import pandas as pd
 
     M = len(methods)
@@ -110,8 +116,10 @@ def method_agreement(tokens: Any, methods: list[str]):
     if len(tokens):
         t = tokens[tokens["method"].isin(methods)]
         order = {m: i for i, m in enumerate(methods)}
-        t = t.assign(mi=t["method"].map(order)).sort_values(["example_id", "mi", "position"], kind="stable")
-        for _, grp in t.groupby("example_id", sort=False):
+        # generation runs: one ranking per generated token (example, step)
+        keys = ["example_id", "step"] if "step" in t else ["example_id"]
+        t = t.assign(mi=t["method"].map(order)).sort_values([*keys, "mi", "position"], kind="stable")
+        for _, grp in t.groupby(keys, sort=False):
             if grp["mi"].nunique() != M:
                 continue
             n = len(grp) // M
@@ -197,6 +205,14 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
         lines.append("- accuracy: n/a (unlabelled data)")
     if n:
         lines.append(f"- truncated inputs: {int(ex['truncated'].sum())}; mean tokens {ex['n_tokens'].mean():.1f}")
+    if man.get("task") == "generation" and n:
+        gen_conf = man.get("generation") or {}
+        n_gen = ex["n_generated"].to_numpy(dtype=float)
+        p_all = np.concatenate([np.asarray(p, dtype=float) for p in ex["step_probs"]]) if n else np.array([])
+        lines.append(f"- generation: {int(n_gen.sum())} generated tokens explained ({gen_conf.get('decoding', 'greedy')}, "
+                     f"at most {gen_conf.get('max_new_tokens')} per prompt; mean {n_gen.mean():.1f}); mean step "
+                     f"probability {_fmt(float(p_all.mean()) if p_all.size else None, 3)}. Faithfulness and agreement are "
+                     "per generated token (its probability; its scores over the prompt and the tokens before it)")
     if man.get("text_pair_column"):
         lines.append(f"- sentence pairs: column `{man['text_pair_column']}` is the second segment "
                      "(tokenized together with the text: [CLS] text [SEP] pair [SEP])")
@@ -207,6 +223,13 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
                      + (") and each example's first token (attention sink)" if special.get("attention_sink") else ")")
                      + " left out of the token tables (`--include-special-tokens` keeps them); faithfulness never removes them")
     lines.append("")
+
+    if man.get("task") == "generation" and n:
+        show = pd.DataFrame({"example": ex["example_id"].astype(str),
+                             "prompt": [_clip(t) for t in ex["text"]],
+                             "generated": [_clip(t) for t in ex["generated_text"]],
+                             "mean p": [float(np.mean(p)) if len(p) else float("nan") for p in ex["step_probs"]]})
+        lines += ["## Generations (first 10)", "", format_markdown_table(show.head(10), digits=3, missing="n/a"), ""]
 
     aopc = aopc_table(run, ex, n_resamples=n_resamples) if n else pd.DataFrame()
     lines += ["## Faithfulness (ERASER AOPC, mean over examples, 95 % bootstrap CI)", "",
@@ -350,9 +373,13 @@ def compare(run_a: str | os.PathLike | Run, run_b: str | os.PathLike | Run, *, o
     ja = ea.set_index("example_id").loc[common]
     jb = eb.set_index("example_id").loc[common]
     agree = float((ja["pred"].to_numpy() == jb["pred"].to_numpy()).mean())
-    pa = np.stack(ja["probs"].to_numpy())
-    pb = np.stack(jb["probs"].to_numpy())
-    mean_tvd = float(np.mean(tvd(pa, pb))) if pa.shape == pb.shape else float("nan")
+    try:  # class distributions; generation runs hold step probabilities of varying length instead
+        pa = np.stack(ja["probs"].to_numpy())
+        pb = np.stack(jb["probs"].to_numpy())
+        generation = "generation" in (ma.get("task"), mb.get("task"))
+        mean_tvd = float(np.mean(tvd(pa, pb))) if pa.shape == pb.shape and not generation else float("nan")
+    except ValueError:
+        mean_tvd = float("nan")
     lines.append(f"Shared examples: {len(common)}")
     lines.append("")
     if ja["correct"].notna().any():

@@ -28,9 +28,20 @@ _META_KEY = b"attnexplain"
 COMPAT_KEYS = (
     "model", "task", "dataset", "split", "limit", "shard", "backend", "backend_options", "methods",
     "faithfulness", "head_ablation", "label_map", "max_length", "store_attention", "seed",
-    "text_column", "label_column", "text_pair_column",
+    "text_column", "label_column", "text_pair_column", "generation",
 )
 _REQUIRED_MANIFEST = ("format_version", "model", "dataset", "methods", "status")
+#: the manifest ``task`` of a generation run (``analyze --task generation``): its tables carry the
+#: columns of :data:`GENERATION_COLUMNS` besides the classifier ones
+GENERATION_TASK = "generation"
+#: extra columns of each table in a generation run (one token-table row per generated token x visible token x method)
+GENERATION_COLUMNS = {
+    "examples": (("generated_text", "string"), ("generated_tokens", "list<string>"), ("step_probs", "list<float32>"),
+                 ("n_generated", "int32")),
+    "tokens": (("step", "int32"), ("generated_token", "string"), ("step_prob", "float32"), ("is_prompt", "bool")),
+    "faithfulness": (("step", "int32"),),
+    "heads": (),
+}
 
 
 class RunFormatError(AttnExplainError, ValueError):
@@ -49,8 +60,24 @@ class RunPathError(AttnExplainError, ValueError):
     """A run name that would leave the runs folder (``..``, an absolute path, a symlink out)."""
 
 
-def table_schema(table: str, methods: Iterable[str] = ()):
-    """The pyarrow schema of ``table`` (``examples`` depends on the methods of the run)."""
+def table_schema(table: str, methods: Iterable[str] = (), task: str | None = None):
+    """The pyarrow schema of ``table`` (``examples`` depends on the methods of the run; a
+    generation run, ``task == "generation"``, adds the columns of :data:`GENERATION_COLUMNS`)."""
+    import pyarrow as pa
+
+    base = _base_schema(table, methods)
+    if task != GENERATION_TASK:
+        return base
+    types = {"string": pa.string(), "int32": pa.int32(), "float32": pa.float32(), "bool": pa.bool_(),
+             "list<string>": pa.list_(pa.string()), "list<float32>": pa.list_(pa.float32())}
+    extra = [pa.field(n, types[t]) for n, t in GENERATION_COLUMNS[table]]
+    if table == "examples":
+        return pa.schema(list(base) + extra)
+    # tokens / faithfulness: the step right after the example id (rows are read per example and step)
+    return pa.schema([base.field(0)] + extra + list(base)[1:])
+
+
+def _base_schema(table: str, methods: Iterable[str] = ()):
     import pyarrow as pa
 
     if table == "examples":

@@ -276,7 +276,7 @@ class RunWriter:
             try:
                 et = pq.read_table(epath)
                 meta = _shard_meta(et)
-                if et.schema.remove_metadata() != table_schema("examples", methods):
+                if et.schema.remove_metadata() != table_schema("examples", methods, self.manifest.get("task")):
                     problem = f"{epath.name} has an unexpected schema"
                 elif "rows" not in meta:
                     problem = f"{epath.name} lacks its batch record"
@@ -370,7 +370,7 @@ class RunWriter:
         if self.is_complete:
             raise RuntimeError(f"{self.path} is complete; nothing more can be written")
         methods = self.manifest.get("methods") or []
-        built = {t: _to_table(tables[t], table_schema(t, methods)) for t in TABLES}
+        built = {t: _to_table(tables[t], table_schema(t, methods, self.manifest.get("task"))) for t in TABLES}
         ids = built["examples"].column("example_id").to_pylist()
         dup = self.done_ids.intersection(ids)
         if dup:
@@ -403,7 +403,7 @@ class RunWriter:
         methods = self.manifest.get("methods") or []
         starts = _committed_starts(self.path)
         shard_files = {t: [_shard_path(self.path, t, s) for s in starts] for t in TABLES}
-        merge_tables(shard_files, self.path, methods)
+        merge_tables(shard_files, self.path, methods, self.manifest.get("task"))
         manifest = dict(self.manifest)
         manifest.update(extra or {})
         manifest["status"] = "complete"
@@ -417,7 +417,7 @@ class RunWriter:
         return open_run(self.path)
 
 
-def merge_tables(files: Mapping[str, list[Path]], out_dir: Path, methods: Iterable[str]) -> int:
+def merge_tables(files: Mapping[str, list[Path]], out_dir: Path, methods: Iterable[str], task: str | None = None) -> int:
     """Stream the per-table ``files`` (in order) into ``out_dir/<table>.parquet``; returns #examples.
 
     Raises ValueError when an example id appears twice.
@@ -427,7 +427,7 @@ def merge_tables(files: Mapping[str, list[Path]], out_dir: Path, methods: Iterab
     methods = list(methods)
     seen: set[str] = set()
     for table in TABLES:
-        schema = table_schema(table, methods)
+        schema = table_schema(table, methods, task)
         final = Path(out_dir) / f"{table}.parquet"
 
         def _write(tmp: Path, table=table, schema=schema) -> None:

@@ -31,7 +31,9 @@ def _disagreement(path: str, sig: tuple, a: str, b: str) -> pd.Series:
 
     toks = run_access.tokens_table(path, sig)
     toks = toks[toks["method"].isin([a, b])]
-    wide = toks.pivot_table(index=["example_id", "position"], columns="method", values="score", aggfunc="first")
+    # generation runs: one row of scores per generated token (step) and visible token
+    index = ["example_id", "step", "position"] if "step" in toks else ["example_id", "position"]
+    wide = toks.pivot_table(index=index, columns="method", values="score", aggfunc="first")
     out = {}
     for eid, part in wide.groupby(level=0, sort=False):
         if a in part and b in part and len(part) > 1:
@@ -129,6 +131,18 @@ if ref.manifest.get("text_pair_column"):
     st.caption(f"Sentence pair: the text and its second segment (column {escape_md(ref.manifest['text_pair_column'])}) were "
                "tokenized together; the tokens after the first separator ([SEP] or </s>) are the second segment.")
 arrays = ref.attention(eid) if eid in stored else None
+if ref.manifest.get("task") == "generation":  # analyze --task generation: the generation view
+    from attnexplain.dashboard import generation_views
+
+    gen_conf = ref.manifest.get("generation") or {}
+    st.caption(f"Generation run: {escape_md(gen_conf.get('max_new_tokens', '?'))} tokens generated greedily per prompt; "
+               "each generated token is explained over the prompt and the tokens generated before it.")
+    rows = generation_views.rows_from_run(row, ref.tokens(eid), arrays, special_tokens=ref.manifest.get("special_tokens"),
+                                          exclude_special=ref.run.excludes_special_tokens)
+    generation_views.render_rows(rows, key=f"gen:{ref.name}", note=(
+        f"The attention arrays of {escape_md(eid)} were not stored (this run keeps them for {len(stored)} example(s); "
+        "`--store-attention` sets how many): no per-head attention maps."))
+    st.stop()
 probs = row.get("probs")
 if probs is None or (hasattr(probs, "__len__") and len(probs) == 0):
     probs = arrays.get("probs") if arrays else None
