@@ -32,15 +32,14 @@ METHODS = ["raw_attention", "effective_attention", "norm", "rollout", "gradient_
            "occlusion", "random"]
 #: ``--cheap``: without the two methods that run the model per step many times (IG, occlusion)
 CHEAP_METHODS = ["raw_attention", "effective_attention", "norm", "rollout", "gradient_x_input", "random"]
-#: (template, value set, pairs) checked for accuracy first; the previous session's prompt is the first
+#: (label, template, pairs, question, chat) checked for accuracy first; the previous session's prompt is the first
+Q = "What is {name}'s code?"
 CANDIDATES = [
-    ("The code of {name} is {value}.", "numbers", 3),
-    ("The code of {name} is {value}.", "numbers", 2),
-    ("{name}'s code is {value}.", "numbers", 2),
-    ("{name} has a {value} car.", "colors", 3),
-    ("{name} has a {value} car.", "colors", 2),
-    ("{name} lives in {value}.", "cities", 3),
-    ("{name} lives in {value}.", "cities", 2),
+    ("statements", "The code of {name} is {value}.", 3, None, None),
+    ("statements", "The code of {name} is {value}.", 2, None, None),
+    ("statements + question", "{name}'s code is {value}.", 2, "Question: " + Q + " Answer:", None),
+    ("chat (ChatML) + question", "{name}'s code is {value}.", 3, Q, "chatml"),
+    ("chat (ChatML) + question", "{name}'s code is {value}.", 2, Q, "chatml"),
 ]
 
 
@@ -71,6 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.n, args.bbc_n, args.bbc_tokens, args.bbc_new, args.ig_steps = 3, 2, 12, 2, 2
     C.set_threads(args.threads)
+    import warnings
+
+    # the ChatML prompts hold <|im_start|> / <|im_end|> on purpose: they are the model's turn markers
+    warnings.filterwarnings("ignore", message=r".*contain a special token's literal string.*")
     out = C.out_dir(NAME, args.out)
     run = C.Run(NAME, args)
     import pandas as pd
@@ -101,20 +104,27 @@ def main(argv: list[str] | None = None) -> dict:
                for m in method_names]
 
     # 1. accuracy of each candidate -------------------------------------------------------------
+    from attnexplain.generation.recall import CHATML
+
+    def prompts(cand, n):
+        _, template, pairs, question, chat = cand
+        return key_value_recall(n, n_pairs=pairs, seed=args.seed, template=template, question=question,
+                                chat=CHATML if chat == "chatml" else chat)
+
     rows = []
-    for template, values, pairs in candidates:
-        ex = key_value_recall(args.n, n_pairs=pairs, seed=args.seed, template=template, values=values)
+    for c in candidates:
+        ex = prompts(c, args.n)
         acc = accuracy(lm, ex, args.batch_size)
-        rows.append({"template": template, "values": values, "pairs": pairs, "accuracy": acc,
-                     "correct": round(acc * len(ex)), "example": f"{ex[0].prompt} -> {ex[0].answer!r}"})
-        C.log(f"[{NAME}] {template!r} {values} x{pairs}: accuracy {acc:.3f}")
+        rows.append({"prompt": c[0], "template": c[1], "pairs": c[2], "accuracy": acc, "correct": round(acc * len(ex)),
+                     "example": f"{ex[0].prompt} -> {ex[0].answer!r}"})
+        C.log(f"[{NAME}] {c[0]} {c[1]!r} x{c[2]}: accuracy {acc:.3f}")
     cand = pd.DataFrame(rows)
     best = int(cand["accuracy"].to_numpy().argmax())
-    template, values, pairs = candidates[best]
-    examples = key_value_recall(args.n, n_pairs=pairs, seed=args.seed, template=template, values=values)
+    label, template, pairs = candidates[best][:3]
+    examples = prompts(candidates[best], args.n)
 
     # 2. explanations on the best template ---------------------------------------------------------
-    C.log(f"[{NAME}] explaining {args.n} prompts of {template!r} ({values}, {pairs} pairs) with {', '.join(method_names)}")
+    C.log(f"[{NAME}] explaining {args.n} prompts of {label} {template!r} ({pairs} pairs) with {', '.join(method_names)}")
     res = recall_evaluation(lm, examples, methods, batch_size=args.batch_size, seed=args.seed)
     table = res["table"]
     correct_ids = [i for i, ok in enumerate(res["correct"]) if ok]
@@ -163,18 +173,18 @@ def main(argv: list[str] | None = None) -> dict:
         "**Claim.** Explanations of a generated token should rank the prompt tokens it is copied from above the rest "
         "(plausibility, AUPRC against evidence known by construction) and beat a random ranking in ERASER "
         "faithfulness -- checked only where the model does the task (greedy accuracy first).",
-        f"**Accuracy first.** {len(candidates)} templates, {args.n} seeded prompts each; the best is "
-        f"`{template}` ({values}, {pairs} pairs): **{cand['accuracy'].iloc[best]:.3f}** "
-        f"({int(cand['correct'].iloc[best])}/{args.n}); the previous session's prompt (3 pairs of numbers) "
-        f"{cand['accuracy'].iloc[0]:.3f}.",
-        f"**Do our numbers agree?** On `{template}`: {verdict(table)}",
+        f"**Accuracy first.** {len(candidates)} prompt forms, {args.n} seeded prompts each; the best is "
+        f"{label} with {pairs} pairs: **{cand['accuracy'].iloc[best]:.3f}** "
+        f"({int(cand['correct'].iloc[best])}/{args.n}), e.g. `{examples[0].prompt!r}` -> `{examples[0].answer!r}`; "
+        f"the previous session's prompt (3 statements) {cand['accuracy'].iloc[0]:.3f}.",
+        f"**Do our numbers agree?** On {label} ({pairs} pairs): {verdict(table)}",
         "AUPRC: average precision of each answer token's prompt scores against the gold tokens (the queried value; "
         f"gold fraction of the prompt {gold_frac:.3f} = a random ranking's expected AUPRC). comp. AOPC (higher = more "
         "faithful) / suff. AOPC (lower = more faithful): ERASER on the answer token's probability, prompt tokens "
         "deleted by each method's ranking (bins 1/5/10/20/50 %). Explanations of the forced answer, whitespace-only "
         "answer tokens left out.",
     ]
-    sections = [("Greedy accuracy per template", C.md_table(cand[["template", "values", "pairs", "accuracy", "correct"]])),
+    sections = [("Greedy accuracy per prompt form", C.md_table(cand[["prompt", "template", "pairs", "accuracy", "correct"]])),
                 (f"Explanations, all {args.n} prompts", C.md_table(table, headers=heads))]
     if solved is not None:
         sections.append((f"Explanations, the {len(correct_ids)} correctly answered prompts", C.md_table(solved, headers=heads)))
@@ -194,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         bbc.to_csv(out / "bbc_news_aopc.csv", index=False)
         files.append("bbc_news_aopc.csv")
     run.manifest(out, models=model_name, files=files, accuracy=float(cand["accuracy"].iloc[best]),
-                 data={"task": "key_value_recall", "template": template, "values": values, "pairs": pairs, "n": args.n,
+                 data={"task": "key_value_recall", "prompt": label, "template": template, "pairs": pairs, "n": args.n,
                        "gold_fraction": gold_frac, "bbc_news": {"n": args.bbc_n, "prompt_tokens": args.bbc_tokens,
                                                                 "new_tokens": args.bbc_new} if bbc is not None else None})
     print((out / "table.md").read_text())

@@ -65,7 +65,7 @@ def test_key_value_recall_quick_run_checks_accuracy_then_explains(tmp_path):
     mod = _load("key_value_recall")
     res = mod.main(["--quick", "--out", str(tmp_path), "--threads", "1"])
     table = (tmp_path / "table.md").read_text()
-    assert "## Greedy accuracy per template" in table and "**Do our numbers agree?**" in table
+    assert "## Greedy accuracy per prompt form" in table and "**Do our numbers agree?**" in table
     assert len(res["accuracy"]) == 2 and res["accuracy"]["accuracy"].between(0, 1).all()
     assert {"raw_attention", "occlusion", "random"} <= set(res["table"]["method"])
     assert "BBC News continuations" in table and set(res["bbc"]["method"]) >= {"raw_attention", "random"}

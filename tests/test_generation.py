@@ -316,6 +316,15 @@ def test_key_value_recall_with_word_values():
         gold = gold_token_mask(tok, e.prompt, e.value_span)
         ids = tok(e.prompt)["input_ids"]
         assert tok.decode([i for i, g in zip(ids, gold) if g]) == value
+    from attnexplain.generation.recall import CHATML
+
+    chat = key_value_recall(10, n_pairs=2, seed=0, template="{name}'s code is {value}.",
+                            question="What is {name}'s code?", chat=CHATML)
+    for e in chat:
+        value, name = e.prompt[e.value_span[0]: e.value_span[1]], e.prompt[e.key_span[0]: e.key_span[1]]
+        assert e.answer == " " + value and e.prompt.startswith("<|im_start|>user\n")
+        assert e.prompt.endswith(f"What is {name}'s code?<|im_end|>\n<|im_start|>assistant\n{name}'s code is")
+        assert f"{name}'s code is {value}." in e.prompt
     # the number values are the ones the default always drew (same seed, same prompts)
     assert key_value_recall(5, seed=2)[0].answer.strip().isdigit()
     with pytest.raises(ValueError, match="template"):

@@ -32,7 +32,7 @@ import numpy as np
 from ..models import LoadedModel
 
 
-__all__ = ["RecallExample", "key_value_recall", "recall_evaluation", "gold_token_mask", "VALUE_SETS"]
+__all__ = ["RecallExample", "key_value_recall", "recall_evaluation", "gold_token_mask", "VALUE_SETS", "CHATML"]
 
 NAMES = ("Mara", "Tobi", "Lena", "Omar", "Iris", "Hugo", "Nina", "Pavel", "Sara", "Kofi", "Yuki", "Ravi",
          "Elsa", "Bruno", "Dana", "Felix")
@@ -58,19 +58,32 @@ VALUE_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: the ChatML turn format of SmolLM2-Instruct (and other ChatML models) for ``key_value_recall(chat=...)``
+CHATML = "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}"
+
+
 def key_value_recall(n: int = 100, *, n_pairs: int = 3, seed: int = 0,
                      template: str = "The code of {name} is {value}.",
-                     values: str | Sequence[str] = "numbers") -> list[RecallExample]:
+                     values: str | Sequence[str] = "numbers", question: str | None = None,
+                     chat: str | None = None) -> list[RecallExample]:
     """``n`` seeded key-value recall prompts with ``n_pairs`` pairs each (see the module docstring).
 
     ``template`` holds ``{name}`` and ``{value}``; the query is the template up to ``{value}``
     (``"{name} has a {value} car."`` -> ``"... Mara has a"`` -> ``" red"``). ``values``: a name of
     :data:`VALUE_SETS` or the value strings themselves (drawn without repetition per prompt).
+    ``question``: a question about the queried name put after the facts (``"What is {name}'s
+    code?"``). ``chat``: a turn format with ``{user}`` (facts + question) and ``{assistant}`` (the
+    query), e.g. :data:`CHATML`: the instruct model is asked, and its answer is started for it::
+
+        <|im_start|>user\nMara's code is 41. Tobi's code is 17. What is Mara's code?<|im_end|>
+        <|im_start|>assistant\nMara's code is                                   -> " 41"
     """
     if n_pairs < 1 or n_pairs > len(NAMES):
         raise ValueError(f"n_pairs must be in 1..{len(NAMES)}, got {n_pairs}")
     if "{name}" not in template or "{value}" not in template or template.index("{name}") > template.index("{value}"):
         raise ValueError(f"template must contain {{name}} and then {{value}}, got {template!r}")
+    if chat is not None and ("{user}" not in chat or "{assistant}" not in chat or chat.index("{user}") > chat.index("{assistant}")):
+        raise ValueError(f"chat must contain {{user}} and then {{assistant}}, got {chat!r}")
     pool = VALUE_SETS[values] if isinstance(values, str) else tuple(str(v) for v in values)
     if len(pool) < n_pairs:
         raise ValueError(f"{len(pool)} values for {n_pairs} pairs: give at least as many values as pairs")
@@ -92,7 +105,14 @@ def key_value_recall(n: int = 100, *, n_pairs: int = 3, seed: int = 0,
             parts.append(sentence)
             pos += len(sentence) + 1
         query = template.split("{value}")[0].format(name=names[q]).rstrip()
-        prompt = " ".join(parts) + " " + query
+        user = " ".join(parts) + (" " + question.format(name=names[q]) if question else "")
+        if chat:
+            shift = len(chat.split("{user}")[0])
+            prompt = chat.format(user=user, assistant=query)
+            value_span = (value_span[0] + shift, value_span[1] + shift)
+            key_span = (key_span[0] + shift, key_span[1] + shift)
+        else:
+            prompt = user + " " + query
         out.append(RecallExample(prompt=prompt, answer=" " + str(values[q]), value_span=value_span, key_span=key_span))
     return out
 
