@@ -5,8 +5,8 @@
 By default runs the benchmarks of the core targets with the issues' workloads
 (``capture``, ``effective``, ``analyze``, ``faithfulness``, ``learned_queries``; about 5 minutes on
 a quiet 2-core machine, under 10; ``learned_queries`` first trains its model, under a minute, when
-``analyses/learned_queries.py`` has not cached it); ``--all`` adds ``backends``, ``dashboard``
-(needs Chromium) and ``generation`` (needs inseq in its own venv); ``--quick``
+``analyses/learned_queries.py`` has not cached it); ``--all`` adds ``backends``, ``context_mixing``,
+``dashboard`` (needs Chromium) and ``generation`` (needs inseq in its own venv); ``--quick``
 runs fewer repeats (and smaller ``analyze`` / ``faithfulness`` workloads: a smoke test, its
 figures are marked "quick"). Each script runs in its own process, prints the machine it ran on
 (CPU model, threads, load average, precision) and ends with a ``RESULT`` line, which this script
@@ -79,6 +79,11 @@ def fmt_backends(r: dict) -> tuple[str, bool]:
 def fmt_learned_queries(r: dict) -> tuple[str, bool]:
     ratio = _f(r.get("ratio"))
     return f"**{ratio:.2f}x** the plain forward", ratio <= 1.5
+def fmt_context_mixing(r: dict) -> tuple[str, bool]:
+    alti, glob, vz = _f(r.get("alti_ratio")), _f(r.get("globenc_ratio")), _f(r.get("value_zeroing_ratio"))
+    vzu = _f(r.get("value_zeroing_ratio_unpadded"))
+    return (f"ALTI **{alti:.2f}x**, GlobEnc **{glob:.2f}x** a forward; value zeroing **{vz:.2f}** forwards per token "
+            f"({vzu:.2f} against a length-sorted, unpadded forward)"), alti <= 3 and glob <= 3 and vz <= 1
 
 
 def fmt_dashboard(r: dict) -> tuple[str, bool]:
@@ -108,6 +113,10 @@ BENCHMARKS = {
     "learned_queries": ("capture of the decoder cross-attention + effective cross-attention of every decoder layer "
                         "vs the plain forward, trained set decoder (24 learned queries), 400 scenes",
                         "<= 1.5x", [], ["--repeats", "3"], fmt_learned_queries),
+    "context_mixing": ("ALTI, GlobEnc, value zeroing (and norm_residual_ln, grad_rollout, attention_gradient) on 64 "
+                       "rotten-tomatoes examples, batches of 16, vs one plain forward",
+                       "ALTI, GlobEnc <= 3x; value zeroing <= 1 forward per input token", [], ["--repeats", "1"],
+                       fmt_context_mixing),
     "dashboard": ("headless Chromium on a 500-example run", "first draw <= 2 s, head switch <= 0.5 s", [],
                   ["--examples", "100", "--repeats", "2"], fmt_dashboard),
     "generation": ("explain 4 x 10 generated SmolLM2 tokens (raw attention; IG 16 steps) vs inseq 0.7.1 in its own "
@@ -206,13 +215,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats, smaller workloads (smoke test)")
-    ap.add_argument("--all", action="store_true", help="also run backends.py, dashboard.py and generation.py "
-                                                        "(needs the inseq venv, see its docstring)")
+    ap.add_argument("--all", action="store_true", help="also run backends.py, context_mixing.py, dashboard.py and "
+                                                        "generation.py (needs the inseq venv, see its docstring)")
     ap.add_argument("--only", help="comma-separated benchmark names (e.g. capture,effective)")
     ap.add_argument("--no-readme", action="store_true", help="print the table, do not rewrite README.md")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per benchmark before it is stopped")
     args = ap.parse_args()
-    names = list(CORE) + (["backends", "dashboard", "generation"] if args.all else [])
+    names = list(CORE) + (["backends", "context_mixing", "dashboard", "generation"] if args.all else [])
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
         unknown = [n for n in names if n not in BENCHMARKS]

@@ -436,3 +436,62 @@ def test_cli_refuses_a_decomposition_on_a_pre_ln_model_with_exit_2(monkeypatch):
     res = CliRunner().invoke(app, ["explain", "a very good film", "--model", "tiny", "--methods", "alti"])
     assert res.exit_code == 2, (res.output, res.exception)
     assert "post-LN" in res.output and "Traceback" not in res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# value zeroing: each example at its own length
+# ---------------------------------------------------------------------------------------------
+
+def test_length_groups_is_the_cheapest_contiguous_partition():
+    """Against brute force over every partition of the length-sorted examples into runs."""
+    import itertools
+
+    from attnexplain.methods.value_zeroing import length_groups
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        B = int(rng.integers(1, 8))
+        lengths = rng.integers(1, 60, B).tolist()
+        copies = [int(rng.integers(0, L + 1)) for L in lengths]
+        cost = int(rng.choice([0, 50, 500, 5000]))
+        order = sorted(range(B), key=lambda b: lengths[b])
+
+        def total(groups, cost=cost, copies=copies, lengths=lengths):
+            return sum(cost + sum(copies[b] + 1 for b in g) * max(lengths[b] for b in g) for g in groups)
+
+        best = min(total([order[a:b] for a, b in zip((0, *cuts), (*cuts, B))])
+                   for r in range(B) for cuts in itertools.combinations(range(1, B), r))
+        groups = length_groups(lengths, copies, cost)
+        assert sorted(b for g in groups for b in g) == list(range(B))
+        assert total(groups) == best
+
+
+def test_value_zeroing_runs_each_example_at_its_own_length(bert64):
+    """The block re-runs see no trailing padding when every length is its own group: the tokens
+    through block 0 are exactly sum_b (n_b + 1) * n_b (n_b zeroed copies and the clean forward, at
+    the example's real length n_b); the matrices equal the single padded group's to float64 precision."""
+    from attnexplain.methods.attention_methods import real_positions
+    from attnexplain.methods.value_zeroing import value_zeroing_matrices
+
+    batch = tiny_inputs("bert", batch=5, length=9, pad=None, seed=4)
+    n_real = [9, 7, 4, 7, 2]
+    for b, n in enumerate(n_real):
+        batch["attention_mask"][b, n:] = 0
+    idxs = [real_positions(batch["attention_mask"], b, 9) for b in range(5)]
+    seen = []
+    block = _bert_layers(bert64.model)[0]
+    h = block.register_forward_pre_hook(lambda m, a, k: seen.append(tuple((a[0] if a else k["hidden_states"]).shape[:2])),
+                                        with_kwargs=True)
+    try:
+        own = value_zeroing_matrices(bert64.model, batch, idxs, group_cost=0)
+        tokens_own = sum(B * n for B, n in seen)
+        seen.clear()
+        padded = value_zeroing_matrices(bert64.model, batch, idxs, group_cost=10**9)
+        tokens_padded = sum(B * n for B, n in seen)
+    finally:
+        h.remove()
+    assert tokens_own == sum((n + 1) * n for n in n_real)
+    assert tokens_padded == sum(n + 1 for n in n_real) * 9
+    for a, b in zip(own, padded):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
