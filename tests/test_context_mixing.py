@@ -439,6 +439,85 @@ def test_cli_refuses_a_decomposition_on_a_pre_ln_model_with_exit_2(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
+# analyze / explain --methods all on architectures the decompositions do not cover
+# ---------------------------------------------------------------------------------------------
+
+def _tiny_classifier(arch):
+    lm = tiny_model(arch)
+    lm.model.config.id2label = {0: "neg", 1: "pos"}
+    lm.labels = ["neg", "pos"]
+    return lm
+
+
+def _refusing_methods(arch):
+    """Independently: the registered methods whose explain_batch raises UnsupportedArchitectureError
+    on this architecture (tried one by one on a tiny batch)."""
+    from attnexplain.methods import available_methods
+    from attnexplain.runs.settings import SLOW_METHODS
+
+    lm = _tiny_classifier(arch)
+    refused = set()
+    for m in available_methods():
+        if m in SLOW_METHODS:
+            continue
+        try:
+            explain_batch(lm, tiny_inputs(arch, batch=2, length=5), [m])
+        except UnsupportedArchitectureError:
+            refused.add(m)
+    return refused
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_analyze_all_leaves_out_methods_the_architecture_does_not_support(arch, tmp_path, monkeypatch):
+    import pandas as pd
+
+    from attnexplain.methods import available_methods
+    from attnexplain.runs.analyze import analyze
+    from attnexplain.runs.settings import SLOW_METHODS
+
+    monkeypatch.setenv("ATTNEXPLAIN_FSYNC", "0")
+    refused = _refusing_methods(arch)
+    assert {"alti", "globenc", "norm_residual_ln"} <= refused  # the premise: the post-LN decompositions refuse
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"text": ["good film", "bad plot", "not good", "great"], "label": ["pos", "neg", "neg", "pos"]}
+                 ).to_csv(data, index=False)
+    logged = []
+    run = analyze(tmp_path / "run", model=_tiny_classifier(arch), dataset=str(data), split="all", methods="all",
+                  batch_size=2, progress=False, log=logged.append)
+    expected = [m for m in available_methods() if m not in SLOW_METHODS and m not in refused]
+    assert run.methods == expected
+    assert set(run.manifest["methods_left_out"]) == refused
+    warning = [line for line in logged if "left out" in line]
+    assert len(warning) == 1 and all(m in warning[0] for m in refused)
+    assert run.is_complete and set(run.tokens()["method"].unique()) == set(expected)
+
+
+@pytest.mark.parametrize("command", ["analyze", "explain"])
+def test_a_named_method_the_architecture_does_not_support_is_exit_2_before_the_run(command, tmp_path, monkeypatch):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    import attnexplain.runs.analyze as analyze_mod
+    from attnexplain.cli.main import app
+
+    monkeypatch.setattr(analyze_mod, "load_model_for_run", lambda name, **kw: _tiny_classifier("llama"))
+    monkeypatch.setenv("ATTNEXPLAIN_FSYNC", "0")
+    data = tmp_path / "d.csv"
+    pd.DataFrame({"text": ["good film", "bad plot"], "label": ["pos", "neg"]}).to_csv(data, index=False)
+    out = tmp_path / "run"
+    args = (["analyze", "--dataset", str(data), "--split", "all", "--model", "tiny", "--no-progress", "--out", str(out)]
+            if command == "analyze" else ["explain", "a good film", "--model", "tiny"])
+    res = CliRunner().invoke(app, [*args, "--methods", "raw_attention,globenc"])
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert "globenc" in res.output and "post-LN" in res.output and "Traceback" not in res.output
+    assert not out.exists()  # refused before the run folder is made
+    res = CliRunner().invoke(app, [*args, "--methods", "all"])  # the same model with 'all': runs, says what it left out
+    assert res.exit_code == 0, (res.output, res.exception)
+    if command == "explain":
+        assert "globenc" not in res.stdout and "value_zeroing" in res.stdout
+
+
+# ---------------------------------------------------------------------------------------------
 # value zeroing: each example at its own length
 # ---------------------------------------------------------------------------------------------
 

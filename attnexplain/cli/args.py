@@ -225,7 +225,7 @@ class ExplainArgs:
 
         from ..methods import explain_batch, get_method
         from ..runs.analyze import load_model_for_run
-        from ..runs.settings import AnalyzeError, resolve_methods
+        from ..runs.settings import AnalyzeError, applicable_methods, resolve_methods
 
         try:
             lm = load_model_for_run(self.model, backend=self.backend, backend_options=self.backend_options)
@@ -246,7 +246,7 @@ class ExplainArgs:
                 _refuse_headless(lm)
             except InputError as exc:
                 raise AnalyzeError(str(exc)) from None
-        names = resolve_methods(self.methods)
+        names, _ = applicable_methods(lm, resolve_methods(self.methods), self.methods)
         enc = lm.tokenize([self.text], text_pairs=None if self.text_pair is None else [self.text_pair])
         with torch.no_grad():
             logits = lm.model(**enc).logits

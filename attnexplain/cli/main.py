@@ -178,7 +178,9 @@ def analyze(
         None, "--methods",
         help="Explanation methods (repeat or comma-separate). Default: raw_attention, effective_attention, norm, "
              "rollout, gradient_x_input, random (no integrated_gradients: slow). 'all' = every registered method "
-             "except flow and attention_distribution (name them to include them)."),
+             "that applies to the model, except flow and attention_distribution (name them to include them); "
+             "methods that do not apply (e.g. alti, globenc, norm_residual_ln on pre-LN GPT-2 or Llama) are left "
+             "out with a warning; naming one of them is an error."),
     batch_size: int = typer.Option(32, "--batch-size", help="At most N examples per batch (and per shard file); long inputs go in smaller "
                                                                "batches of at most 4096 tokens (8 x 512), which bounds memory."),
     backend: str = typer.Option("dense", help="Attention backend: dense, smyrf, ... (`attnexplain backends`)."),

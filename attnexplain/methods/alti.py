@@ -42,6 +42,11 @@ class ALTI(TokenMatrixMethod):
     name: ClassVar[str] = "alti"
     description: ClassVar[str] = "ALTI: L1-distance contributions to each layer output, rolled out (Ferrando et al. 2022)"
 
+    def check_model(self, lm) -> None:
+        from ..capturing.mixing import require_post_ln
+
+        require_post_ln(lm.model, self.name)
+
     def token_matrices(self, lm, batch, target, idxs):
         from ..functional.context_mixing import alti_layer
 

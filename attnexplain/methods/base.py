@@ -133,6 +133,13 @@ class ExplanationMethod:
         row per example). Empty for methods that read no capture."""
         return {"full"} if self.uses_capture else set()
 
+    def check_model(self, lm: LoadedModel) -> None:
+        """Refuse, before any run, a model whose architecture this method does not cover: raises
+        :class:`~attnexplain.capturing.UnsupportedArchitectureError` with the reason (e.g. the
+        post-LN decompositions on pre-LN or RMSNorm models). Reads the model's modules only (no
+        forward pass). The default accepts every model; ``analyze --methods all`` leaves out, with a
+        warning, the methods that refuse the model (:func:`attnexplain.runs.settings.applicable_methods`)."""
+
     def options(self) -> dict[str, Any]:
         import dataclasses
 

@@ -41,6 +41,11 @@ class GlobEnc(TokenMatrixMethod):
     name: ClassVar[str] = "globenc"
     description: ClassVar[str] = "GlobEnc: norms through attention, both residuals and LayerNorms, rolled out (Modarressi et al. 2022)"
 
+    def check_model(self, lm) -> None:
+        from ..capturing.mixing import require_post_ln
+
+        require_post_ln(lm.model, self.name)
+
     def token_matrices(self, lm, batch, target, idxs):
         from ..functional.context_mixing import globenc_layer
 

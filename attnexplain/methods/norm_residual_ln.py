@@ -89,6 +89,11 @@ class NormResidualLN(TokenMatrixMethod):
         super().__post_init__()
         check_layers_option(self.layers)
 
+    def check_model(self, lm) -> None:
+        from ..capturing.mixing import require_post_ln
+
+        require_post_ln(lm.model, self.name)
+
     def token_matrices(self, lm, batch, target, idxs):
         from ..capturing.mixing import capture_mixing
 

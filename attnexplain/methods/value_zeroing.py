@@ -170,6 +170,11 @@ class ValueZeroing(TokenMatrixMethod):
         if int(self.max_tokens) < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
+    def check_model(self, lm) -> None:
+        from ..capturing.mixing import block_sites
+
+        block_sites(lm.model)
+
     def token_matrices(self, lm, batch, target, idxs):
         from ..functional.context_mixing import contribution_rollout
 

@@ -54,6 +54,7 @@ from .settings import (
     DEFAULT_BINS,
     ENGINES,
     AnalyzeError,
+    applicable_methods,
     package_versions,
     parse_shard,
     resolve_label_map,
@@ -236,7 +237,10 @@ def analyze(
             tokens and a causal model's first token left out unless True (recorded in the manifest
             as ``special_tokens``; the tokens table itself always holds every real token, and
             faithfulness never removes special tokens).
-        methods: method names (default :data:`DEFAULT_METHODS`; ``"all"``: every registered one).
+        methods: method names (default :data:`DEFAULT_METHODS`; ``"all"``: every registered one that
+            applies to the model -- the others are left out with a warning line and listed in the
+            manifest's ``methods_left_out``; a method named explicitly that does not apply raises
+            :class:`AnalyzeError`).
         batch_size: at most this many examples per forward pass and per shard; batches of long
             inputs are cut smaller, to at most :data:`MAX_BATCH_TOKENS` (4096) padded tokens
             (8 examples of 512 tokens), which bounds the memory (see the README for figures).
@@ -385,6 +389,9 @@ def analyze(
                            + (" (for a language model: --task generation)" if lm.task == "causal-lm" else ""))
     elif max_new_tokens is not None:
         raise AnalyzeError("--max-new-tokens is an option of --task generation")
+    # classifier runs: methods that do not apply to the model are left out of 'all' (named ones refused)
+    method_names, methods_left_out = (applicable_methods(lm, method_names, methods, log=log) if not generation
+                                      else (method_names, {}))
     precision = resolve_precision(faithfulness_precision, lm.device) if not generation else "float32"
     model_max = lm.max_length - (int(max_new_tokens) if generation else 0)
     max_len = min(int(max_length), model_max) if max_length is not None else model_max
@@ -406,6 +413,7 @@ def analyze(
         "dataset_labels": list(ds_labels) if ds_labels else None, "limit": limit,
         "shard": f"{shard_t[0]}/{shard_t[1]}" if shard_t else None,
         "backend": backend, "backend_options": backend_options, "methods": method_names,
+        "methods_left_out": methods_left_out,
         "faithfulness": {"bins": list(bins), "removal": removal, "precision": precision}, "head_ablation": bool(head_ablation),
         "label_map": dict(label_map) if label_map else None, "seed": int(seed), "max_length": int(max_len),
         "store_attention": int(store_attention), "batch_size": int(batch_size),

@@ -59,6 +59,44 @@ def resolve_methods(methods: Sequence[str] | str | None) -> list[str]:
     return list(dict.fromkeys(flat))
 
 
+def applicable_methods(lm, method_names: Sequence[str], requested: Sequence[str] | str | None, *,
+                       log=None) -> tuple[list[str], dict[str, str]]:
+    """``method_names`` (from :func:`resolve_methods`) checked against the model's architecture
+    (each method's ``check_model``, no forward pass).
+
+    A method that refuses the model is left out, with one line through ``log`` (stderr by
+    default), when only ``"all"`` brought it in (e.g. the post-LN decompositions ``alti``,
+    ``globenc``, ``norm_residual_ln`` on GPT-2 / Llama); a method named explicitly raises
+    :class:`AnalyzeError` with the reason (the CLI: exit 2).
+
+    Returns ``(kept names, {left-out name: reason})``."""
+    from ..capturing import UnsupportedArchitectureError
+    from ..methods import get_method
+
+    if isinstance(requested, str):
+        requested = [requested]
+    flat = [x.strip() for m in (requested or []) for x in str(m).split(",") if x.strip()]
+    from_all = "all" in flat
+    kept: list[str] = []
+    left_out: dict[str, str] = {}
+    for name in method_names:
+        try:
+            get_method(name).check_model(lm)
+        except UnsupportedArchitectureError as exc:
+            if from_all and name not in flat:
+                left_out[name] = str(exc)
+                continue
+            raise AnalyzeError(f"method {name!r} cannot explain {getattr(lm, 'name', 'this model')}: {exc}") from None
+        kept.append(name)
+    if left_out:
+        (log or _log_stderr)(f"[analyze] 'all' left out {len(left_out)} method(s) that do not apply to "
+                             f"{getattr(lm, 'name', 'this model')}: "
+                             + "; ".join(f"{k} ({v.split(';')[0].split(' (')[0]})" for k, v in left_out.items()))
+    if not kept:
+        raise AnalyzeError(f"none of the methods {', '.join(method_names)} applies to {getattr(lm, 'name', 'this model')}")
+    return kept, left_out
+
+
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     """``"i/n"`` (0-based ``i``) -> ``(i, n)``."""
     if shard is None or shard == "":
