@@ -473,13 +473,17 @@ def load_model(
             kwargs["num_labels"] = num_labels
     try:
         verbosity = transformers.logging.get_verbosity()
+        bars = transformers.logging.is_progress_bar_enabled()
         transformers.logging.set_verbosity_error()  # its load report would go to stdout; we warn below
+        transformers.logging.disable_progress_bar()  # its "Loading weights" bar would precede every result
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*newly initialized.*")
                 model = _auto_class(task).from_pretrained(path, **kwargs)
         finally:
             transformers.logging.set_verbosity(verbosity)
+            if bars:
+                transformers.logging.enable_progress_bar()
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True, **common)
     except OSError as exc:
         raise ModelNotFoundError(f"cannot load model {name!r} from {path}: {exc}") from exc

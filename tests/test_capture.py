@@ -249,7 +249,9 @@ def test_unprepared_classifier_names_the_prepare_command(tmp_path, monkeypatch):
         load_model("minilm-rotten-tomatoes")
 
 
-def test_local_folder_round_trip(tmp_path):
+def test_local_folder_round_trip(tmp_path, capfd):
+    import transformers
+
     from attnexplain.models import load_model
 
     hf = tiny_hf_model("bert")
@@ -261,7 +263,10 @@ def test_local_folder_round_trip(tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab + [f"w{i}" for i in range(100 - len(vocab))]))
     BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tok_dir)
+    capfd.readouterr()
     lm = load_model(str(tmp_path))
+    assert "Loading weights" not in capfd.readouterr().err  # transformers' bar would precede every result
+    assert transformers.logging.is_progress_bar_enabled()  # and is turned back on for the user's own loads
     assert lm.task == "classification" and lm.backend == "attnexplain_dense"
     enc = lm.tokenize(["a b c"])
     with torch.no_grad():

@@ -214,3 +214,15 @@ def test_figure_titles_from_run_data_are_not_rendered_as_html():
     for fig in made:
         text = fig.layout.title.text or ""
         assert "<a " not in text and "&lt;a href" in text, text
+
+
+def test_heatmap_token_labels_are_escaped_for_plotly():
+    """Tick and hover text of a heatmap take plotly's HTML subset: a token `<b>x</b>` is shown as
+    typed, not drawn bold (and no tag of the text reaches the page)."""
+    from attnexplain.dashboard.figures import attention_heatmap
+
+    tokens = ["[CLS]", "<b>x</b>", "a&b", "[SEP]"]
+    fig, _ = attention_heatmap(np.full((4, 4), 0.25), tokens, title="L0 H0")
+    shown = [str(t) for trace in fig.data for t in list(trace.x) + list(trace.y)]
+    assert shown and not any("<b>" in t for t in shown), shown
+    assert any("&lt;b&gt;x&lt;/b&gt;" in t for t in shown) and any("a&amp;b" in t for t in shown), shown

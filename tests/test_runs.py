@@ -121,6 +121,7 @@ def test_analyze_writes_the_run_format(reference, data, lm):
     assert m["faithfulness"] == {"bins": list(DEFAULT_BINS), "removal": "delete", "precision": resolve_precision("auto")}
     assert {"python", "torch", "transformers"} <= set(m["versions"])
     assert not (run.path / "shards").exists()
+    assert not (run.path / ".lock").exists()  # a finished run folder keeps no lock file
 
     for t in TABLES:  # the exact schema
         assert pq.read_schema(run.path / f"{t}.parquet").remove_metadata() == table_schema(t, METHODS)

@@ -269,6 +269,7 @@ def _figure(data: list[dict], layout: dict) -> go.Figure:
 
 def _heatmap(z: np.ndarray, labels: list[str], *, signed: bool, xaxis: str = "x", yaxis: str = "y",
              coloraxis: str | None = None, name: str = "") -> dict:
+    labels = [html.escape(str(t), quote=False) for t in labels]  # tick and hover text take plotly's HTML subset
     kw: dict = dict(type="heatmap", z=np.asarray(z, dtype=np.float32), x=labels, y=labels, xaxis=xaxis, yaxis=yaxis,
                     name=name,
                     hovertemplate="query %{y}<br>key %{x}<br>%{z:.4f}<extra>" + html.escape(name) + "</extra>")

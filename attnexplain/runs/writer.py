@@ -190,6 +190,9 @@ class RunWriter:
 
     def close(self) -> None:
         if self._lock_fh is not None:
+            if self.is_complete:  # a finished run folder keeps no empty .lock (removed while still held)
+                with contextlib.suppress(OSError):
+                    (self.path / ".lock").unlink()
             with contextlib.suppress(OSError):
                 self._lock_fh.close()
             self._lock_fh = None
