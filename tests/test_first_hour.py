@@ -316,3 +316,39 @@ def test_shard_run_says_merge_next_and_report_says_when_effective_equals_raw(tmp
     assert res.exit_code == 0, res.output
     assert "differs most" not in res.stdout
     assert "Effective attention equals raw attention in every head" in res.stdout
+
+
+#: the README's bound on analyze's peak RSS for 512-token inputs (MiniLM, default methods, any --limit)
+PEAK_RSS_BOUND_MB = 5000
+
+_PEAK_CHILD = r"""
+import json, resource, sys, warnings
+warnings.simplefilter("ignore")
+import attnexplain.runs.analyze as A
+from attnexplain.models import load_model
+A.MAX_BATCH_TOKENS = 512  # one 512-token input per batch: several batches in a test-sized run
+lm = load_model("minilm", task="classification", labels=["business", "entertainment", "politics", "sport", "tech"])
+peaks = []
+A.analyze(sys.argv[1], model=lm, dataset="bbc-news", limit=int(sys.argv[2]), progress=False, log=lambda m: None,
+          on_batch=lambda *a: peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+print(json.dumps(peaks))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_analyze_peak_memory_stays_that_of_one_batch(tmp_path):
+    """The README's memory claim on a test-sized run: the real MiniLM on 512-token bbc-news
+    articles with the default methods, one article per batch; the process's peak RSS (ru_maxrss)
+    after the last batch is that after the first (it does not grow with the number of examples)
+    and within the README's bound for 512-token inputs. benchmarks/analyze_memory.py measures the
+    same at the default cap (8 x 512 tokens a batch)."""
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(tmp_path / "run"), "3"], capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    peaks = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(peaks) == 3, peaks
+    assert peaks[-1] <= peaks[0] * 1.10 + 64, f"peak RSS grew from batch to batch: {peaks} MB"
+    assert peaks[-1] <= PEAK_RSS_BOUND_MB, f"peak RSS {peaks[-1]:.0f} MB above the stated bound {PEAK_RSS_BOUND_MB} MB"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"{PEAK_RSS_BOUND_MB / 1000:.0f} GB" in readme  # the bound the README states is this one
