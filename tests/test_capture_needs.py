@@ -188,3 +188,33 @@ def test_analyze_takes_the_full_route_when_a_method_needs_whole_matrices(monkeyp
     assert seen == []
     _analyze_batch(lm, "needed", ["a good film", "bad"], {0}, ["raw_attention", "attention_distribution"])
     assert seen == ["full"]
+
+
+def test_analyze_head_statistics_against_an_independent_computation_per_example():
+    """entropy of the readout row, and JSD / L1 between raw and effective attention averaged over
+    the real query rows, recomputed with scipy on each example captured alone (no padding)."""
+    from scipy.special import rel_entr
+    from scipy.stats import entropy
+
+    def jensen_shannon(p, q):
+        m = 0.5 * (p + q)
+        return 0.5 * rel_entr(p, m).sum() + 0.5 * rel_entr(q, m).sum()
+
+    lm = tiny_model("bert")
+    texts = ["a gorgeous witty film", "dull", "the plot is thin but the actors are very good"]
+    tables, _ = _analyze_batch(lm, "needed", texts, set(), ["raw_attention", "effective_attention"])
+    heads = tables["heads"]
+    got = {(e, int(l), int(h), m): float(v) for e, l, h, m, v in
+           zip(heads["example_id"], heads["layer"], heads["head"], heads["metric"], heads["value"])}
+    for i, text in enumerate(texts):
+        cap = capture(lm, [text], max_length=40)  # analyze_batch above truncates to 40 tokens
+        for layer in cap.layers():
+            A = cap.attention(layer)[0].double().numpy()  # (H, n, n)
+            E = cap.effective_attention(layer)[0].double().numpy()
+            for h in range(A.shape[0]):
+                P = np.abs(E[h]) / np.abs(E[h]).sum(-1, keepdims=True)
+                want = {"entropy": entropy(A[h, 0]),
+                        "eff_raw_jsd": np.mean([jensen_shannon(A[h, r], P[r]) for r in range(A.shape[1])]),
+                        "eff_raw_l1": np.mean(np.abs(A[h] - E[h]).sum(-1))}
+                for metric, w in want.items():
+                    assert got[(f"e{i}", layer, h, metric)] == pytest.approx(w, abs=2e-5), (i, layer, h, metric)

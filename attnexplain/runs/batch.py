@@ -75,20 +75,24 @@ def _layer_head_stats(A: torch.Tensor, E: torch.Tensor | None, km: torch.Tensor,
 
     ``A`` (B, H, n, n) raw attention, ``E`` its effective attention (None when it cannot be
     computed), ``km`` (B, n) bool real tokens, ``readout_pos`` (B,) the readout row of each example."""
-    B = km.shape[0]
-    qmask = km[:, None, :].float()  # (B, 1, n) over query rows
-    nq = km.sum(-1).clamp_min(1).float()[:, None]  # (B, 1)
-    A = A.float() * km[:, None, None, :]
-    rows = A[torch.arange(B), :, readout_pos, :]  # (B, H, n)
+    B, H = A.shape[:2]
+    colmask = km[:, None, None, :]
+    rows = A[torch.arange(B), :, readout_pos, :].float() * colmask[:, :, 0]  # (B, H, n)
     ent = -(torch.where(rows > 0, rows * torch.log(rows.clamp_min(1e-30)), torch.zeros(()))).sum(-1)
     if E is None:
         nan = torch.full(rows.shape[:2], float("nan"))
         return ent, nan, nan.clone()
-    E = E.float()
-    absE = E.abs()
+    # the real query rows only, packed (R, H, n): padding rows would be computed and then dropped
+    b_of_row, q_of_row = km.nonzero(as_tuple=True)
+    nq = km.sum(-1).clamp_min(1).float()  # (B,)
+    Ar = A[b_of_row, :, q_of_row].float() * colmask[b_of_row, 0]  # (R, H, n)
+    Er = E[b_of_row, :, q_of_row].float()
+    absE = Er.abs()
     Q = absE / absE.sum(-1, keepdim=True).clamp_min(1e-30)
-    d = jsd(A, Q)  # (B, H, n), per row
-    return ent, (d * qmask).sum(-1) / nq, ((A - E).abs().sum(-1) * qmask).sum(-1) / nq
+    per_row = torch.stack([jsd(Ar, Q), (Ar - Er).abs().sum(-1)])  # (2, R, H)
+    sums = torch.zeros(2, B, H, dtype=per_row.dtype).index_add_(1, b_of_row, per_row)
+    means = sums / nq[None, :, None]
+    return ent, means[0], means[1]
 
 
 def _head_stats(setup: _Setup, cap: Any, mask: torch.Tensor, readout_pos: torch.Tensor, stored: list[int]):
@@ -322,16 +326,10 @@ def example_arrays(cap: Any, key_mask: torch.Tensor, indices: Sequence[int], *,
     raw = cap.stacked(examples=list(indices)).float()  # (L, S, H, n, n)
     subm = km[sub]
     roll = attention_rollout(raw, key_mask=subm)  # (S, L, n, n)
-    norms = []
-    for li_, layer in enumerate(cap.layers()):
-        try:
-            # T = V W_O for these examples only (not the whole batch's, then a slice)
-            T = value_transforms(cap.values(layer)[sub].float(), cap.out_proj_blocks(layer).float())
-            norms.append(norm_based_attention(raw[li_], T, key_mask=subm).summed)
-        except (ValueError, RuntimeError):
-            norms = []
-            break
-    norm = torch.stack(norms, 1) if norms else None  # (S, L, n, n)
+    try:  # per layer: the values of these examples and the output projection
+        VW = [(cap.values(layer)[sub].float(), cap.out_proj_blocks(layer).float()) for layer in cap.layers()]
+    except (ValueError, RuntimeError):
+        VW = None
     if effective is None:
         effective = {}
         try:
@@ -348,8 +346,15 @@ def example_arrays(cap: Any, key_mask: torch.Tensor, indices: Sequence[int], *,
         arrays = {"raw": cut(raw[:, a]), "rollout": cut(roll[a])}
         if i in effective:
             arrays["effective"] = cut(effective[i])
-        if norm is not None:
-            arrays["norm"] = cut(norm[a])
+        if VW is not None:
+            # on the example's real tokens only, all layers in one call (the per-key Gram matrices
+            # cost O(m H^2 d): padding keys would only add zeros at that price)
+            try:
+                T = torch.stack([value_transforms(V[a].index_select(-2, idx.to(V.device)), W) for V, W in VW])
+                A = raw[:, a].index_select(-2, idx.to(raw.device)).index_select(-1, idx.to(raw.device))
+                arrays["norm"] = norm_based_attention(A, T.to(A.device)).summed.to(dtype).cpu().numpy()
+            except (ValueError, RuntimeError):
+                pass
         out[i] = arrays
     return out
 
