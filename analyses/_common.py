@@ -291,6 +291,77 @@ def truncate_texts(lm: Any, texts: Sequence[str], max_tokens: int) -> list[str]:
     return out
 
 
+#: methods whose scores are signed (the sign says which class a token pushes towards): their
+#: absolute values rank the tokens for plausibility
+SIGNED_METHODS = ("gradient_x_input", "integrated_gradients", "occlusion")
+
+
+def explanations_with_faithfulness(lm: Any, texts: Sequence[str], methods: Sequence[str], batch_size: int, seed: int,
+                                   variants: Mapping[str, Any] | None = None):
+    """Scores of ``methods`` per example (``explain_batch`` in batches of ``batch_size``, each
+    explaining its predicted class) and the ERASER result (``attnexplain.ablations.faithfulness``,
+    delete removal) of those scores with the seeded random ranking as baseline.
+
+    ``variants``: ``{label: method object}`` -- registered methods with other options, scored
+    under ``label`` (explaining the same predicted classes).
+
+    Returns ``(scores {method or label: [array per example]}, FaithfulnessResult)``."""
+    import numpy as np
+
+    from attnexplain.ablations import content_positions, faithfulness, random_rankings, special_token_ids
+    from attnexplain.methods import explain_batch
+
+    variants = dict(variants or {})
+    scores: dict[str, list] = {m: [] for m in [*methods, *variants]}
+    targets: list[int] = []
+    for s in range(0, len(texts), batch_size):
+        enc = lm.tokenize(list(texts[s : s + batch_size]))
+        sc, tgt, _ = explain_batch(lm, enc, list(methods))
+        for label, method in variants.items():
+            sc[label] = explain_batch(lm, enc, [method], target=tgt)[0][method.name]
+        for m in scores:
+            scores[m].extend(np.asarray(x, dtype=float) for x in sc[m])
+        targets.extend(int(t) for t in tgt.tolist())
+    batch = lm.tokenize(list(texts))
+    specials = special_token_ids(lm.tokenizer)
+    lengths = [len(content_positions([t for t, k in zip(row, mk) if k], specials))
+               for row, mk in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())]
+    res = faithfulness(lm, batch, scores, rankings={"random": random_rankings(lengths, seed)}, target=targets,
+                       mode="delete")
+    return scores, res
+
+
+def plausibility_table(lm: Any, texts: Sequence[str], rationales: Sequence[Any], scores: Mapping[str, Sequence[Any]],
+                       seed: int):
+    """Plausibility of each method's token scores against gold word rationales, one row per
+    (example, method), plus a seeded ``random`` row per example.
+
+    Token scores are summed to whitespace words (``word_index_of_tokens`` on the fast tokenizer's
+    offsets, ``word_scores``; absolute values first for :data:`SIGNED_METHODS`) and scored with
+    ``attnexplain.metrics.plausibility`` (top-|gold| token F1, AUPRC). Raises ``ValueError`` when a
+    method has a different number of scores than the text has tokens."""
+    import numpy as np
+    import pandas as pd
+
+    from attnexplain.data.words import word_index_of_tokens, word_scores
+    from attnexplain.metrics import plausibility
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, (t, gold) in enumerate(zip(texts, rationales)):
+        enc = lm.tokenizer(t, return_offsets_mapping=True)
+        widx = word_index_of_tokens(t, enc["offset_mapping"])
+        n_words = len(t.split())
+        per = {m: scores[m][i] for m in scores}
+        per["random"] = rng.random(len(widx))
+        for m, sc in per.items():
+            if len(sc) != len(widx):
+                raise ValueError(f"{m}: {len(sc)} scores for {len(widx)} tokens (example {i})")
+            sc = np.abs(np.asarray(sc, dtype=float)) if m in SIGNED_METHODS else sc
+            rows.append({"example": i, "method": m, **plausibility(word_scores(sc, widx, n_words), gold)})
+    return pd.DataFrame(rows)
+
+
 if __name__ == "__main__":
     if "--plotlyjs" in sys.argv:
         for d in ensure_plotlyjs():

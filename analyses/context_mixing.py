@@ -20,7 +20,10 @@ Claims tested.
 Data and models (``--tasks``, ``dataset:model:max_tokens:n``):
 
 * rotten-tomatoes / ``minilm-rotten-tomatoes`` (cut to 64 tokens);
-* bbc-news / ``minilm-bbc-news`` (cut to 256 tokens; skipped, and said so, when not prepared);
+* bbc-news / ``minilm-bbc-news``, 40 test articles cut to 128 tokens (title and first paragraphs;
+  skipped, and said so, when not prepared). Few and cut because value zeroing, ALTI, GlobEnc and
+  norm_residual_ln grow with n^2 per example: on the shared 2-core machine value zeroing alone took
+  ~5 min for one 256-token article (the classifier's training length);
 * synthetic-negation / ``tiny-synthetic-negation`` (gold rationales; ``attnexplain prepare
   --model tiny-synthetic-negation``).
 
@@ -28,12 +31,15 @@ Method (public API: ``attnexplain.methods``, ``attnexplain.ablations``, ``attnex
 ``attnexplain.data.words``): scores from ``explain_batch`` (readout [CLS]; layer mean for
 raw/effective/norm/norm_residual_ln/attention_gradient; rollout-style aggregation for rollout,
 globenc, alti, value_zeroing, grad_rollout); ``faithfulness`` (delete removal, ERASER bins
-1/5/10/20/50 %) with the seeded random ranking; ``summary`` gives BCa bootstrap CIs.
-Plausibility as in ``necessity_sufficiency`` (scores summed to whitespace words, top-|gold| token
+1/5/10/20/50 %) with the seeded random ranking (``_common.explanations_with_faithfulness``, shared
+with ``necessity_sufficiency``); ``summary`` gives BCa bootstrap CIs. Plausibility by
+``_common.plausibility_table`` (also shared: scores summed to whitespace words, top-|gold| token
 F1, AUPRC), CIs by ``attnexplain.metrics.bootstrap_ci``.
 
 Run: ``python analyses/context_mixing.py`` (defaults: 200 rotten-tomatoes, 40 bbc-news, 200
-synthetic examples; a few minutes on 2 cores). ``--quick`` for the smoke test.
+synthetic examples; tens of minutes on 2 cores, see the table's setup line). ``--quick`` for the
+smoke test. The diagnostic row ``value_zeroing_layer_mean`` is value zeroing with
+``aggregation="mean"`` (its per-layer matrices averaged, no rollout).
 Outputs: ``analyses/out/context_mixing/`` (table.md, faithfulness.csv, plausibility.csv,
 figures.html, manifest.json).
 """
@@ -51,51 +57,11 @@ import _common as C  # noqa: E402
 NAME = "context_mixing"
 OLD = ("raw_attention", "effective_attention", "norm", "rollout")
 NEW = ("norm_residual_ln", "globenc", "alti", "value_zeroing", "grad_rollout", "attention_gradient")
-DEFAULT_TASKS = ("rotten-tomatoes:minilm-rotten-tomatoes:64:200,bbc-news:minilm-bbc-news:256:40,"
+#: diagnostic variants (label -> (method, options)), run when their method is: value zeroing's own
+#: per-layer matrices averaged over the layers, without the rollout (see the README's discussion)
+VARIANTS = {"value_zeroing_layer_mean": ("value_zeroing", {"aggregation": "mean"})}
+DEFAULT_TASKS = ("rotten-tomatoes:minilm-rotten-tomatoes:64:200,bbc-news:minilm-bbc-news:128:40,"
                  "synthetic-negation:tiny-synthetic-negation:64:200")
-
-
-def explanations(lm, texts, methods, batch_size: int, seed: int):
-    """Scores per method (one array per example) and the ERASER result (random baseline included)."""
-    import numpy as np
-
-    from attnexplain.ablations import content_positions, faithfulness, random_rankings, special_token_ids
-    from attnexplain.methods import explain_batch
-
-    scores = {m: [] for m in methods}
-    targets = []
-    for s in range(0, len(texts), batch_size):
-        enc = lm.tokenize(texts[s : s + batch_size])
-        sc, tgt, _ = explain_batch(lm, enc, list(methods))
-        for m in methods:
-            scores[m].extend(np.asarray(x, dtype=float) for x in sc[m])
-        targets.extend(int(t) for t in tgt.tolist())
-    batch = lm.tokenize(texts)
-    specials = special_token_ids(lm.tokenizer)
-    lengths = [len(content_positions([t for t, k in zip(row, mk) if k], specials))
-               for row, mk in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())]
-    res = faithfulness(lm, batch, scores, rankings={"random": random_rankings(lengths, seed)}, target=targets,
-                       mode="delete")
-    return scores, res
-
-
-def plausibility_table(lm, texts, rationales, scores, seed: int):
-    import numpy as np
-    import pandas as pd
-
-    from attnexplain.data.words import word_index_of_tokens, word_scores
-    from attnexplain.metrics import plausibility
-
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i, (t, gold) in enumerate(zip(texts, rationales)):
-        enc = lm.tokenizer(t, return_offsets_mapping=True)
-        widx = word_index_of_tokens(t, enc["offset_mapping"])
-        per = {m: scores[m][i] for m in scores}
-        per["random"] = rng.random(len(widx))
-        for m, sc in per.items():
-            rows.append({"example": i, "method": m, **plausibility(word_scores(sc, widx, len(t.split())), gold)})
-    return pd.DataFrame(rows)
 
 
 def _ci(values, n_resamples: int = 1000):
@@ -128,7 +94,7 @@ def verdicts(faith, plaus) -> list[str]:
         means = g.groupby("method")["auprc"].mean()
         best = means.idxmax()
         out.append(f"- **{task}**, plausibility: highest mean AUPRC {best} {means[best]:.2f}; "
-                   + ", ".join(f"{m} {means[m]:.2f}" for m in [*OLD, *NEW, 'random'] if m in means) + ".")
+                   + ", ".join(f"{m} {means[m]:.2f}" for m in [*OLD, *NEW, *VARIANTS, 'random'] if m in means) + ".")
     return out
 
 
@@ -181,10 +147,14 @@ def main(argv: list[str] | None = None) -> dict:
         texts = C.truncate_texts(lm, ds.texts, max_tokens)
         C.log(f"{task}: {len(texts)} texts, explanations {methods} + ERASER")
         t0 = run.seconds
-        scores, res = explanations(lm, texts, methods, args.batch_size, args.seed)
+        from attnexplain.methods import get_method
+
+        variants = {label: get_method(m, **opts) for label, (m, opts) in VARIANTS.items() if m in methods}
+        scores, res = C.explanations_with_faithfulness(lm, texts, methods, args.batch_size, args.seed,
+                                                       variants=variants)
         faiths.append(res.summary(n_resamples=100 if args.quick else 1000).assign(task=task))
         if ds.rationales is not None and getattr(lm.tokenizer, "is_fast", False):
-            plauss.append(plausibility_table(lm, texts, ds.rationales, scores, args.seed).assign(task=task))
+            plauss.append(C.plausibility_table(lm, texts, ds.rationales, scores, args.seed).assign(task=task))
         ntok = [len(x) for x in lm.tokenizer(texts)["input_ids"]]
         infos.append({"task": task, "dataset": dataset, "model": model, "max_tokens": max_tokens, "n": len(texts),
                       "mean_tokens": float(np.mean(ntok)), "seconds": round(run.seconds - t0, 1),
@@ -193,13 +163,14 @@ def main(argv: list[str] | None = None) -> dict:
     faith = pd.concat(faiths, ignore_index=True)
     plaus = pd.concat(plauss, ignore_index=True) if plauss else pd.DataFrame(
         columns=["task", "method", "example", "token_f1", "auprc"])
-    order = {m: i for i, m in enumerate([*OLD, *NEW, "random"])}
+    order = {m: i for i, m in enumerate([*OLD, *NEW, *VARIANTS, "random"])}
     t1 = faith.copy()
     t1["AOPC [95 % CI]"] = [f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in zip(t1.aopc, t1.ci_low, t1.ci_high)]
     t1w = t1.pivot_table(index=["task", "method"], columns="metric", values="AOPC [95 % CI]", aggfunc="first",
                          sort=False).reset_index()
     t1w.columns = [str(c) for c in t1w.columns]
-    t1w["family"] = ["new" if m in NEW else "baseline" if m == "random" else "attention" for m in t1w["method"]]
+    t1w["family"] = ["new" if m in NEW else "diagnostic" if m in VARIANTS else "baseline" if m == "random"
+                     else "attention" for m in t1w["method"]]
     t1w = t1w.sort_values(["task", "method"], key=lambda s: s.map(order) if s.name == "method" else s.map(
         {t: i for i, t in enumerate(dict.fromkeys(faith.task))}), kind="stable")
     t1w = t1w[["task", "method", "family", *[c for c in ("comprehensiveness", "sufficiency") if c in t1w]]]

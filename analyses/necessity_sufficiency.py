@@ -120,57 +120,6 @@ def key_sets(lm, texts, n_lp: int, ks, batch_size: int):
     return lp, mk
 
 
-def explanations(lm, texts, methods, batch_size: int, seed: int):
-    """Scores per method (lists per example), the tokenized batch, and ERASER AOPC."""
-    import numpy as np
-
-    from attnexplain.ablations import content_positions, faithfulness, random_rankings, special_token_ids
-    from attnexplain.methods import explain_batch
-
-    scores = {m: [] for m in methods}
-    targets = []
-    for s in range(0, len(texts), batch_size):
-        enc = lm.tokenize(texts[s : s + batch_size])
-        sc, tgt, _ = explain_batch(lm, enc, list(methods))
-        for m in methods:
-            scores[m].extend(np.asarray(x, dtype=float) for x in sc[m])
-        targets.extend(int(t) for t in tgt.tolist())
-    batch = lm.tokenize(texts)
-    specials = special_token_ids(lm.tokenizer)
-    ids = batch["input_ids"].tolist()
-    am = batch["attention_mask"].tolist()
-    lengths = [len(content_positions([t for t, k in zip(row, mk) if k], specials)) for row, mk in zip(ids, am)]
-    res = faithfulness(lm, batch, scores, rankings={"random": random_rankings(lengths, seed)}, target=targets,
-                       mode="delete")
-    return scores, res
-
-
-def plausibility_scores(lm, texts, rationales, scores, seed: int):
-    import numpy as np
-
-    from attnexplain.data.words import word_index_of_tokens, word_scores
-    from attnexplain.metrics import plausibility
-
-    rows = []
-    rng = np.random.default_rng(seed)
-    for i, (t, gold) in enumerate(zip(texts, rationales)):
-        enc = lm.tokenizer(t, return_offsets_mapping=True)
-        widx = word_index_of_tokens(t, enc["offset_mapping"])
-        n_words = len(t.split())
-        per = {m: scores[m][i] for m in scores}
-        per["random"] = rng.random(len(widx))
-        for m, sc in per.items():
-            if len(sc) != len(widx):
-                raise ValueError(f"{m}: {len(sc)} scores for {len(widx)} tokens (example {i})")
-            ws = word_scores(np.abs(sc) if m in ("gradient_x_input", "integrated_gradients", "occlusion") else sc,
-                             widx, n_words)
-            pl = plausibility(ws, gold)
-            rows.append({"example": i, "method": m, **pl})
-    import pandas as pd
-
-    return pd.DataFrame(rows)
-
-
 def verdicts(iv, lp, mk, faith, plaus) -> list[str]:
     import numpy as np
 
@@ -293,12 +242,12 @@ def main(argv: list[str] | None = None) -> dict:
         lps.append(lp.assign(task=task))
         mks.append(mk.assign(task=task))
         C.log(f"{task}: explanations {methods} + ERASER")
-        scores, res = explanations(lm, texts, methods, args.batch_size, args.seed)
+        scores, res = C.explanations_with_faithfulness(lm, texts, methods, args.batch_size, args.seed)
         sm = res.summary(n_resamples=1000)
         faiths.append(sm.assign(task=task))
         if ds.rationales is not None and lm.tokenizer is not None and getattr(lm.tokenizer, "is_fast", False):
             C.log(f"{task}: plausibility")
-            plauss.append(plausibility_scores(lm, texts, ds.rationales, scores, args.seed).assign(task=task))
+            plauss.append(C.plausibility_table(lm, texts, ds.rationales, scores, args.seed).assign(task=task))
         ntok = [len(x) for x in lm.tokenizer(texts)["input_ids"]]
         infos.append({"task": task, "dataset": dataset, "model": model, "max_tokens": max_tokens, "n": len(texts),
                       "mean_tokens": float(np.mean(ntok)), "head_dim": lm.head_dim, "source": getattr(lm, "source", ""),

@@ -72,3 +72,38 @@ def test_key_value_recall_quick_run_checks_accuracy_then_explains(tmp_path):
     man = json.loads((tmp_path / "manifest.json").read_text())
     assert man["analysis"] == "key_value_recall" and man["data"]["pairs"] in (2, 3)
     assert (tmp_path / ".gitignore").read_text().strip() == "bbc_news_run/"
+
+
+class _WordTokenizer:
+    """One token per whitespace word between [CLS] and [SEP], with character offsets (as a fast tokenizer)."""
+
+    def __call__(self, text, return_offsets_mapping=False):
+        import re
+
+        spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        return {"input_ids": list(range(len(spans) + 2)), "offset_mapping": [(0, 0), *spans, (0, 0)]}
+
+
+def test_plausibility_table_scores_words_against_gold_and_takes_abs_of_signed_methods():
+    """The shared helper both analyses use: a method scoring exactly the gold words gets AUPRC 1 and
+    token F1 1; the same scores negated count as perfect only for a signed (gradient) method, whose
+    absolute values rank; the seeded random row is reproducible; a length mismatch is refused."""
+    import numpy as np
+    from types import SimpleNamespace
+
+    _load("context_mixing")
+    C = sys.modules["_common"]
+    lm = SimpleNamespace(tokenizer=_WordTokenizer())
+    texts = ["the film was not good at all", "a truly great cast"]
+    gold = [[3, 4], [2]]
+    gold_tokens = [np.array([0, *[1.0 if w in g else 0.0 for w in range(len(t.split()))], 0]) for t, g in zip(texts, gold)]
+    scores = {"gold": gold_tokens, "negated": [-x for x in gold_tokens], "gradient_x_input": [-x for x in gold_tokens]}
+    df = C.plausibility_table(lm, texts, gold, scores, seed=3)
+    by = df.groupby("method")[["auprc", "token_f1"]].mean()
+    assert by.loc["gold"].tolist() == [1.0, 1.0] and by.loc["gradient_x_input"].tolist() == [1.0, 1.0]
+    assert by.loc["negated", "token_f1"] == 0.0 and by.loc["negated", "auprc"] < 1.0
+    assert sorted(df.method.unique()) == ["gold", "gradient_x_input", "negated", "random"]
+    again = C.plausibility_table(lm, texts, gold, scores, seed=3)
+    assert np.array_equal(df[df.method == "random"].auprc.to_numpy(), again[again.method == "random"].auprc.to_numpy())
+    with pytest.raises(ValueError, match="scores for"):
+        C.plausibility_table(lm, texts, gold, {"short": [np.zeros(3), np.zeros(3)]}, seed=0)
