@@ -226,3 +226,98 @@ def test_prepare_seq2seq_trains_saves_and_loads(tmp_path):
     # one token per digit; the encoder reads [CLS] digits [SEP]
     ids = lm.tokenizer("3 1 4")["input_ids"]
     assert lm.tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "3", "1", "4", "[SEP]"]
+
+
+# -- the learned-query set decoder (noncausal cross / self only) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def set_decoder():
+    from attnexplain.set_decoder import SetDecoder, SetDecoderConfig, load_scenes
+
+    torch.manual_seed(0)
+    model = SetDecoder(SetDecoderConfig(num_queries=6, d_model=32, n_heads=4, n_encoder_layers=1, n_decoder_layers=2))
+    return model.eval(), load_scenes("test", limit=10)
+
+
+@pytest.fixture(scope="module")
+def set_comparison(set_decoder):
+    from attnexplain.runs.set_decoder_backends import compare_set_decoder_backends
+
+    model, scenes = set_decoder
+    return compare_set_decoder_backends(model, scenes, ["dense", "local:window=1", "nystrom:n_landmarks=2"],
+                                        batch_size=4, progress=False)
+
+
+def test_set_decoder_table_rows_and_dense_identity(set_decoder, set_comparison):
+    s = set_comparison.summary
+    assert s.iloc[0]["backend"] == "dense (reference)"
+    body = s.iloc[1:]
+    assert set(zip(body["name"], body["kind"])) == {(b, k) for b in ("dense", "local", "nystrom")
+                                                   for k in ("cross", "query_self", "encoder")}
+    assert (body["status"] == "ok").all()  # every pattern here is noncausal: nothing is refused
+    assert set(body["pattern"]) == {"noncausal_cross (queries x individuals)", "noncausal_self (queries x queries)",
+                                    "noncausal_self (individuals x individuals)"}
+    dense = body[body["backend"] == "dense"]
+    for col in ("activity_agreement", "member_agreement", "groups_identical", "tau_cross_raw", "tau_cross_effective"):
+        assert (dense[col] == 1.0).all(), col
+    assert (dense["mean_tvd"] == 0.0).all() and (dense["jsd"] == 0.0).all()
+    assert (dense["f1"] == s.iloc[0]["f1"]).all()
+    local = body[body["name"] == "local"].set_index("kind")
+    assert local.loc["cross", "jsd"] > 1e-3
+    md = set_comparison.to_markdown()
+    assert "activity agreement" in md and "| local(window=1) | noncausal_cross (queries x individuals) | ok |" in md
+    model, _ = set_decoder
+    assert set(model.backends().values()) == {"dense"}  # the model's own backends are back
+
+
+def test_set_decoder_agreement_matches_the_models_own_backend_switch(set_decoder, set_comparison):
+    """Activity / member agreement of local attention in the cross-attention, recomputed with the model's own
+    set_backend (not the routing the comparison uses) and plain forwards."""
+    from attnexplain.set_decoder import collate
+
+    model, scenes = set_decoder
+    per = set_comparison.per_example
+    rows = per[(per["backend"] == "local(window=1)") & (per["kind"] == "cross")].set_index("scene")
+    for start in range(0, len(scenes), 4):  # the comparison's batches (local attention's band follows the padded width)
+        part = scenes[start : start + 4]
+        batch = collate(part)
+        with torch.no_grad():
+            ref = model(**batch.inputs())
+            model.set_backend("local", kinds=("cross",), window=1)
+            try:
+                alt = model(**batch.inputs())
+            finally:
+                model.set_backend("dense")
+        for b, scene in enumerate(part):
+            act = (ref.activity_logits[b].argmax(-1) == alt.activity_logits[b].argmax(-1)).double().mean()
+            mem = ((ref.member_probs[b, :, : scene.n] > 0.5) == (alt.member_probs[b, :, : scene.n] > 0.5)).double().mean()
+            assert rows.loc[scene.id, "activity_agreement"] == pytest.approx(float(act), abs=1e-12)
+            assert rows.loc[scene.id, "member_agreement"] == pytest.approx(float(mem), abs=1e-12)
+
+
+def test_compare_backends_command_on_a_set_decoder(set_decoder, tmp_path):
+    from attnexplain.cli.main import app
+    from attnexplain.set_decoder import save_set_decoder
+
+    model, _ = set_decoder
+    folder = save_set_decoder(model, tmp_path / "sd")
+    runner = CliRunner()
+    out = tmp_path / "cb"
+    res = runner.invoke(app, ["compare-backends", "--out", str(out), "--model", str(folder), "--dataset", "social-scenes",
+                              "--limit", "5", "--backend", "dense", "--backend", "local:window=1",
+                              "--pattern", "noncausal_cross"])
+    assert res.exit_code == 0, res.output
+    table = (out / "table.md").read_text()
+    assert "| dense | noncausal_cross (queries x individuals) | ok | 1.000 | 1.000 | 1.000 |" in table
+    assert "| local(window=1) | noncausal_cross (queries x individuals) | ok |" in table
+    assert "noncausal_self" not in table.split("Legend")[0] and "no causal attention" in table
+    per = pd.read_parquet(out / "per_example.parquet")
+    assert len(per) == 2 * 5 and set(per["kind"]) == {"cross"}
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["n_examples"] == 5 and man["dataset"] == "social-scenes" and man["machine"]["cpus"] >= 1
+    bad = runner.invoke(app, ["compare-backends", "--out", str(out), "--model", str(folder), "--dataset",
+                              "social-scenes", "--pattern", "causal_self"])
+    assert bad.exit_code == 2 and "no causal_self attention" in bad.stderr
+    bad = runner.invoke(app, ["compare-backends", "--out", str(out), "--model", str(folder)])
+    assert bad.exit_code == 2 and "--dataset social-scenes" in bad.stderr

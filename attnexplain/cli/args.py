@@ -453,7 +453,7 @@ class CompareBackendsArgs:
         return compare_backends_cli(
             self.model, self.dataset, split=self.split, limit=self.limit,
             backends=list(self.backends) if self.backends else None,
-            out=self.out, max_length=self.max_length, min_tokens=self.min_tokens, batch_size=self.batch_size or 4,
+            out=self.out, max_length=self.max_length, min_tokens=self.min_tokens, batch_size=self.batch_size,
             label_map=self.label_map, patterns=self.patterns,
         )
 

@@ -55,6 +55,7 @@ def main() -> None:
         st.Page(page_path("explorer"), title="Example explorer", icon=":material/search:", url_path="explorer"),
         st.Page(page_path("ablations"), title="Ablations", icon=":material/content_cut:", url_path="ablations"),
         st.Page(page_path("compare"), title="Dense vs efficient", icon=":material/compare:", url_path="compare"),
+        st.Page(page_path("queries"), title="Queries x individuals", icon=":material/groups:", url_path="queries"),
         st.Page(page_path("live"), title="Live", icon=":material/bolt:", url_path="live"),
     ]
 

@@ -409,7 +409,7 @@ def compare_backends_cli(
     *,
     max_length: int | None = None,
     min_tokens: int | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     methods: Sequence[str] = DEFAULT_METHODS,
     progress: bool = True,
     label_map: Mapping[str, str] | None = None,
@@ -451,6 +451,12 @@ def compare_backends_cli(
         bad = [p for p in patterns if p not in _PATTERN_ORDER]
         if bad:
             raise ArgumentError(f"unknown attention pattern(s) {', '.join(bad)}; use {', '.join(_PATTERN_ORDER)}")
+    from .set_decoder_backends import compare_set_decoder_cli, set_decoder_path
+
+    sd_path = set_decoder_path(model)
+    if sd_path is not None:  # a trained learned-query set decoder (not a transformers model)
+        return compare_set_decoder_cli(sd_path, model, dataset, split, limit, configs, out, patterns=patterns,
+                                       batch_size=batch_size or 64, progress=progress)
     t_start = time.perf_counter()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     lm = load_model_for_run(model)
@@ -464,12 +470,13 @@ def compare_backends_cli(
                                 "on a digit task (leave the option out)")
 
         return compare_patterns_cli(lm, model, dataset, split, limit, configs, out, patterns=patterns,
-                                    batch_size=batch_size, progress=progress)
+                                    batch_size=batch_size or 32, progress=progress)
     if patterns is not None and list(patterns) != ["noncausal_self"]:
         raise ArgumentError(f"{model} is not an encoder-decoder: its attention is noncausal self-attention only; "
                             "--pattern applies to encoder-decoder models (e.g. tiny-seq2seq-reverse)")
     if configs is None:
         configs = [parse_backend(b) for b in ("smyrf:memory=0.5", "smyrf:memory=0.25")]
+    batch_size = batch_size or 4
     ds = load_dataset(dataset, split=split)
     texts, labels = list(ds.texts), ds.labels
     limit_tokens = min(max_length or lm.max_length, lm.max_length)

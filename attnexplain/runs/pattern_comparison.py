@@ -111,16 +111,24 @@ class PatternComparison:
     summary: Any
     per_example: Any
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the table's columns, headers and legend when the summary is not the encoder-decoder's (the set
+    #: decoder's, :mod:`attnexplain.runs.set_decoder_backends`); None: the encoder-decoder's
+    view: dict[str, Any] | None = None
 
     def to_markdown(self, *, digits: int = 3, title: str | None = None, notes: Sequence[str] = ()) -> str:
         """The summary as a Markdown table plus a legend."""
+        lines = [f"### {title}", ""] if title else []
+        if self.view is not None:
+            lines.append(format_markdown_table(self.summary[self.view["columns"]], headers=self.view["headers"],
+                                               digits=digits))
+            lines += ["", self.view["legend"], *[str(x) for x in notes]]
+            return "\n".join(lines) + "\n"
         cols = ["backend", "pattern", "status", "agreement", "token_accuracy", "mean_tvd", "jsd",
                 "tau_cross_raw", "tau_cross_effective", "tau_self_raw", "memory"]
         headers = {"agreement": "next-token agreement", "token_accuracy": "token accuracy", "mean_tvd": "output TVD",
                    "jsd": "JSD (swapped sites)", "tau_cross_raw": "tau cross raw",
                    "tau_cross_effective": "tau cross effective", "tau_self_raw": "tau self raw",
                    "memory": "memory (share of dense scores)"}
-        lines = [f"### {title}", ""] if title else []
         lines.append(format_markdown_table(self.summary[cols], headers=headers, digits=digits))
         lines += ["", "Legend: each row swaps one backend into every site of one attention pattern (the other sites "
                   "stay dense) and runs the model with teacher forcing on the gold targets. next-token agreement = "
@@ -130,8 +138,12 @@ class PatternComparison:
                   "attention rows at the swapped sites; tau = mean Kendall tau-b between the token scores under dense "
                   "and under the backend, per target position (cross: source tokens from the cross-attention row, raw "
                   "or effective, mean over heads and decoder layers; self: earlier target positions from the decoder's "
-                  "causal self-attention row); memory = backend.memory_fraction at the swapped sites; refused = the "
-                  "mechanism cannot compute the pattern (the backend's own message)."]
+                  "causal self-attention row); memory = backend.memory_fraction at the swapped sites (above 1 where a "
+                  "kernel's feature maps outgrow the n x m scores of short inputs); refused = the mechanism cannot "
+                  "compute the pattern (the backend's own message). JSD is left empty where implied rows have negative "
+                  "entries (Nystrom): it is defined for distributions only. Effective attention equals raw attention "
+                  "while a row has no more keys than the head dimension (Brunner et al. 2020), so the two cross taus "
+                  "coincide on short sources."]
         lines += [str(x) for x in notes]
         return "\n".join(lines) + "\n"
 
@@ -396,7 +408,6 @@ def compare_patterns_cli(lm: Any, model: str, dataset: str, split: str, limit: i
     """``compare-backends`` for an encoder-decoder: ``dataset`` is a digit task
     (:data:`attnexplain.data.seq2seq.SEQ2SEQ_TASKS`); writes ``table.md``, ``per_example.parquet``
     and ``manifest.json`` into ``out``."""
-    import platform
     from pathlib import Path
 
     from ..data.seq2seq import SEQ2SEQ_TASKS, load_seq2seq
@@ -435,7 +446,7 @@ def compare_patterns_cli(lm: Any, model: str, dataset: str, split: str, limit: i
     manifest = {"command": "compare-backends", "model": model, "dataset": dataset, "split": split, "limit": limit,
                 "n_examples": len(ds), "example_ids": list(ds.ids), "batch_size": batch_size, "meta": cmp.meta,
                 "summary": json.loads(cmp.summary.to_json(orient="records")), "versions": package_versions(),
-                "machine": {"processor": platform.processor()}, "started": started, "runtime_s": round(runtime, 1)}
+                "machine": _machine(), "started": started, "runtime_s": round(runtime, 1)}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     return cmp
 
@@ -449,3 +460,27 @@ def _training_record(lm: Any) -> dict[str, Any]:
         return json.loads((Path(path) / "attnexplain_training.json").read_text(encoding="utf-8")) if path else {}
     except (OSError, ValueError):
         return {}
+
+
+def _machine() -> dict[str, Any]:
+    """CPU model (``/proc/cpuinfo``, else ``platform.processor()``), usable CPUs and the 1-minute load average."""
+    import os
+    import platform
+
+    model = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        cpus = os.cpu_count() or 1
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover
+        load = None
+    return {"processor": model, "cpus": cpus, "load_average_1min": load}
