@@ -51,7 +51,8 @@ def scene_attention(x: Sequence[float], y: Sequence[float], heading: Sequence[fl
             ``gold group k: <activity> (m people)`` with its own marker symbol.
         weights: (N,) the query's attention (or any score) per individual; the marker colour.
         activities: the activity name of each gold group (legend text).
-        arena: side of the square arena (axis range), if known.
+        arena: side of the square arena, if known: the view (the individuals' bounding box with a
+            margin) stays inside it.
     """
     x, y, heading = (np.asarray(v, dtype=float) for v in (x, y, heading))
     w = np.asarray(weights, dtype=float)
@@ -83,15 +84,20 @@ def scene_attention(x: Sequence[float], y: Sequence[float], heading: Sequence[fl
             hovertemplate="%{text}<br>" + html.escape(name) + "<br>" + html.escape(colorbar_title)
                           + " %{customdata:.4f}<extra></extra>"))
     fig = go.Figure(traces)
-    axis = dict(title="x (m)", zeroline=False)
-    yaxis = dict(title="y (m)", zeroline=False, scaleanchor="x", scaleratio=1)
+    # the view: the individuals' bounding box with a margin (at least 4 m across), inside the arena if known
+    half = max(2.0, 0.6 * max(np.ptp(x), np.ptp(y)) + 1.0) if n else 2.0
+    cx, cy = (float((x.min() + x.max()) / 2), float((y.min() + y.max()) / 2)) if n else (0.0, 0.0)
+    axis = dict(title="x (m)", zeroline=False, range=[cx - half, cx + half])
+    yaxis = dict(title="y (m)", zeroline=False, range=[cy - half, cy + half], scaleanchor="x", scaleratio=1)
     if arena is not None:
-        axis["range"] = [-0.05 * arena, 1.05 * arena]
-        yaxis["range"] = [-0.05 * arena, 1.05 * arena]
-    fig.update_layout(title=html.escape(title), height=height, margin=_MARGIN, xaxis=axis, yaxis=yaxis,
+        for ax in (axis, yaxis):
+            ax["range"] = [max(ax["range"][0], -0.05 * arena), min(ax["range"][1], 1.05 * arena)]
+    fig.update_layout(title=html.escape(title), height=height, margin=dict(l=10, r=10, t=50, b=60), xaxis=axis,
+                      yaxis=yaxis,
                       coloraxis=dict(colorscale=SIGNED_SCALE if signed else SEQ_SCALE, cmin=cmin, cmax=cmax,
                                      colorbar=dict(title=dict(text=html.escape(colorbar_title)))),
-                      legend=dict(title=dict(text="gold groups"), itemsizing="constant"))
+                      legend=dict(title=dict(text="gold groups"), itemsizing="constant", orientation="h",
+                                  yanchor="top", y=-0.15, xanchor="left", x=0))
     return fig
 
 
