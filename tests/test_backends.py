@@ -330,13 +330,25 @@ def test_bfloat16_inputs_are_computed_in_float32(name):
     assert torch.isfinite(out16.float()).all()
 
 
-def test_dense_under_cpu_autocast_runs_attention_in_float32():
+@pytest.mark.parametrize("native", [False, True])
+def test_dense_under_cpu_autocast_picks_the_attention_precision_by_cpu(monkeypatch, native):
+    """Without native bfloat16 the kernel runs in float32; with it (AVX512-BF16 / AMX), in bfloat16
+    with the mask clamped to bfloat16's range (float32's minimum would overflow to -inf)."""
+    import attnexplain.backends.dense as dense_mod
+
+    monkeypatch.setattr(dense_mod, "_cpu_has_native_bfloat16", lambda: native)
     call32 = make_call(n=24, lengths=[24, 17])
     call16 = copy.copy(call32)
     call16.query, call16.key, call16.value = (t.to(torch.bfloat16) for t in (call32.query, call32.key, call32.value))
     dense = get_backend("dense")
-    ref = F.scaled_dot_product_attention(call16.query.float(), call16.key.float(), call16.value.float(),
-                                         attn_mask=call16.mask, scale=call16.scaling).to(torch.bfloat16)
+    if native:
+        mask16 = call16.mask.to(torch.bfloat16).clamp_min(torch.finfo(torch.bfloat16).min)
+        assert torch.isfinite(mask16).all() and not torch.isfinite(call16.mask.to(torch.bfloat16)).all()
+        ref = F.scaled_dot_product_attention(call16.query, call16.key, call16.value, attn_mask=mask16,
+                                             scale=call16.scaling)
+    else:
+        ref = F.scaled_dot_product_attention(call16.query.float(), call16.key.float(), call16.value.float(),
+                                             attn_mask=call16.mask, scale=call16.scaling).to(torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = dense.forward(call16)
     assert out.dtype == torch.bfloat16

@@ -8,6 +8,7 @@ capture or an intervention asks for.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -49,12 +50,26 @@ def dense_attention_probs(call: AttentionCall) -> torch.Tensor:
     return probs
 
 
+@functools.lru_cache(maxsize=1)
+def _cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX)."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        try:
+            if fn is not None and bool(fn()):
+                return True
+        except Exception:  # noqa: BLE001 - a private probe that changed: assume not
+            continue
+    return False
+
+
 @register_backend
 class DenseAttention(AttentionBackend):
     """Exact softmax attention; the reference every other backend is compared with."""
 
     name = "dense"
-    handles_autocast = True  # runs SDPA in float32 under CPU autocast itself (see forward)
+    handles_autocast = True  # picks SDPA's precision under CPU autocast itself (see forward)
     supported_extras = frozenset({"softcap", "sliding_window", "position_bias"})
 
     def attention(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,10 +103,12 @@ class DenseAttention(AttentionBackend):
         mask = call.mask
         q = call.query
         if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu")
-                and not (call.training and call.dropout > 0)):
-            # under CPU autocast the projections arrive in bfloat16, where PyTorch's CPU attention
-            # kernel is slower than in float32 for short sequences (measured ~1.3x at n = 24): run it
-            # in float32 (also more accurate) and hand bfloat16 back
+                and not (call.training and call.dropout > 0) and not _cpu_has_native_bfloat16()):
+            # under CPU autocast the projections arrive in bfloat16; a CPU without native bfloat16
+            # (AVX512-BF16 / AMX) runs PyTorch's attention kernel slower in it than in float32 for
+            # short sequences (measured ~1.3x at n = 24): run it in float32 (also more accurate) and
+            # hand bfloat16 back. With native bfloat16 the kernel runs in bfloat16, 1.4-2.2x faster
+            # than the float32 route at n = 8-60 (Xeon with AMX, 1 thread) and batch-invariant alike
             with torch.autocast("cpu", enabled=False):
                 out = F.scaled_dot_product_attention(
                     q.float(), call.key.float(), call.value.float(),
@@ -100,7 +117,11 @@ class DenseAttention(AttentionBackend):
                 )
             return out.to(q.dtype)
         if mask is not None and mask.dtype != call.query.dtype:
+            # float32's most negative number overflows to -inf in bfloat16/float16: clamp it to
+            # the target's own minimum (a fully masked row stays finite, as in float32)
             mask = mask.to(call.query.dtype)
+            if mask.is_floating_point() and torch.finfo(mask.dtype).bits < 32:
+                mask = mask.clamp_min(torch.finfo(mask.dtype).min)
         return F.scaled_dot_product_attention(
             call.query,
             call.key,
