@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ANALYSES = ["identifiability", "norms", "attention_not_explanation", "smyrf_without_retraining", "necessity_sufficiency",
-            "context_mixing"]
+            "context_mixing", "learned_queries"]
 
 
 def _load(name: str):
