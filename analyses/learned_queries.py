@@ -21,8 +21,9 @@ What we run (public API: ``attnexplain.set_decoder``, ``attnexplain.capture`` un
 * per design and seed: group-detection precision / recall / F1 (IoU >= 0.5, one-to-one; duplicates
   are false positives) and activity accuracy of the Hungarian-matched queries on the test split;
   membership AUPRC of each explanation (raw cross-attention of the last layer and the mean over
-  layers, effective cross-attention, rollout across decoder layers, the model's own member
-  probabilities, a random ranking) for every gold group's matched query; ERASER comprehensiveness
+  layers, effective cross-attention, rollout across decoder layers with head-mean and with
+  gradient-weighted maps (Chefer et al. 2021), the model's own member probabilities, a random
+  ranking) for every gold group's matched query; ERASER comprehensiveness
   / sufficiency AOPC of each ranking (individuals removed from every attention, the decoder's
   initial queries held fixed); the mean normalised entropy of the last layer's cross-attention
   rows (1 = uniform over the scene's individuals). Definitions: ``attnexplain/set_decoder/train.py``
@@ -52,10 +53,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 NAME = "learned_queries"
-METHODS = ("cross_last", "cross_mean", "effective_last", "rollout", "member_probs", "random")
-FAITH_METHODS = ("cross_last", "rollout", "member_probs", "random")
+METHODS = ("cross_last", "cross_mean", "effective_last", "rollout", "grad_rollout", "member_probs", "random")
+FAITH_METHODS = ("cross_last", "rollout", "grad_rollout", "member_probs", "random")
 METHOD_LABELS = {"cross_last": "cross-attn (last)", "cross_mean": "cross-attn (mean)",
-                 "effective_last": "effective (last)", "rollout": "rollout", "member_probs": "model's member probs",
+                 "effective_last": "effective (last)", "rollout": "rollout", "grad_rollout": "grad. rollout",
+                 "member_probs": "model's member probs",
                  "random": "random"}
 
 
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary["f1_sd"] = df.groupby(keys, sort=False)["f1"].std(ddof=1).values if len(seeds) > 1 else float("nan")
     holds, text = verdict(summary, queries, len(seeds))
 
-    main_cols = ["design", "f1", "f1_sd", "precision", "recall", "activity_accuracy", "entropy_matched", "entropy_all"]
+    main_cols = ["design", "f1"] + (["f1_sd"] if len(seeds) > 1 else []) + ["precision", "recall", "activity_accuracy", "entropy_matched", "entropy_all"]
     t_main = summary[main_cols].copy()
     ap_cols = ["design"] + [f"auprc_{m}" for m in METHODS]
     t_ap = summary[ap_cols].copy()
