@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tasks", default=DEFAULT_TASKS, help="dataset:model:max_tokens:n, comma-separated")
     p.add_argument("--methods", default=",".join(OLD + NEW))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-from", default=None,
+                   help="an earlier output folder of this script: its tasks that are not run now are kept (their "
+                        "rows, their setup line marked as kept, with that run's start date and commit)")
     args = p.parse_args(argv)
     if args.quick:
         args.tasks = "rotten-tomatoes:testing:bert:24:4,synthetic-negation:testing:bert:24:4"
@@ -160,6 +163,22 @@ def main(argv: list[str] | None = None) -> dict:
                       "mean_tokens": float(np.mean(ntok)), "seconds": round(run.seconds - t0, 1),
                       "source": getattr(lm, "source", ""), "ids": list(ds.ids)})
         del lm
+    if args.keep_from:
+        import json
+
+        keep = Path(args.keep_from)
+        old_man = json.loads((keep / "manifest.json").read_text())
+        run_now = {i["task"] for i in infos}
+        old_faith = pd.read_csv(keep / "faithfulness.csv")
+        old_plaus = pd.read_csv(keep / "plausibility.csv")
+        for info in old_man["models"]:
+            if info["task"] in run_now:
+                continue
+            faiths.append(old_faith[old_faith.task == info["task"]])
+            if len(old_plaus) and info["task"] in set(old_plaus.task):
+                plauss.append(old_plaus[old_plaus.task == info["task"]])
+            infos.append({**info, "kept_from": {"started": old_man.get("started"), "git_commit": old_man.get("git_commit")}})
+        skipped = [x for x in skipped if x.split(":")[0] not in {i["task"] for i in infos}]
     faith = pd.concat(faiths, ignore_index=True)
     plaus = pd.concat(plauss, ignore_index=True) if plauss else pd.DataFrame(
         columns=["task", "method", "example", "token_f1", "auprc"])
@@ -195,7 +214,10 @@ def main(argv: list[str] | None = None) -> dict:
         "al., ACL 2020); plausibility against gold rationales.",
         "**Do our numbers agree?**\n" + "\n".join(verdicts(faith, plaus)),
         "**Setup**: " + "; ".join(f"{i['task']}: {i['n']} {args.split} texts cut to {i['max_tokens']} tokens (mean "
-                                  f"{i['mean_tokens']:.0f}), {i['seconds']:.0f} s" for i in infos)
+                                  f"{i['mean_tokens']:.0f}), {i['seconds']:.0f} s"
+                                  + (f" (kept from the run started {i['kept_from']['started']}, commit "
+                                     f"{str(i['kept_from']['git_commit'])[:7]}; methods then: the table's rows)"
+                                     if i.get("kept_from") else "") for i in infos)
         + ". Readout: the [CLS] row. Faithfulness: delete removal, bins 1/5/10/20/50 %, BCa bootstrap (1000 "
         "resamples)." + (f" Skipped: {'; '.join(skipped)}." if skipped else "") + f" Runtime {run.seconds:.0f} s.",
     ]
