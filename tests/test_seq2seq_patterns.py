@@ -1,6 +1,7 @@
-"""Efficient backends swapped into one attention pattern of an encoder-decoder at a time
-(compare-backends per CAB pattern), the per-site routing behind it, and the tiny trained
-encoder-decoder with its digit tasks. Tiny random models except for one 1-epoch training run."""
+"""Efficient backends swapped into one attention pattern at a time (compare-backends per CAB
+pattern) of an encoder-decoder and of the learned-query set decoder, the per-site routing behind
+it (backend_at_sites), and the tiny trained encoder-decoder with its digit tasks. Tiny random
+models except for one 2-step training run."""
 
 from __future__ import annotations
 
