@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = C.analysis_parser(__doc__, batch_size=8)
     p.add_argument("--model", default="smollm2")
     p.add_argument("--n", type=int, default=24, help="prompts per template")
+    p.add_argument("--n-explain", type=int, default=None, help="explain only the first N prompts of the best form "
+                                                                   "(default: all --n)")
     p.add_argument("--ig-steps", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cheap", action="store_true", help="leave out integrated gradients and occlusion")
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = C.Run(NAME, args)
     import pandas as pd
 
-    from attnexplain.generation.recall import key_value_recall, recall_evaluation
+    from attnexplain.generation.recall import key_value_recall, recall_evaluation, recall_table
     from attnexplain.methods import get_method
 
     if args.quick:  # a tiny random Llama with the packaged MiniLM's (fast, offset-giving) tokenizer
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     cand = pd.DataFrame(rows)
     best = int(cand["accuracy"].to_numpy().argmax())
     label, template, pairs = candidates[best][:3]
-    examples = prompts(candidates[best], args.n)
+    examples = prompts(candidates[best], args.n)[: args.n_explain or args.n]
 
     # 2. explanations on the best template ---------------------------------------------------------
     C.log(f"[{NAME}] explaining {args.n} prompts of {label} {template!r} ({pairs} pairs) with {', '.join(method_names)}")
@@ -130,8 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     correct_ids = [i for i, ok in enumerate(res["correct"]) if ok]
     solved = None
     if correct_ids and len(correct_ids) < len(examples):
-        solved = recall_evaluation(lm, [examples[i] for i in correct_ids], methods, batch_size=args.batch_size,
-                                   seed=args.seed)["table"]
+        solved = recall_table(res["auprc"], res["aopc"], correct_ids)
     gold_frac = res["gold_fraction"]
 
     # 3. BBC News continuations through analyze --task generation ---------------------------------------
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     header = [
         f"Model `{model_name}`. Script: `python analyses/{NAME}.py --model {args.model} --n {args.n}`"
+        + (f" --n-explain {args.n_explain}" if args.n_explain else "")
+        + (f" --bbc-n {args.bbc_n} --bbc-new {args.bbc_new}" if (args.bbc_n, args.bbc_new) != (12, 5) else "")
         + (" --cheap" if args.cheap else "") + f" (IG with {args.ig_steps} steps).",
         "**Claim.** Explanations of a generated token should rank the prompt tokens it is copied from above the rest "
         "(plausibility, AUPRC against evidence known by construction) and beat a random ranking in ERASER "
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
         "answer tokens left out.",
     ]
     sections = [("Greedy accuracy per prompt form", C.md_table(cand[["prompt", "template", "pairs", "accuracy", "correct"]])),
-                (f"Explanations, all {args.n} prompts", C.md_table(table, headers=heads))]
+                (f"Explanations, {len(examples)} prompts ({res['accuracy']:.3f} of them answered correctly)",
+                 C.md_table(table, headers=heads))]
     if solved is not None:
         sections.append((f"Explanations, the {len(correct_ids)} correctly answered prompts", C.md_table(solved, headers=heads)))
     if bbc is not None:

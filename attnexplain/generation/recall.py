@@ -32,7 +32,8 @@ import numpy as np
 from ..models import LoadedModel
 
 
-__all__ = ["RecallExample", "key_value_recall", "recall_evaluation", "gold_token_mask", "VALUE_SETS", "CHATML"]
+__all__ = ["RecallExample", "key_value_recall", "recall_evaluation", "recall_table", "gold_token_mask", "VALUE_SETS",
+           "CHATML"]
 
 NAMES = ("Mara", "Tobi", "Lena", "Omar", "Iris", "Hugo", "Nina", "Pavel", "Sara", "Kofi", "Yuki", "Ravi",
          "Elsa", "Bruno", "Dana", "Felix")
@@ -129,7 +130,7 @@ def recall_evaluation(lm: LoadedModel, examples: Sequence[RecallExample], method
     """Accuracy, plausibility (AUPRC) and faithfulness (AOPC) per method on ``examples``.
 
     Returns ``{"accuracy", "n", "table" (pandas: method, auprc, comprehensiveness, sufficiency),
-    "aopc" (per example, step, method, metric), "correct" (per example: greedy decoding starts with
+    "aopc" (per example, step, method, metric), "auprc" (per example, step, method), "correct" (per example: greedy decoding starts with
     the answer), "gold_fraction" (mean share of gold tokens among the prompt tokens: a random
     ranking's expected AUPRC)}``.
     """
@@ -145,7 +146,7 @@ def recall_evaluation(lm: LoadedModel, examples: Sequence[RecallExample], method
     correct = 0
     flags: list[bool] = []
     gold_fracs: list[float] = []
-    ap: dict[str, list[float]] = {}
+    ap_rows: list[tuple[int, int, str, float]] = []
     aopc_rows = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start: start + batch_size]
@@ -170,17 +171,33 @@ def recall_evaluation(lm: LoadedModel, examples: Sequence[RecallExample], method
                     raise ValueError(f"gold mask has {gold.size} tokens, the prompt {n_p}: tokenizer offsets disagree")
                 for t in g.steps(i):
                     if is_digit_step(i, t):
-                        ap.setdefault(name, []).append(auprc(att.step_scores(i, t)[:n_p], gold))
+                        ap_rows.append((start + i, t, name, float(auprc(att.step_scores(i, t)[:n_p], gold))))
         faith = generation_faithfulness(lm, ex, seed=seed, bins=bins or ERASER_BINS, select=is_digit_step)
         aopc = faith.aopc.copy()
         aopc["example"] += start
         aopc_rows.append(aopc)
     aopc = pd.concat(aopc_rows, ignore_index=True)
+    ap_df = pd.DataFrame(ap_rows, columns=["example", "step", "method", "auprc"])
+    return {"accuracy": correct / len(examples), "n": len(examples), "table": recall_table(ap_df, aopc), "aopc": aopc,
+            "auprc": ap_df, "correct": flags,
+            "gold_fraction": float(np.mean(gold_fracs)) if gold_fracs else float("nan")}
+
+
+def recall_table(auprc: Any, aopc: Any, examples: Sequence[int] | None = None):
+    """Per method: mean AUPRC and mean comprehensiveness / sufficiency AOPC over the explained
+    answer tokens (of ``examples`` only, when given), from :func:`recall_evaluation`'s
+    per-token ``auprc`` and ``aopc`` tables."""
+    import pandas as pd
+
+    if examples is not None:
+        keep = set(int(i) for i in examples)
+        auprc = auprc[auprc["example"].isin(keep)]
+        aopc = aopc[aopc["example"].isin(keep)]
     piv = aopc.pivot_table(index="method", columns="metric", values="aopc", aggfunc="mean")
+    ap = auprc.groupby("method", sort=False)["auprc"].mean()
     rows = []
-    for name in list(ap) + [m for m in piv.index if m not in ap]:
-        rows.append({"method": name, "auprc": float(np.nanmean(ap[name])) if name in ap else float("nan"),
-                     "comprehensiveness": float(piv.loc[name, "comprehensiveness"]),
-                     "sufficiency": float(piv.loc[name, "sufficiency"])})
-    return {"accuracy": correct / len(examples), "n": len(examples), "table": pd.DataFrame(rows), "aopc": aopc,
-            "correct": flags, "gold_fraction": float(np.mean(gold_fracs)) if gold_fracs else float("nan")}
+    for name in list(ap.index) + [m for m in piv.index if m not in ap.index]:
+        rows.append({"method": name, "auprc": float(ap[name]) if name in ap.index else float("nan"),
+                     "comprehensiveness": float(piv.loc[name, "comprehensiveness"]) if name in piv.index else float("nan"),
+                     "sufficiency": float(piv.loc[name, "sufficiency"]) if name in piv.index else float("nan")})
+    return pd.DataFrame(rows)
