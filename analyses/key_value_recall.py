@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> dict:
                     batch_size=args.batch_size, seed=args.seed, progress=False, force=True, log=C.log)
         bbc = aopc_table(r, n_resamples=1000)
         ex_b = r.examples()
-        bbc_sample = ex_b[["example_id", "text", "generated_text"]].head(3)
+        bbc_sample = pd.DataFrame({"example_id": ex_b["example_id"].head(3),
+                                   "prompt (end)": ["…" + " ".join(str(t).split())[-60:] for t in ex_b["text"].head(3)],
+                                   "generated": [repr(str(t)) for t in ex_b["generated_text"].head(3)]})
         n_tokens = int(ex_b["n_generated"].sum())
 
     # -- write --------------------------------------------------------------------------------------
@@ -169,10 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{t.sort_values('auprc', ascending=False).iloc[0]['method']}.")
 
     header = [
-        f"Model `{model_name}`. Script: `python analyses/{NAME}.py --model {args.model} --n {args.n}`"
+        f"Model `{model_name}`. Script: `python analyses/{NAME}.py --model {args.model} --n {args.n}"
         + (f" --n-explain {args.n_explain}" if args.n_explain else "")
         + (f" --bbc-n {args.bbc_n} --bbc-new {args.bbc_new}" if (args.bbc_n, args.bbc_new) != (12, 5) else "")
-        + (" --cheap" if args.cheap else "") + f" (IG with {args.ig_steps} steps).",
+        + (" --cheap` (no integrated gradients, no occlusion: each runs the model many times per generated token)."
+           if args.cheap else f"` (IG with {args.ig_steps} steps)."),
         "**Claim.** Explanations of a generated token should rank the prompt tokens it is copied from above the rest "
         "(plausibility, AUPRC against evidence known by construction) and beat a random ranking in ERASER "
         "faithfulness -- checked only where the model does the task (greedy accuracy first).",
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"the previous session's prompt (3 statements) {cand['accuracy'].iloc[0]:.3f}.",
         f"**Do our numbers agree?** On {label} ({pairs} pairs): {verdict(table)}",
         "AUPRC: average precision of each answer token's prompt scores against the gold tokens (the queried value; "
-        f"gold fraction of the prompt {gold_frac:.3f} = a random ranking's expected AUPRC). comp. AOPC (higher = more "
+        f"gold fraction of the prompt {gold_frac:.3f}; the `random` row is the measured chance level: with one or two "
+        "gold tokens a random ranking's expected average precision is well above the gold fraction). comp. AOPC (higher = more "
         "faithful) / suff. AOPC (lower = more faithful): ERASER on the answer token's probability, prompt tokens "
         "deleted by each method's ranking (bins 1/5/10/20/50 %). Explanations of the forced answer, whitespace-only "
         "answer tokens left out.",
