@@ -6,8 +6,8 @@ gradients with 16 steps. Timed: ``attnexplain.explain_generation`` (generate wit
 one teacher-forced capture, every step's readout row) against ``inseq.load_model(model,
 "attention" | "integrated_gradients").attribute(prompts, generation_args=...)`` (which generates,
 then runs one forward per generated token with eager attention). Same model weights (inseq loads
-the converted float32 copy attnexplain keeps in its cache), same thread count, interleaved repeats,
-medians.
+the converted float32 copy attnexplain keeps in its cache), same thread count, interleaved repeats
+(attnexplain, then inseq in its own process, per repeat), medians.
 
 Agreement: the raw-attention scores aggregated the same way on both sides (mean over layers and
 heads of the row predicting each generated token), compared on every (step, position) both define.
@@ -82,6 +82,10 @@ gen_args = {"max_new_tokens": n_new, "do_sample": False}
 out = {"inseq": "0.7.1", "torch": torch.__version__, "transformers": transformers.__version__, "t_attention": [], "t_ig": []}
 m_att = inseq.load_model(model, "attention", tokenizer=tok)
 m_ig = inseq.load_model(model, "integrated_gradients", tokenizer=tok)
+# warm-up (not timed): one short call of each, as the attnexplain side does once before its repeats
+m_att.attribute(input_texts=prompts[:1], generation_args={"max_new_tokens": 1, "do_sample": False}, attribute_target=True, show_progress=False)
+if not skip_ig:
+    m_ig.attribute(input_texts=prompts[:1], generation_args={"max_new_tokens": 1, "do_sample": False}, n_steps=2, attribute_target=True, show_progress=False)
 for r in range(repeats):
     t = time.perf_counter()
     res = m_att.attribute(input_texts=prompts, generation_args=gen_args, attribute_target=True, skip_special_tokens=False, show_progress=False)
@@ -138,6 +142,22 @@ def main() -> None:
     ours_att, ours_ig, peer_att, peer_ig = [], [], [], []
     ig = get_method("integrated_gradients", n_steps=args.ig_steps)
     ex = None
+    peer = None
+
+    def run_inseq(forced: list[str] | None) -> dict:
+        cmd = [args.inseq_python, "-c", INSEQ_SIDE, str(folder), json.dumps(PROMPTS), str(args.new_tokens),
+               str(args.ig_steps), str(threads), "1", str(int(args.skip_ig))] + ([json.dumps(forced)] if forced else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if proc.returncode != 0:
+            sys.exit(f"inseq side failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout)
+
+    # warm-up (not timed): one short call of each method
+    attnexplain.explain_generation(lm, PROMPTS[:1], ["raw_attention"], max_new_tokens=1)
+    if not args.skip_ig:
+        attnexplain.explain_generation(lm, PROMPTS[:1], [get_method("integrated_gradients", n_steps=2)], max_new_tokens=1)
+    # interleaved: each repeat times attnexplain, then inseq (its own process, model loaded before its
+    # clock starts), so a change of machine load hits both sides alike
     for r in range(args.repeats):
         t = time.perf_counter()
         ex = attnexplain.explain_generation(lm, PROMPTS, ["raw_attention"], max_new_tokens=args.new_tokens,
@@ -147,20 +167,15 @@ def main() -> None:
             t = time.perf_counter()
             attnexplain.explain_generation(lm, PROMPTS, [ig], max_new_tokens=args.new_tokens, exclude_special_tokens=False)
             ours_ig.append(time.perf_counter() - t)
-        print(f"attnexplain repeat {r}: attention {ours_att[-1]:.2f} s" + ("" if args.skip_ig else f", IG {ours_ig[-1]:.2f} s"),
-              flush=True)
-    forced = ex.generation.generated_texts  # inseq explains these same continuations for the agreement check
-    proc = subprocess.run([args.inseq_python, "-c", INSEQ_SIDE, str(folder), json.dumps(PROMPTS), str(args.new_tokens),
-                           str(args.ig_steps), str(threads), str(args.repeats), str(int(args.skip_ig)), json.dumps(forced)],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if proc.returncode != 0:
-        sys.exit(f"inseq side failed:\n{proc.stderr[-3000:]}")
-    peer = json.loads(proc.stdout)
-    peer_att, peer_ig = peer["t_attention"], peer["t_ig"]
-    print(f"inseq {peer['inseq']} (torch {peer['torch']}, transformers {peer['transformers']}): attention "
-          f"{[round(x, 2) for x in peer_att]} s, IG {[round(x, 2) for x in peer_ig]} s", flush=True)
+        last = r == args.repeats - 1  # inseq explains our continuations for the agreement check (not timed)
+        peer = run_inseq(ex.generation.generated_texts if last else None)
+        peer_att += peer["t_attention"]
+        peer_ig += peer["t_ig"]
+        print(f"repeat {r}: attnexplain attention {ours_att[-1]:.2f} s" + ("" if args.skip_ig else f", IG {ours_ig[-1]:.2f} s")
+              + f"; inseq attention {peer_att[-1]:.2f} s" + ("" if args.skip_ig else f", IG {peer_ig[-1]:.2f} s")
+              + f" (load {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"inseq {peer['inseq']} (torch {peer['torch']}, transformers {peer['transformers']})", flush=True)
     # agreement of the raw-attention scores on examples with the same continuation
-    g = ex.generation
     diffs, compared, same = [], 0, 0
     for i, seq in enumerate(peer["sequences"]):
         ours_tokens = ex["raw_attention"].tokens[i]
