@@ -118,15 +118,9 @@ def native_bfloat16(device: torch.device | str = "cpu") -> bool:
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device.type != "cpu":
         return False
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        fn = getattr(cpu, probe, None)
-        try:
-            if fn is not None and bool(fn()):
-                return True
-        except Exception:  # pragma: no cover - a private probe that changed
-            continue
-    return False
+    from ..backends.base import cpu_has_native_bfloat16
+
+    return cpu_has_native_bfloat16()
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:

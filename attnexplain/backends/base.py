@@ -13,6 +13,7 @@ Adding a backend means adding one file in this package that defines a subclass d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -22,6 +23,22 @@ import torch
 
 from ..errors import ArgumentTypeError
 from .._registry import Registry
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX): where
+    autocast to bfloat16 is faster rather than emulated (the dense backend's attention kernel and
+    the faithfulness forwards' precision ``auto`` both ask this)."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        fn = getattr(cpu, probe, None)
+        try:
+            if fn is not None and bool(fn()):
+                return True
+        except Exception:  # noqa: BLE001 - a private probe that changed: assume not
+            continue
+    return False
 
 __all__ = [
     "AttentionCall",

@@ -8,12 +8,12 @@ capture or an intervention asks for.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 import torch.nn.functional as F
 
 from .base import AttentionBackend, AttentionCall, register_backend
+from .base import cpu_has_native_bfloat16 as _cpu_has_native_bfloat16  # a module name: tests patch it
 
 
 def _scores(call: AttentionCall) -> torch.Tensor:
@@ -50,18 +50,6 @@ def dense_attention_probs(call: AttentionCall) -> torch.Tensor:
     return probs
 
 
-@functools.lru_cache(maxsize=1)
-def _cpu_has_native_bfloat16() -> bool:
-    """Whether this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX)."""
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
-        fn = getattr(cpu, probe, None)
-        try:
-            if fn is not None and bool(fn()):
-                return True
-        except Exception:  # noqa: BLE001 - a private probe that changed: assume not
-            continue
-    return False
 
 
 @register_backend
