@@ -9,8 +9,8 @@ the first ``--limit`` bbc-news test articles (in the fixed shuffled order; most 
 512 tokens and truncated). Default methods, faithfulness precision ``auto``. Each measurement runs
 in its own process (``ru_maxrss`` of that process), the capped one first.
 
-Measured on the 2-core machine of this project (loaded by other jobs), 16 examples: capped
-4556 MB, one batch 6754 MB (the second with the code before the cap).
+Measured on the 2-core machine of this project on 2026-11-30, ``--limit 16 --threads 2``: capped
+5450 MB, one batch 7842 MB (README bound: 6 GB for 512-token inputs, any number of examples).
 
 Last line: ``RESULT peak_rss_mb=<capped> baseline_peak_rss_mb=<one batch> limit=<n>``.
 """
@@ -62,6 +62,8 @@ def main() -> None:
             results[name] = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{name}: peak RSS {results[name]['peak_rss_mb']:.0f} MB, {results[name]['seconds']:.0f} s, "
                   f"faithfulness precision {results[name]['precision']}")
+    peak = results['capped']['peak_rss_mb']
+    print(f"bound (README) 6000 MB for 512-token inputs: {'met' if peak <= 6000 else 'MISSED'} ({peak:.0f} MB)")
     print(f"RESULT peak_rss_mb={results['capped']['peak_rss_mb']:.0f} "
           f"baseline_peak_rss_mb={results['one_batch']['peak_rss_mb']:.0f} limit={args.limit}")
 
