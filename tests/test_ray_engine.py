@@ -92,10 +92,6 @@ def test_ray_run_equals_the_local_run(cluster, lm, data, reference, tmp_path):
     _assert_same(run, reference, exact=False)  # values within 1e-6 (rtol 1e-4)
     eng = run.manifest["engine"]
     assert eng["name"] == "ray" and eng["num_workers"] == 2 and eng["worker_threads"] == 1
-    # the driver analyses batches while the workers start, at most one worker's share: the rest
-    # (most of the run) comes from the workers
-    n_batches = -(-N // 2)
-    assert 0 <= eng["driver_batches"] <= n_batches // 3 < n_batches
     assert reference.manifest["engine"]["name"] == "local"
     assert run.stored_examples() == reference.stored_examples()
     for eid in run.stored_examples():
@@ -123,9 +119,8 @@ def test_a_worker_killed_mid_run_is_restarted_and_shards_merge(cluster, lm, data
     def kill_one(number, start, size):
         pids = _alive_worker_pids()
         seen.append(pids)
-        # at the first batch both workers are up for (the driver's own batches while they start come
-        # first): both still hold queued batches (2 in flight each)
-        if not killed and len(pids) == 2:
+        if not killed:  # after the first batch: both workers still hold queued batches (2 in flight each)
+            assert len(pids) == 2
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 

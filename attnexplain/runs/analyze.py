@@ -475,7 +475,7 @@ def analyze(
                                     label_names=ds_labels, precision=precision)
                 n_trunc = run_batches_on_ray(writer, ds, batches, ray_session, model=ray_model,
                                              worker_setup=worker_setup, store_set=store_set, bar=bar, log=log,
-                                             on_batch=on_batch, driver_setup=setup)
+                                             on_batch=on_batch)
             else:
                 n_trunc = _run_batches_locally(writer, ds, batches, setup, seed=int(seed), store_set=store_set,
                                                bar=bar, on_batch=on_batch)

@@ -14,11 +14,7 @@ worker, not once per batch):
 2. it starts ``num_workers`` actors (:class:`ShardWorker`, ``worker_threads`` Ray CPUs and torch
    threads each); each loads the model (by name on its node, or the driver's model object through
    the object store) and checks that it sees the run folder (the manifest the driver just wrote,
-   same ``created`` stamp) and can write into it; while they start (seconds: process start,
-   imports, model load), the driver analyses batches itself from the end of the queue with the
-   model it has loaded, and writes their shards the same way (the manifest's
-   ``engine.driver_batches`` counts them); it stops at the first worker ready, or after one
-   worker's share of the batches;
+   same ``created`` stamp) and can write into it;
 3. the driver sends each worker the inputs of the next batch (ids, texts, labels: a few KB) as soon
    as it has fewer than two in flight; the worker runs :func:`attnexplain.runs.analyze.run_batch`
    (the same code, the same per-batch seed as the local engine) and writes the batch's shard
@@ -363,20 +359,14 @@ def _cause(exc: BaseException) -> BaseException:
 
 def run_batches_on_ray(writer: RunWriter, ds: Any, batches: list[list[int]], session: RaySession, *, model: Any,
                        worker_setup: Mapping[str, Any], store_set: set[int], bar: Any = None,
-                       log: Callable[[str], None] | None = None, driver_setup: Any = None,
+                       log: Callable[[str], None] | None = None,
                        on_batch: Callable[[int, int, int], None] | None = None) -> int:
     """Run ``batches`` (lists of dataset positions) on ``session``'s cluster; each worker writes its
     batches' shards into ``writer``'s (open) run folder. Returns the number of truncated texts.
 
     Raises :class:`AnalyzeError` when a worker cannot use the run folder or load the model, or dies
     more than :data:`MAX_RESTARTS` times; the shards written until then stay (run again to resume).
-    
-    ``driver_setup`` (the analysis set-up of the model the driver has loaded anyway, for tokenizing):
-    while the workers start (Ray's process start, imports, model load: seconds), the driver
-    analyses batches itself from the end of the queue and writes their shards through ``writer``;
-    it stops at the first worker ready, and after at most one worker's share (``len(batches) //
-    (num_workers + 1)``). The same shards, written atomically, as a worker's.
-"""
+    """
     ray = session.ray
     log = log or session.log
     if not batches:
@@ -392,35 +382,16 @@ def run_batches_on_ray(writer: RunWriter, ds: Any, batches: list[list[int]], ses
     actors = [remote.remote(folder, writer.manifest["created"], list(writer.manifest["methods"]), setup,
                             backend, backend_options, T) for _ in range(n)]
     mapping = setup.get("label_mapping")
-    queue = deque(batches)
-    n_trunc = 0
-    number = 0
     try:
         t0 = time.perf_counter()
-        prepared = [a.prepare.remote(model_arg) for a in actors]
-        driver_batches = 0
-        driver_share = len(batches) // (n + 1)  # at most one more worker's share: the workers do the rest
-        while (driver_setup is not None and driver_batches < driver_share
-               and not ray.wait(prepared, num_returns=1, timeout=0)[0]):
-            batch = queue.pop()  # from the end: the workers start at the front
-            tables, arrays = run_batch(driver_setup, int(setup["seed"]), batch_inputs(ds, batch, mapping, store_set))
-            writer.write_batch(batch[0], tables, arrays)
-            n_trunc += int(sum(tables["examples"]["truncated"]))
-            driver_batches += 1
-            if bar is not None:
-                bar.update(len(batch))
-            if on_batch is not None:
-                on_batch(number, batch[0], len(batch))
-            number += 1
-        session.info["driver_batches"] = session.info.get("driver_batches", 0) + driver_batches
         try:
-            ready = _get_all(ray, prepared, log, "start and load the model")
+            ready = _get_all(ray, [a.prepare.remote(model_arg) for a in actors], log, "start and load the model")
         except ray.exceptions.RayTaskError as exc:
             raise _cause(exc) from None
         hosts = sorted({r["host"] for r in ready})
         log(f"[analyze] ray: {n} worker(s) x {T} thread(s) on {len(hosts)} node(s) ready in "
-            f"{time.perf_counter() - t0:.1f} s (the driver analysed {driver_batches} batch(es) meanwhile); "
-            f"{len(queue)} batch(es) to do")
+            f"{time.perf_counter() - t0:.1f} s; {len(batches)} batch(es) to do")
+        queue = deque(batches)
         pending: dict[Any, tuple[int, list[int]]] = {}
 
         def submit(i: int) -> None:
@@ -431,6 +402,8 @@ def run_batches_on_ray(writer: RunWriter, ds: Any, batches: list[list[int]], ses
             for i in range(n):
                 if queue:
                     submit(i)
+        n_trunc = 0
+        number = 0
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             i, batch = pending.pop(done[0])
