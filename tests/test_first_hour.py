@@ -352,3 +352,24 @@ def test_analyze_peak_memory_stays_that_of_one_batch(tmp_path):
     assert peaks[-1] <= PEAK_RSS_BOUND_MB, f"peak RSS {peaks[-1]:.0f} MB above the stated bound {PEAK_RSS_BOUND_MB} MB"
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert f"{PEAK_RSS_BOUND_MB / 1000:.0f} GB" in readme  # the bound the README states is this one
+
+
+@pytest.mark.parametrize("frame,named", [
+    ({"foo": ["a b", "c d"], "bar": ["x", "y"]}, "--text-column"),  # no recognised text column
+    ({"text": [1, 2], "note": ["a b", "c d"]}, "--text-column"),  # the text column holds numbers
+])
+def test_csv_column_errors_name_the_cli_option(tmp_path, frame, named):
+    """A CLI user is told the CLI option (the Python argument is named after it), exit 2."""
+    path = tmp_path / "bad.csv"
+    pd.DataFrame(frame).to_csv(path, index=False)
+    res = CliRunner().invoke(app, ["analyze", "--dataset", str(path), "--model", "tiny-classification",
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2, res.output
+    assert named in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_on_a_folder_without_a_run_suggests_a_complete_command(tmp_path):
+    res = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 2 and "not a run folder" in res.output, res.output
+    assert "--dataset" in res.output and "--out" in res.output, res.output

@@ -202,7 +202,7 @@ def _pick_column(df, given: str | None, defaults: Sequence[str], what: str, path
     if required:
         raise DatasetError(
             f"no {what} column in {path}: looked for {', '.join(repr(d) for d in defaults)}; columns found: "
-            f"{', '.join(cols) or '(none)'}. Pass {what}_column=<name>."
+            f"{', '.join(cols) or '(none)'}. Name it: --{what}-column NAME (Python: {what}_column=NAME)."
         )
     return None
 
@@ -300,7 +300,7 @@ def _load_user(path: Path, *, split: str, text_column: str | None, label_column:
     for i, v in enumerate(texts_raw):
         if not _is_missing(v) and not isinstance(v, str):
             raise DatasetError(f"{path}: column {tcol!r} holds {type(v).__name__} values (row {i}: {v!r}), not text; "
-                               f"pass text_column=<the text column>")
+                               f"name the text column: --text-column NAME (Python: text_column=NAME)")
     keep = [i for i in rows if not bad_text(texts_raw[i])
             and (labels_raw is None or not _is_missing(labels_raw[i]))
             and (pairs_raw is None or not bad_text(pairs_raw[i]))]

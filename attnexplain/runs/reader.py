@@ -40,7 +40,7 @@ from .schema import (
 def _read_manifest(path: Path) -> dict:
     mpath = path / MANIFEST
     if not mpath.is_file():
-        raise RunFormatError(f"{path}: not a run folder (no {MANIFEST}); write one with `attnexplain analyze --out {path}`")
+        raise RunFormatError(f"{path}: not a run folder (no {MANIFEST}); write one with `attnexplain analyze --dataset DATASET --out DIR`, or give a run folder")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
