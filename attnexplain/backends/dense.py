@@ -50,8 +50,6 @@ def dense_attention_probs(call: AttentionCall) -> torch.Tensor:
     return probs
 
 
-
-
 @register_backend
 class DenseAttention(AttentionBackend):
     """Exact softmax attention; the reference every other backend is compared with."""
