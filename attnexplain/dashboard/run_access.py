@@ -234,6 +234,27 @@ def _query_run(param: str) -> str | None:
     return value or None
 
 
+def _written(param: str) -> set[str]:
+    return st.session_state.setdefault("ax_url_written", {}).setdefault(param, set())
+
+
+def write_url_param(param: str, value: str) -> None:
+    """Write ``?param=value`` and remember that this session wrote it (see :func:`stale_url_value`)."""
+    _written(param).add(value)
+    if st.query_params.get(param) != value:
+        st.query_params[param] = value
+
+
+def stale_url_value(param: str, value: str | None, current: str | None) -> bool:
+    """True when ``value`` (read from ``?param=``) is one this session wrote earlier and has since replaced.
+
+    The browser sends its query string with every rerun; a rerun requested before the browser applied
+    the page's last URL change carries the old value. Such a value is not a request from the user (a
+    value typed or pasted into the URL was never written by this session) and is ignored.
+    """
+    return value is not None and value != current and value in _written(param)
+
+
 def pick_run(label: str = "Run", *, param: str = "run", state: str = "ax_run", key: str = "run_select",
              exclude: str | None = None) -> RunRef | None:
     """Run chooser: from ``?run=NAME`` (checked against RUNS_DIR) or a select box of readable runs.
@@ -243,6 +264,8 @@ def pick_run(label: str = "Run", *, param: str = "run", state: str = "ax_run", k
     runs = readable_runs()
     names = [r.name for r in runs]
     requested = _query_run(param)
+    if stale_url_value(param, requested, st.session_state.get(state)):
+        requested = None
     if requested is not None and requested != st.session_state.get(f"{state}_url_ok"):
         ref = safe_open(requested, where=f"the URL (?{param}=)")
         if ref is not None:
@@ -260,7 +283,7 @@ def pick_run(label: str = "Run", *, param: str = "run", state: str = "ax_run", k
     choice = st.selectbox(label, options, index=index, key=key)
     st.session_state[state] = choice
     if st.query_params.get(param) != choice:
-        st.query_params[param] = choice
         st.session_state[f"{state}_url_ok"] = choice
+    write_url_param(param, choice)
     ref = safe_open(choice, where="the run list")
     return ref

@@ -96,6 +96,9 @@ if st.session_state.get("ex_run_seen") not in (None, ref.name):  # the run was s
     st.query_params.pop("example", None)
 st.session_state["ex_run_seen"] = ref.name
 requested = st.query_params.get("example")
+if run_access.stale_url_value("example", requested, st.session_state.get(pick_key)) and requested not in ids:
+    requested = None  # an id this page wrote for another run, sent back by a rerun that raced the URL change
+    st.query_params.pop("example", None)
 if requested in ids and st.session_state.get("ex_url_ok") != requested:
     st.session_state[pick_key] = requested
     st.session_state["ex_url_ok"] = requested
@@ -114,8 +117,8 @@ def _fmt(eid: str) -> str:
 eid = st.selectbox("Example (◆ = attention arrays stored)", ids, format_func=_fmt, key=pick_key,
                    persist_state="session")
 if st.query_params.get("example") != eid:
-    st.query_params["example"] = eid
     st.session_state["ex_url_ok"] = eid
+run_access.write_url_param("example", eid)
 row = ex[ex["example_id"] == eid].iloc[0]
 
 
