@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
             faiths.append(old_faith[old_faith.task == info["task"]])
             if len(old_plaus) and info["task"] in set(old_plaus.task):
                 plauss.append(old_plaus[old_plaus.task == info["task"]])
-            infos.append({**info, "kept_from": {"started": old_man.get("started"), "git_commit": old_man.get("git_commit")}})
+            # a row kept twice keeps the date and commit of the run that computed it
+            kept = info.get("kept_from") or {"started": old_man.get("started"), "git_commit": old_man.get("git_commit")}
+            infos.append({**info, "kept_from": kept})
         skipped = [x for x in skipped if x.split(":")[0] not in {i["task"] for i in infos}]
     faith = pd.concat(faiths, ignore_index=True)
     plaus = pd.concat(plauss, ignore_index=True) if plauss else pd.DataFrame(
