@@ -96,7 +96,12 @@ def test_compare_backends_command(tiny, data, tmp_path):
 
 
 def test_listings():
-    assert "rotten-tomatoes" in _ok(runner.invoke(app, ["datasets"])).output
+    from attnexplain.data import list_datasets
+    from attnexplain.data.seq2seq import SEQ2SEQ_TASKS
+
+    listed = _ok(runner.invoke(app, ["datasets"])).output
+    for name in [*list_datasets(), *SEQ2SEQ_TASKS, "social-scenes"]:  # every name a --dataset accepts
+        assert f"\n{name} " in listed or listed.startswith(f"{name} "), name
     out = _ok(runner.invoke(app, ["methods"])).output
     assert "* effective_attention" in out and "  integrated_gradients" in out
     assert "smyrf" in _ok(runner.invoke(app, ["backends"])).output

@@ -432,10 +432,20 @@ def _listing(items: dict) -> str:
 @app.command()
 @command
 def datasets() -> None:
-    """List built-in and synthetic data sets (or give a file path to --dataset)."""
+    """List data sets by the models they are for: text data sets (classifiers and causal LMs), digit tasks
+    (encoder-decoders), social scenes (the set decoder); or give a file path to --dataset."""
     from ..data import list_datasets
+    from ..data.seq2seq import SEQ2SEQ_TASKS
 
+    typer.echo("Text data sets (--dataset of analyze and compare-backends; or a path: .csv, .tsv, .jsonl, .json, .parquet, a save_to_disk folder):")
     typer.echo(_listing(list_datasets()))
+    typer.echo("\nDigit tasks for encoder-decoder models (attnexplain prepare --model tiny-seq2seq-reverse; "
+               "compare-backends --model tiny-seq2seq-reverse --dataset seq2seq-reverse):")
+    typer.echo(_listing({name: task.description for name, task in SEQ2SEQ_TASKS.items()}))
+    typer.echo("\nScenes for the learned-query set decoder (compare-backends --model set-decoder-... "
+               "--dataset social-scenes; trained by attnexplain.set_decoder.train_set_decoder):")
+    typer.echo(_listing({"social-scenes": "synthetic scenes of 4-12 individuals (position, heading, action) in groups "
+                                          "of 1-5, one activity per group; gold membership known"}))
 
 
 @app.command()
