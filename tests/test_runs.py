@@ -226,6 +226,22 @@ def test_resume_after_crash_is_exactly_once_and_identical(lm, data, tmp_path, re
     _assert_same(again, reference)
 
 
+def test_a_report_written_on_an_unfinished_run_is_refreshed_when_the_run_completes(lm, data, tmp_path):
+    from attnexplain.runs.report import report
+
+    out = tmp_path / "run"
+    with pytest.raises(Crash):
+        _run(lm, data, out, on_batch=_crash_after(2))
+    report(out, figures=False, n_resamples=50)
+    summary = out / "report" / "summary.md"
+    assert f"{2 * BATCH} examples of {N} (run not complete)" in summary.read_text()
+    messages = []
+    run = _run(lm, data, out, log=messages.append)
+    assert run.is_complete and any("refreshed" in m for m in messages)
+    text = summary.read_text()
+    assert "run not complete" not in text and f"; {N} examples" in text
+
+
 @pytest.mark.parametrize("damage", ["truncate-tokens", "truncate-examples", "fewer-rows-heads", "missing-faithfulness"])
 def test_corrupt_shard_is_detected_deleted_and_redone(lm, data, tmp_path, reference, damage):
     out = tmp_path / "run"

@@ -490,4 +490,9 @@ def analyze(
     if todo:
         log(f"[analyze] wrote {out}: {len(positions)} examples ({len(todo)} this session, "
             f"{len(todo) / max(seconds, 1e-9):.1f} examples/s)")
+        if (run.report_dir / "summary.md").exists():  # a report of the unfinished run would now be stale
+            from .report import report
+
+            report(run)
+            log(f"[analyze] refreshed {run.report_dir / 'summary.md'} (written on the unfinished run)")
     return run
