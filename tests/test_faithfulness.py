@@ -89,6 +89,11 @@ def test_hand_computed_values(presence):
     aopc = res.aopc.set_index(["example", "metric"])["aopc"]
     assert aopc[(0, "comprehensiveness")] == pytest.approx(sig(2) - sig(-1))
     assert aopc[(1, "sufficiency")] == pytest.approx(sig(2) - sig(-1))
+    from attnexplain.metrics import aopc as aopc_of_bins  # the per-example column is metrics.aopc of its bins
+
+    per = res.aopc.set_index(["example", "method", "metric"])["aopc"]
+    for key, grp in t.groupby(["example", "method", "metric"]):
+        assert per[key] == pytest.approx(float(aopc_of_bins(grp["value"].to_numpy())), abs=1e-15)
     summ = res.summary().set_index("metric")
     assert summ.loc["comprehensiveness", "aopc"] == pytest.approx((sig(2) - sig(-1)) / 2)
     assert res.mode == "delete" and res.rounding == "ceil"
