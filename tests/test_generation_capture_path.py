@@ -6,6 +6,7 @@ the teacher-forced capture."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,40 @@ def test_capture_on_the_decoding_forwards_equals_a_teacher_forced_forward(arch, 
             torch.testing.assert_close(A[i][:, q][:, :, q], R[i][:, q][:, :, q], atol=1e-5, rtol=0)
             torch.testing.assert_close(g.values(layer)[i][:, q], cap.values(layer)[i][:, q], atol=1e-5, rtol=0)
     torch.testing.assert_close(g.logits, cap.logits[:, P - 1: P - 1 + N], atol=1e-4, rtol=0)
+
+
+def test_a_deferred_last_step_completes_to_the_teacher_forced_forward_and_explanations_skip_it(monkeypatch):
+    lm = tiny_generator("llama")
+    g = attnexplain.generate(lm, PROMPTS, max_new_tokens=4, min_new_tokens=4, defer_last_step=True)
+    assert g.pending_last_step is not None
+    P, N = g.prompt_length, g.num_steps
+    # the readout rows (what per-token explanations read) are there before the last step runs
+    view = g.step_view(N - 1, values=False)
+    assert g.pending_last_step is not None and view.records[next(iter(view.records))][0].values is None
+    cap, real = _teacher_forced(lm, g)
+    for t in range(N):
+        for layer in range(lm.num_layers):
+            torch.testing.assert_close(g.step_attention(t, layer), cap.attention(layer)[:, :, P - 1 + t, : P + t],
+                                       atol=1e-5, rtol=0)
+    assert g.pending_last_step is None  # step_attention read the records: the last step ran
+    for layer in range(lm.num_layers):
+        A, R = g.attention(layer), cap.attention(layer)
+        for i in range(2):
+            q = real[i]
+            torch.testing.assert_close(A[i][:, q][:, :, q], R[i][:, q][:, :, q], atol=1e-5, rtol=0)
+            torch.testing.assert_close(g.values(layer)[i][:, q], cap.values(layer)[i][:, q], atol=1e-5, rtol=0)
+    # explain_generation defers it: raw attention and rollout never run it, and score as without deferring
+    ex = attnexplain.explain_generation(lm, PROMPTS, ["raw_attention", "rollout"], max_new_tokens=4, min_new_tokens=4)
+    assert ex.generation.pending_last_step is not None
+    ref = attnexplain.explain_generation(lm, PROMPTS, ["raw_attention", "rollout"], max_new_tokens=4, min_new_tokens=4,
+                                         defer_last_step=False)
+    assert ref.generation.pending_last_step is None
+    for m in ("raw_attention", "rollout"):
+        for a, b in zip(ex[m].scores, ref[m].scores):
+            np.testing.assert_allclose(a, b, atol=1e-6)
+    # a method that reads values completes it first
+    eff = attnexplain.explain_generation(lm, PROMPTS, ["effective_attention"], max_new_tokens=4, min_new_tokens=4)
+    assert eff.generation.pending_last_step is None
 
 
 def test_beam_search_falls_back_to_the_teacher_forced_capture(monkeypatch):

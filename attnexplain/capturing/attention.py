@@ -225,6 +225,45 @@ def _marked_sites(model: nn.Module) -> list[AttentionSite]:
     return [m._attnexplain_site for m in model.modules() if getattr(m, "_attnexplain_site", None) is not None]
 
 
+#: the last mask :func:`_mask_parts` read and what it made of it: every layer of a forward pass
+#: receives the same mask tensor (a decoding step's 30 layers: one analysis instead of 30)
+_LAST_MASK: list = [None]  # one slot, replaced whole (threads never see half an entry)
+
+
+def _mask_parts(attention_mask: torch.Tensor | None, dtype: torch.dtype, m: int,
+                causal_block: bool) -> tuple[torch.Tensor | None, bool, torch.Tensor | None]:
+    """(additive mask cut to ``m`` keys or None, all keys real and unstructured, (B, m) key padding or None).
+
+    Memoised on the tensor itself (same object, unchanged ``_version``, same arguments): transformers
+    hands every layer of a forward pass the one mask it built."""
+    if attention_mask is None:
+        return None, False, None
+    memo = not (attention_mask.requires_grad or attention_mask.is_inference())  # inference tensors have no _version
+    memo_key = (attention_mask._version, dtype, m, causal_block) if memo else None
+    last = _LAST_MASK[0]
+    if memo and last is not None and last[0] is attention_mask and last[1] == memo_key:
+        return last[2]
+    mask = attention_mask
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    mask = mask[..., :m]
+    all_real = False
+    if not causal_block and not bool(mask.any()):
+        # an all-zero additive mask (no padding, no structure: e.g. an unpadded encoder batch) changes
+        # nothing; without it SDPA takes its mask-free kernel and the capture skips adding it
+        mask, all_real = None, True
+    key_padding = None
+    if attention_mask.dim() == 4 and not all_real:
+        base = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
+        kp = base[..., :m].any(dim=-2).any(dim=1)  # (B, m)
+        if not bool(kp.all()):
+            key_padding = kp
+    out = (mask, all_real, key_padding)
+    if memo:
+        _LAST_MASK[0] = (attention_mask, memo_key, out)
+    return out
+
+
 def build_call(
     module: nn.Module,
     query: torch.Tensor,
@@ -241,31 +280,13 @@ def build_call(
     n_rep = query.shape[1] // key.shape[1]
     key = repeat_kv(key, n_rep)  # transformers' own (grouped-query attention: each k/v head serves n_rep query heads)
     value = repeat_kv(value, n_rep)
-    mask = attention_mask
-    if mask is not None and mask.dtype == torch.bool:
-        mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(
-            ~mask, torch.finfo(query.dtype).min
-        )
-    if mask is not None:
-        mask = mask[..., : key.shape[-2]]
     causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
     n, m = query.shape[-2], key.shape[-2]
-    all_real = False
-    if mask is not None and not (causal and n > 1) and not bool(mask.any()):
-        # an all-zero additive mask (no padding, no structure: e.g. an unpadded encoder batch) changes
-        # nothing; without it SDPA takes its mask-free kernel and the capture skips adding it
-        mask, all_real = None, True
+    mask, all_real, key_padding = _mask_parts(attention_mask, query.dtype, m, causal and n > 1)
     position_bias = kwargs.get("position_bias")
     if position_bias is not None:  # T5: relative position bias added to the scores
         position_bias = position_bias[..., -query.shape[-2] :, : key.shape[-2]]
         mask = position_bias if mask is None else mask + position_bias
-    key_padding = None
-    if attention_mask is not None and attention_mask.dim() == 4 and not all_real:
-        base = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
-        base = base[..., :m]
-        kp = base.any(dim=-2).any(dim=1)  # (B, m)
-        if not bool(kp.all()):
-            key_padding = kp
     extras = {k: kwargs.get(k) for k in ("softcap", "sliding_window", "s_aux") if kwargs.get(k) is not None}
     return AttentionCall(
         query=query,

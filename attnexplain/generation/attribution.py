@@ -193,6 +193,14 @@ class GenerationExplanation:
         return "\n".join(lines)
 
 
+def _views_need_values(methods: Sequence[Any]) -> bool:
+    """Whether a capture-reading method among ``methods`` may read value vectors (every one but the
+    registered attention methods that declare they do not: raw attention, rollout, flow)."""
+    from ..methods.attention_methods import AttentionMethod
+
+    return any(m.uses_capture and not (isinstance(m, AttentionMethod) and not m._needs_values) for m in methods)
+
+
 def _contrast_ids(lm: LoadedModel, gen: GenerationResult, contrast: str | Sequence[str]) -> torch.Tensor:
     """(B, N) contrast token per step (-1 where none): the contrast continuation's tokens."""
     items = _as_list(contrast, len(gen.prompts), "contrast")
@@ -355,7 +363,8 @@ def explain_generation(
         from .decoding import check_generator
 
         check_generator(lm)
-        gen = generate(lm, prompts, max_new_tokens, target=target, **generate_kwargs)
+        # the step feeding the last generated token runs only if the result's whole matrices are read
+        gen = generate(lm, prompts, max_new_tokens, target=target, **{"defer_last_step": True, **generate_kwargs})
     from ..capturing import UnsupportedArchitectureError
 
     if gen.is_encoder_decoder:
@@ -399,7 +408,7 @@ def explain_generation(
             valid &= foil[:, t] >= 0
         if not bool(valid.any()):
             continue
-        view = gen.step_view(t) if any(m.uses_capture for m in built) else None
+        view = gen.step_view(t, values=_views_need_values(built)) if any(m.uses_capture for m in built) else None
         batch = gen.step_batch(t)
         tgt = gen.generated_ids[:, t]
         for m in built:

@@ -161,16 +161,20 @@ def _stepwise(generate_kwargs: dict[str, Any]) -> bool:
 
 
 def _generate_capturing(lm: LoadedModel, batch: dict[str, torch.Tensor], kwargs: dict[str, Any], *,
-                        layers, heads, stacks, kinds, dtype, store_values) -> tuple[torch.Tensor, dict, torch.Tensor] | None:
+                        layers, heads, stacks, kinds, dtype, store_values,
+                        defer_last: bool = False) -> tuple[torch.Tensor, dict, torch.Tensor, Any] | None:
     """Decoder-only: generate with the capture riding on the decoding forwards themselves.
 
     The prefill pass records the prompt's rows (P x P), each cached decoding step the one row of
     the position it feeds, and one more cached step feeds the last generated token (its row and the
     values of all P + N keys), so the assembled (B, H, P + N, P + N) matrices are those of one
     teacher-forced forward over prompt + generated tokens (tested equal) without running it.
-    Returns ``(generated ids (B, N), capture fields, step logits (B, N, V))``, or None when the
-    forwards did not come as one prefill plus one step per token (the caller then captures by a
-    teacher-forced forward).
+    Returns ``(generated ids (B, N), capture fields, step logits (B, N, V), finish)``, or None when
+    the forwards did not come as one prefill plus one step per token (the caller then captures by a
+    teacher-forced forward). ``finish`` is None, or with ``defer_last`` a function that runs the
+    step feeding the last generated token later and completes the records in place (its query row
+    and every key's values; no generated token is predicted from that row, so per-token
+    explanations never read it: :attr:`GenerationResult.records` runs it on first read).
     """
     import dataclasses
     from collections import defaultdict
@@ -197,20 +201,30 @@ def _generate_capturing(lm: LoadedModel, batch: dict[str, torch.Tensor], kwargs:
         if N == 0 or getattr(out, "past_key_values", None) is None or out.logits is None:
             return None
         n_calls = len(state.records)
-        state.spec = dataclasses.replace(spec, store_values=store_values)  # the last step holds every key's values
-        full_mask = torch.cat([mask, torch.ones_like(gen, dtype=mask.dtype)], dim=1)
-        last_pos = full_mask.long().sum(-1, keepdim=True) - 1
-        model(input_ids=gen[:, -1:], attention_mask=full_mask, position_ids=last_pos,
-              past_key_values=out.past_key_values, use_cache=True)
+    full_mask = torch.cat([mask, torch.ones_like(gen, dtype=mask.dtype)], dim=1)
+    last_pos = full_mask.long().sum(-1, keepdim=True) - 1
+    cache = out.past_key_values
+    final_spec = dataclasses.replace(spec, store_values=store_values)  # the last step holds every key's values
+
+    def last_step_records() -> list:
+        """Feed the last generated token (one cached step): its row and every key's values."""
+        with torch.no_grad(), session(model, final_spec) as final:
+            model(input_ids=gen[:, -1:], attention_mask=full_mask, position_ids=last_pos, past_key_values=cache,
+                  use_cache=True)
+        return final.records
+
     by_key: dict[str, list] = defaultdict(list)
     for rec in state.records:
         by_key[rec.site.key].append(rec)
     if not by_key or n_calls != len(by_key) * N:
         return None
+    if not defer_last:
+        for rec in last_step_records():
+            by_key[rec.site.key].append(rec)
     records, sites, out_proj = {}, {}, {}
     for key, recs in by_key.items():
         first = recs[0].probs.to_dense() if recs[0].probs.is_sparse else recs[0].probs
-        if len(recs) != N + 1 or first.shape[-2:] != (P, P):
+        if len(recs) != N + (0 if defer_last else 1) or first.shape[-2:] != (P, P):
             return None
         full = first.new_zeros(B, first.shape[1], P + N, P + N)
         full[:, :, :P, :P] = first
@@ -220,14 +234,28 @@ def _generate_capturing(lm: LoadedModel, batch: dict[str, torch.Tensor], kwargs:
                 return None
             full[:, :, P + k - 1, : P + k] = row[:, :, 0]
         last = recs[-1]
-        records[key] = [dataclasses.replace(last, probs=full)]
+        if defer_last:  # the last token's row stays 0 and no values until finish() fills them
+            km = last.key_mask
+            if km is not None:
+                km = torch.cat([km, torch.ones_like(km[:, :1])], dim=1)
+            records[key] = [dataclasses.replace(last, probs=full, values=None, key_mask=km)]
+        else:
+            records[key] = [dataclasses.replace(last, probs=full)]
         sites[key] = last.site
         if last.site.out_proj is not None:
             out_proj[key] = last.site.output_projection_blocks(last.num_heads).detach()
     backend = backend_of(model)
     fields = {"records": records, "sites": sites, "out_proj": out_proj,
               "backend": backend.name if backend is not None else str(model.config._attn_implementation)}
-    return gen, fields, torch.stack(list(out.logits), dim=1).detach()
+    finish = None
+    if defer_last:
+        def finish(recs_by_key: dict) -> None:
+            for rec in last_step_records():
+                held = recs_by_key[rec.site.key][0]
+                row = rec.probs.to_dense() if rec.probs.is_sparse else rec.probs
+                held.probs[:, :, P + N - 1, :] = row[:, :, 0]
+                recs_by_key[rec.site.key][0] = dataclasses.replace(held, values=rec.values, key_mask=rec.key_mask)
+    return gen, fields, torch.stack(list(out.logits), dim=1).detach(), finish
 
 
 def generate(
@@ -243,6 +271,7 @@ def generate(
     dtype: torch.dtype = torch.float32,
     store_values: bool = True,
     top_k: int = 5,
+    defer_last_step: bool = False,
     **generate_kwargs: Any,
 ) -> GenerationResult:
     """Generate continuations of ``prompts`` and capture every layer's attention for every step.
@@ -259,6 +288,12 @@ def generate(
         layers / heads / stacks / kinds / dtype / store_values: what to store, as in
             :func:`attnexplain.capture`.
         top_k: how many of the most probable tokens to keep per step (``top_ids``/``top_probs``).
+        defer_last_step: decoder-only generations captured on the decoding forwards: run the cached
+            step that feeds the last generated token (its attention row, every key's value
+            vectors) only when the records are first read (:attr:`GenerationResult.records`; not
+            :meth:`~GenerationResult.step_view` ``(values=False)``, which never needs it: no
+            generated token is predicted from that row). :func:`explain_generation` uses it:
+            one decoding step less when no method reads the whole matrices.
         generate_kwargs: passed to ``model.generate`` (default greedy: ``do_sample=False``).
 
     Returns:
@@ -317,7 +352,7 @@ def generate(
     if target is None:
         kwargs = {"do_sample": False, "pad_token_id": pad, **generate_kwargs, "max_new_tokens": N}
         if not seq2seq and _stepwise(generate_kwargs):
-            carried = _generate_capturing(lm, batch, kwargs, **spec)
+            carried = _generate_capturing(lm, batch, kwargs, **spec, defer_last=bool(defer_last_step))
         if carried is not None:
             gen = carried[0]
         else:
@@ -370,5 +405,6 @@ def generate(
         generated_tokens=gen_tokens, top_tokens=top_tokens, generated_texts=texts, forced=target is not None,
         is_encoder_decoder=seq2seq, position_ids=positions, decoder_input_ids=dec,
         decoder_tokens=[readable_tokens(tok, dec[i].tolist()) for i in range(B)] if dec is not None else [],
+        pending_last_step=carried[3] if carried is not None else None,
         **scores,
     )

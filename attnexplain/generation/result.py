@@ -66,6 +66,9 @@ class GenerationResult(CaptureResult):
     position_ids: torch.Tensor | None = None
     decoder_input_ids: torch.Tensor | None = None
     decoder_tokens: list[list[str]] = field(default_factory=list)
+    #: ``generate(defer_last_step=True)``: the step feeding the last generated token, not run yet
+    #: (run by the first read of ``records``); None once run or when there is none
+    pending_last_step: Any = field(default=None, repr=False, compare=False)
 
     # -- steps ----------------------------------------------------------------------------------
     @property
@@ -96,21 +99,25 @@ class GenerationResult(CaptureResult):
             return A[:, :, r, :]
         return A[:, :, r, : r + 1]
 
-    def step_view(self, step: int) -> CaptureResult:
+    def step_view(self, step: int, *, values: bool = True) -> CaptureResult:
         """A decoder-only capture cut to what the prediction of token ``step`` sees: positions
         ``0 .. readout_position(step)`` (queries and keys), so its last position is the readout
         row. Explanation methods run on it unchanged (their ``"last"`` readout is this row);
         because attention is causal, those rows are exactly the rows of a forward over the
-        shorter sequence, and effective attention's value space only spans the keys the row can see."""
+        shorter sequence, and effective attention's value space only spans the keys the row can see.
+
+        ``values=False``: the view holds no value vectors (enough for raw attention, rollout and
+        flow); it then reads the rows without running a deferred last step (``pending_last_step``)."""
         if self.is_encoder_decoder:
             raise ValueError("step_view is for decoder-only generations; use step_attention(kind='cross'/'self')")
         r = self.readout_position(step) + 1
         mask = self.attention_mask[:, :r]
+        held = self.__dict__["_records"] if not values else self.records
         records = {
             key: [dataclasses.replace(rec, probs=(rec.probs.to_dense() if rec.probs.is_sparse else rec.probs)[:, :, :r, :r],
-                                      values=None if rec.values is None else rec.values[:, :, :r],
+                                      values=None if (rec.values is None or not values) else rec.values[:, :, :r],
                                       key_mask=mask.bool().to(rec.probs.device), key_mask_known=True) for rec in recs]
-            for key, recs in self.records.items()
+            for key, recs in held.items()
         }
         return CaptureResult(
             input_ids=self.input_ids[:, :r], attention_mask=mask,
@@ -175,6 +182,30 @@ class GenerationResult(CaptureResult):
 
     def replace(self, **changes: Any) -> "GenerationResult":
         return dataclasses.replace(self, **changes)
+
+
+def _get_records(self: GenerationResult) -> dict:
+    pending = self.__dict__.get("pending_last_step")
+    if pending is not None:
+        self.__dict__["pending_last_step"] = None
+        pending(self.__dict__["_records"])
+    return self.__dict__["_records"]
+
+
+def _set_records(self: GenerationResult, value: dict) -> None:
+    self.__dict__["_records"] = value
+
+
+def _getstate_generation(self: GenerationResult) -> dict[str, Any]:
+    _get_records(self)  # pickled complete, not with the model and cache the pending step holds
+    return CaptureResult.__getstate__(self)
+
+
+# installed after @dataclass made the field (``records=`` stays a constructor argument): the first
+# read runs a deferred last decoding step (``generate(defer_last_step=True)``)
+GenerationResult.records = property(_get_records, _set_records,
+                                    doc="site key -> list of records (complete: runs a deferred last step first)")
+GenerationResult.__getstate__ = _getstate_generation
 
 
 def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
