@@ -567,6 +567,28 @@ def test_live_page_generation_view_for_a_causal_lm(runs_dir, monkeypatch):
     assert _plotly_count(at) == 2  # heatmap (generated x source tokens) + step attention per head
     heat = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert len(heat["data"][0]["y"]) == 3  # one row per generated token
+    # the step table: probability, log-probability and entropy of each generated token, equal to
+    # the model's own softmax over the teacher-forced logits (computed here independently)
+    steps = at.dataframe[0].value
+    assert {"probability", "log-probability", "entropy"} <= set(steps.columns) and len(steps) == 3
+    import torch
+
+    from attnexplain.testing import tiny_generator
+
+    lm = tiny_generator("llama")  # seeded: the model the page loaded for "tiny-llama-lm"
+    ids = list(lm.tokenizer("the cat sat")["input_ids"][0])  # this tokenizer always batches
+    generated: list[int] = []
+    with torch.no_grad():  # greedy decoding, one full forward per token
+        for _ in range(3):
+            generated.append(int(lm.model(input_ids=torch.tensor([ids + generated])).logits[0, -1].argmax()))
+    with torch.no_grad():
+        logits = lm.model(input_ids=torch.tensor([ids + generated])).logits[0, len(ids) - 1: len(ids) - 1 + 3].double()
+    lp = torch.log_softmax(logits, -1)
+    want_lp = lp[torch.arange(3), torch.tensor(generated)].numpy()
+    want_ent = (-(lp.exp() * lp).sum(-1)).numpy()
+    np.testing.assert_allclose(steps["log-probability"].to_numpy(float), want_lp, atol=1e-4)
+    np.testing.assert_allclose(steps["probability"].to_numpy(float), np.exp(want_lp), atol=1e-4)
+    np.testing.assert_allclose(steps["entropy"].to_numpy(float), want_ent, atol=1e-4)
     at.selectbox(key="live-gen-step").set_value(2).run()
     _no_exception(at)
     at.selectbox(key="live-gen-method").set_value("gradient_x_input").run()

@@ -221,8 +221,10 @@ def test_explorer_shows_the_generation_view_of_a_run(lm, run, tmp_path, monkeypa
     assert "Generated:" in text and ex.loc["p0", "generated_text"] in text
     assert "Generation run: 3 tokens generated greedily" in text
     steps = at.dataframe[0].value
-    assert list(steps.columns) == ["step", "generated token", "probability"]
+    # a run stores the probabilities: the log-probability is theirs, the entropy is not stored
+    assert list(steps.columns) == ["step", "generated token", "probability", "log-probability"]
     np.testing.assert_allclose(steps["probability"], ex.loc["p0", "step_probs"], atol=1e-6)
+    np.testing.assert_allclose(steps["log-probability"], np.log(ex.loc["p0", "step_probs"].astype(float)), atol=1e-6)
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     assert len(charts) == 2  # source x generated-token heatmap + the step's attention per head
     heat = charts[0]

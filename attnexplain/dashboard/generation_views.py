@@ -31,6 +31,8 @@ class GenerationRows:
         layers: the layers ``step_rows`` can give.
         forced: True when the continuation was given instead of generated.
         alternatives: per step, a text of the most probable tokens (may be empty).
+        step_log_probs / step_entropy: per step, ``log p`` of the token and the entropy (nats) of
+            the model's distribution; None where unknown (a stored run keeps the probabilities only).
     """
 
     prompt: str
@@ -45,6 +47,8 @@ class GenerationRows:
     layers: list[int] = field(default_factory=list)
     forced: bool = False
     alternatives: list[str] = field(default_factory=list)
+    step_log_probs: np.ndarray | None = None
+    step_entropy: np.ndarray | None = None
 
     @property
     def methods(self) -> list[str]:
@@ -89,6 +93,8 @@ def rows_from_explanation(ex: Any, example: int = 0) -> GenerationRows:
         step_probs=g.step_probs[example, steps].float().cpu().numpy(),
         scores={m: a.scores[example][: len(steps)] for m, a in ex.attributions.items()}, shown=np.asarray(shown),
         step_rows=step_rows, layers=list(g.layers()), forced=bool(g.forced), alternatives=alts,
+        step_log_probs=g.step_log_probs[example, steps].float().cpu().numpy(),
+        step_entropy=g.step_entropy[example, steps].float().cpu().numpy(),
     )
 
 
@@ -142,11 +148,16 @@ def rows_from_run(example: Any, tokens: Any, arrays: dict[str, np.ndarray] | Non
 
 
 def step_table(rows: GenerationRows):
-    """pandas table: step, generated token, probability (and the top alternatives where known)."""
+    """pandas table: step, generated token, probability, log-probability, entropy (nats; where known)
+    and the top alternatives (where known)."""
     import pandas as pd
 
+    probs = np.asarray(rows.step_probs, dtype=float)
+    log_probs = np.asarray(rows.step_log_probs, dtype=float) if rows.step_log_probs is not None else np.log(probs)
     t = pd.DataFrame({"step": range(rows.n_steps), "generated token": rows.generated_tokens,
-                      "probability": np.asarray(rows.step_probs, dtype=float)})
+                      "probability": probs, "log-probability": log_probs})
+    if rows.step_entropy is not None:
+        t["entropy"] = np.asarray(rows.step_entropy, dtype=float)
     if rows.alternatives:
         t["most probable tokens"] = rows.alternatives
     return t
