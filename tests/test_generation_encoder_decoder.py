@@ -195,9 +195,65 @@ def test_all_methods_on_an_encoder_decoder_and_refusals():
 
     with pytest.raises(UnsupportedArchitectureError, match="encoder-decoder"):
         attnexplain.explain_generation(lm, PROMPTS, ["value_zeroing"], max_new_tokens=2)
-    with pytest.raises(ValueError, match="encoder-decoder"):
-        attnexplain.generation_faithfulness(lm, ex)
     # random: the same example alone or in a batch gets the same scores
     alone = attnexplain.explain_generation(lm, PROMPTS[1], ["random"], max_new_tokens=2)
     np.testing.assert_array_equal(alone["random"].scores[0], ex["random"].scores[1])
     assert "step 0" in ex.format(0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("mode", ["delete", "mask"])
+def test_encoder_decoder_faithfulness_equals_one_example_alone_in_a_slow_loop(arch, mode):
+    """Every table value = p(y_t | x, y_<t) - p(y_t | x with source tokens removed, y_<t), each from
+    one unpadded teacher-forced forward of that example alone (source tokens ranked by the method's
+    source scores for step t; special tokens never removed); the random baseline too."""
+    from attnexplain.ablations.perturbed_inputs import special_token_ids
+    from attnexplain.generation.decoding import _pad_id
+    from attnexplain.methods import rank_tokens
+
+    lm = tiny_generator(arch)
+    ex = _explain(lm, ["raw_attention", "gradient_x_input"], prompts=["the cat sat on the mat", "a dog"])
+    bins = (0.2, 0.5)
+    res = attnexplain.generation_faithfulness(lm, ex, bins=bins, mode=mode, seed=3)
+    assert set(res.methods) == {"raw_attention", "gradient_x_input", "random"}
+    g = ex.generation
+    specials = special_token_ids(lm.tokenizer)
+    pad = _pad_id(lm)
+
+    def p(src, dec, y):
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([src]), decoder_input_ids=torch.tensor([dec])).logits[0, -1]
+        return float(torch.softmax(logits.double(), -1)[y])
+
+    checked = 0
+    for i in range(2):
+        src = g.input_ids[i][g.attention_mask[i].bool()].tolist()
+        assert ex["raw_attention"].n_prompt[i] == len(src)
+        content = [j for j, tok in enumerate(src) if tok not in specials]
+        for t in range(N):
+            y = int(g.generated_ids[i, t])
+            dec = g.decoder_input_ids[i, : t + 1].tolist()
+            full = p(src, dec, y)
+            np.testing.assert_allclose(full, float(g.step_probs[i, t]), atol=1e-5)  # teacher forcing = the step
+            for name in ("gradient_x_input", "random"):
+                if name == "random":
+                    order = np.random.default_rng([3, i, t]).permutation(len(content))
+                else:
+                    order = rank_tokens(ex[name].step_scores(i, t)[: len(src)][content])
+                ranked = [content[c] for c in order]
+                for f in bins:
+                    k = min(len(content), max(1, int(np.ceil(f * len(content)))))
+                    for metric, removed in (("comprehensiveness", set(ranked[:k])), ("sufficiency", set(ranked[k:]))):
+                        if mode == "delete":
+                            kept = [tok for j, tok in enumerate(src) if j not in removed]
+                        else:
+                            kept = [pad if j in removed else tok for j, tok in enumerate(src)]
+                        want = full - p(kept, dec, y)
+                        row = res.table.query("example == @i and step == @t and method == @name and "
+                                              "metric == @metric and fraction == @f")
+                        assert len(row) == 1
+                        assert abs(float(row["value"].iloc[0]) - want) < 1e-5, (i, t, name, metric, f)
+                        checked += 1
+    assert checked == 2 * N * 2 * 2 * 2
+    assert res.n_forward < res.n_sequences  # batched
+    assert len(res.summary(ci=False)) == 6

@@ -15,6 +15,13 @@ random baseline ranks each step's prompt tokens by a seeded permutation
 (``numpy.random.default_rng([seed, example, step])``). Every distinct perturbed input (methods x
 metrics x bins x steps, identical ones once) runs in length-bucketed, left-padded batches
 (``position_ids`` from the mask), reading the probability of ``y_t`` at the last position.
+
+Encoder-decoder generations (BART, T5): the prompt is the source, the encoder's input; the tokens
+removed are source tokens (ranked by each method's source scores for step ``t``), and
+``p(y_t | x', y_<t)`` is read under teacher forcing at decoder position ``t`` (decoder input = start
+token + ``y_<t``, unchanged). Batches of perturbed sources are right-padded (the encoder masks the
+padding; positions start at 0 as in one example alone), decoder inputs right-padded too (causal:
+position ``t`` never sees the padding after it).
 """
 
 from __future__ import annotations
@@ -64,6 +71,39 @@ def _last_token_probs(lm: LoadedModel, seqs: list[list[int]], targets: list[int]
     return out, forwards
 
 
+def _seq2seq_step_probs(lm: LoadedModel, sources: list[list[int]], decoder_inputs: list[list[int]], targets: list[int],
+                        max_batch: int, forward_cost_tokens: float) -> tuple[np.ndarray, int]:
+    """p(target_j | source_j, decoder_inputs_j) at each decoder input's last position (teacher
+    forcing); right-padded batches bucketed by source + decoder length."""
+    from .decoding import _pad_id
+
+    pad = _pad_id(lm)
+    device = lm.device
+    order = sorted(range(len(sources)), key=lambda j: len(sources[j]) + len(decoder_inputs[j]))
+    out = np.empty(len(sources))
+    forwards = 0
+    for a, b in _chunks([len(sources[j]) + len(decoder_inputs[j]) for j in order], max_batch, forward_cost_tokens):
+        idx = order[a:b]
+        width = max(len(sources[j]) for j in idx)
+        dec_width = max(len(decoder_inputs[j]) for j in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        dec = torch.full((len(idx), dec_width), pad, dtype=torch.long)
+        for r, j in enumerate(idx):
+            ids[r, : len(sources[j])] = torch.as_tensor(sources[j])
+            mask[r, : len(sources[j])] = 1
+            dec[r, : len(decoder_inputs[j])] = torch.as_tensor(decoder_inputs[j])
+        with torch.inference_mode():
+            logits = lm.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                              decoder_input_ids=dec.to(device)).logits
+        last = torch.as_tensor([len(decoder_inputs[j]) - 1 for j in idx], device=logits.device)
+        p = torch.softmax(logits[torch.arange(len(idx), device=logits.device), last].float(), -1)
+        tg = torch.as_tensor([targets[j] for j in idx], device=p.device)
+        out[idx] = p.gather(1, tg[:, None])[:, 0].double().cpu().numpy()
+        forwards += 1
+    return out, forwards
+
+
 def generation_faithfulness(
     lm: LoadedModel,
     explanation: GenerationExplanation,
@@ -81,7 +121,8 @@ def generation_faithfulness(
     """ERASER comprehensiveness / sufficiency / AOPC of each method's per-token explanations.
 
     Args:
-        lm: the decoder-only model that generated ``explanation.generation``.
+        lm: the model that generated ``explanation.generation``: decoder-only (prompt tokens are
+            removed) or encoder-decoder (source tokens are removed; see the module docstring).
         explanation: from :func:`attnexplain.explain_generation` (non-contrastive).
         methods: which of its methods (default: all); ``random_baseline`` adds ``"random"``
             rankings unless a method of that name is there.
@@ -96,7 +137,7 @@ def generation_faithfulness(
         ``summary()`` averages over every (example, step).
 
     Raises:
-        ValueError: an encoder-decoder generation (not implemented), a contrastive explanation (the probability of one token is not what it
+        ValueError: a contrastive explanation (the probability of one token is not what it
             explains), an unknown mode, or no method.
     """
     import pandas as pd
@@ -109,9 +150,7 @@ def generation_faithfulness(
     if mode not in ("delete", "mask"):
         raise ValueError(f"mode must be 'delete' or 'mask', got {mode!r}")
     g = explanation.generation
-    if g.is_encoder_decoder:
-        raise ValueError("generation_faithfulness removes prompt tokens of a decoder-only generation; it is not "
-                         "implemented for encoder-decoder generations (their source runs through the encoder)")
+    seq2seq = bool(g.is_encoder_decoder)
     names = list(methods) if methods is not None else explanation.methods
     if not names and not random_baseline:
         raise ValueError("give at least one method (or random_baseline=True)")
@@ -121,6 +160,7 @@ def generation_faithfulness(
     repl = _pad_id(lm)
     bins = tuple(float(b) for b in bins)
     seqs: list[list[int]] = []
+    decoder_inputs: list[list[int]] = []  # encoder-decoder: start token + y_<t per sequence
     targets: list[int] = []
     index: dict[tuple, int] = {}
 
@@ -131,7 +171,11 @@ def generation_faithfulness(
                 kept = [tok for j, tok in enumerate(prompt) if j not in removed]
             else:
                 kept = [repl if j in removed else tok for j, tok in enumerate(prompt)]
-            seqs.append(kept + cont)
+            if seq2seq:
+                seqs.append(kept)
+                decoder_inputs.append(cont)
+            else:
+                seqs.append(kept + cont)
             targets.append(target)
             index[key] = len(seqs) - 1
         return index[key]
@@ -141,7 +185,7 @@ def generation_faithfulness(
     for i in range(g.generated_ids.shape[0]):
         real = g.input_ids[i][g.attention_mask[i].bool()].tolist()
         n_p = int(g.attention_mask[i, : g.prompt_length].sum())
-        prompt = real[:n_p]
+        prompt = real[:n_p]  # encoder-decoder: the source (input_ids are the encoder's)
         content = [j for j, tok in enumerate(prompt) if tok not in specials]
         if not content:
             continue
@@ -152,7 +196,7 @@ def generation_faithfulness(
             if names and all(np.isnan(explanation.attributions[m].scores[i][t, :n_p]).all()
                              for m in names if m in explanation.attributions):
                 continue  # a step explain_generation(steps=...) left out
-            cont = real[n_p: n_p + t]
+            cont = g.decoder_input_ids[i, : t + 1].tolist() if seq2seq else real[n_p: n_p + t]
             y = int(g.generated_ids[i, t])
             full = slot(i, t, prompt, cont, frozenset(), y)
             for name in all_names:
@@ -169,7 +213,10 @@ def generation_faithfulness(
                                  slot(i, t, prompt, cont, frozenset(ranked[k:]), y), full))
     if not plan:
         raise ValueError("nothing to score: no example has prompt content tokens and generated steps")
-    probs, forwards = _last_token_probs(lm, seqs, targets, max_batch, forward_cost_tokens)
+    if seq2seq:
+        probs, forwards = _seq2seq_step_probs(lm, seqs, decoder_inputs, targets, max_batch, forward_cost_tokens)
+    else:
+        probs, forwards = _last_token_probs(lm, seqs, targets, max_batch, forward_cost_tokens)
     table = pd.DataFrame(plan, columns=["example", "step", "method", "metric", "fraction", "k", "n_tokens", "slot", "full"])
     table["target"] = [targets[s] for s in table["slot"]]
     table["p_full"] = probs[table["full"].to_numpy()]
