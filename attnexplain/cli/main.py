@@ -223,7 +223,7 @@ def analyze(
                                                      "in the run's token tables (report, dashboard); by default they are "
                                                      "left out (the tokens table always stores them)."),
     task: Optional[str] = typer.Option(None, "--task",
-                                       help="classification | generation. generation (a causal LM, e.g. --model smollm2): "
+                                       help="classification | generation. generation (a causal LM, e.g. --model smollm2, or an encoder-decoder): "
                                             "each text is a prompt (cut to --max-length tokens), --max-new-tokens are "
                                             "generated greedily and every generated token is explained over the prompt "
                                             "and the tokens before it, with faithfulness per generated token. "

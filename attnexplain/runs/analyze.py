@@ -275,10 +275,11 @@ def analyze(
             machine (no ``address``) or of the cluster, divided by ``worker_threads``.
         worker_threads: Ray only: torch threads (and Ray CPUs reserved) per worker. Default 1.
         task: ``"classification"`` (sequence classifiers) or ``"generation"`` (causal language
-            models: every text is a prompt; ``max_new_tokens`` tokens are generated greedily and each
-            generated token is explained over the prompt and the tokens before it, with ERASER
-            faithfulness per generated token; see :mod:`attnexplain.runs.generation_batch`).
-            Default: the model's own (a causal LM -> generation). ``max_length`` then cuts prompts
+            models and encoder-decoders: every text is a prompt (an encoder-decoder's source);
+            ``max_new_tokens`` tokens are generated greedily and each generated token is explained
+            over the prompt and the tokens before it, with ERASER faithfulness per generated token;
+            see :mod:`attnexplain.runs.generation_batch`). Default: the model's own (a causal LM or
+            an encoder-decoder -> generation). ``max_length`` then cuts prompts
             to that many tokens (default: the context minus ``max_new_tokens``); labels are not used.
         max_new_tokens: generation only: tokens to generate per prompt (default 10).
 
@@ -364,14 +365,15 @@ def analyze(
     from .schema import GENERATION_TASK
 
     if task is None:
-        task = GENERATION_TASK if lm.task == "causal-lm" else "classification"
+        task = GENERATION_TASK if lm.task in ("causal-lm", "seq2seq") else "classification"
     if task not in ("classification", GENERATION_TASK):
         raise AnalyzeError(f"--task must be classification or generation, got {task!r}")
     generation = task == GENERATION_TASK
     if generation:
-        if lm.task != "causal-lm":
-            raise AnalyzeError(f"--task generation explains what a causal language model generates, but {model_name} is "
-                               f"a {lm.task} model; use a causal LM (e.g. --model smollm2) or leave out --task")
+        if lm.task not in ("causal-lm", "seq2seq"):
+            raise AnalyzeError(f"--task generation explains what a causal language model (or an encoder-decoder) "
+                               f"generates, but {model_name} is a {lm.task} model; use a causal LM (e.g. --model "
+                               "smollm2) or leave out --task")
         if head_ablation:
             raise AnalyzeError("--head-ablation is an option of classifier runs; leave it out with --task generation")
         if engine != "local":
@@ -386,7 +388,7 @@ def analyze(
                                f"is {lm.max_length} tokens), got {max_new_tokens!r}")
     elif lm.task != "classification":
         raise AnalyzeError(f"{model_name} is a {lm.task} model; analyze explains sequence classifiers"
-                           + (" (for a language model: --task generation)" if lm.task == "causal-lm" else ""))
+                           + (" (for a language model: --task generation)" if lm.task in ("causal-lm", "seq2seq") else ""))
     elif max_new_tokens is not None:
         raise AnalyzeError("--max-new-tokens is an option of --task generation")
     # classifier runs: methods that do not apply to the model are left out of 'all' (named ones refused)

@@ -10,10 +10,17 @@ Per batch of prompts (the data set's texts, cut to ``max_length`` tokens):
    probability of each generated token, removing prompt tokens by each method's ranking of that
    token's row (the continuation before ``t`` stays in place);
 3. per (layer, head): the entropy (nats) of the rows that predicted the generated tokens, averaged
-   over the steps (``heads`` metric ``entropy``);
+   over the steps (``heads`` metric ``entropy``; encoder-decoders: the decoder's cross-attention
+   rows, over the source);
 4. for the first ``store_attention`` examples: raw / effective / norm / rollout matrices of the
    teacher-forced pass over prompt + continuation (float16; see
-   :func:`attnexplain.runs.batch.example_arrays`), with ``n_prompt`` and the step probabilities.
+   :func:`attnexplain.runs.batch.example_arrays`), with ``n_prompt`` and the step probabilities
+   (decoder-only models; an encoder-decoder's source and continuation run through different
+   stacks, so no arrays are stored for them).
+
+Encoder-decoder models (BART, T5): the prompt is the source (the encoder's input), its tokens are
+the ``is_prompt`` positions and the ones faithfulness removes; the continuation's tokens follow it
+as for a decoder-only model.
 
 Tables (docs/run-format.md, "Generation runs"): ``tokens`` holds one row per (example, step,
 visible token, method) with ``step``, ``generated_token``, ``step_prob`` and ``is_prompt``;
@@ -94,20 +101,23 @@ def cut_prompt(tokenizer: Any, text: str, max_tokens: int) -> tuple[str, bool]:
     return text[:lo], True
 
 
-def _head_entropy(gen: Any) -> np.ndarray:
-    """(L, B, H): entropy of the attention rows that predicted each generated token, mean over the steps."""
+def _head_entropy(gen: Any) -> tuple[list[int], np.ndarray]:
+    """(layers, (L, B, H)): entropy of the attention rows that predicted each generated token, mean
+    over the steps (encoder-decoders: the decoder's cross-attention rows, over the source)."""
     B = gen.generated_ids.shape[0]
     steps = [gen.steps(i) for i in range(B)]
+    where = {"stack": "decoder", "kind": "cross"} if gen.is_encoder_decoder else {}
+    layers = gen.layers(**where)
     out = []
-    for layer in gen.layers():
-        A = gen.attention(layer).float()  # (B, H, n, n)
+    for layer in layers:
+        A = gen.attention(layer, **where).float()  # (B, H, n, keys)
         ent = np.zeros((B, A.shape[1]))
         for i in range(B):
             rows = A[i][:, [gen.readout_position(t) for t in steps[i]], :]  # (H, S, n)
             e = -(torch.where(rows > 0, rows * torch.log(rows.clamp_min(1e-30)), torch.zeros(()))).sum(-1)
             ent[i] = e.mean(-1).double().cpu().numpy()
         out.append(ent)
-    return np.stack(out)
+    return layers, np.stack(out)
 
 
 def analyze_generation_batch(setup: GenerationSetup, ids: list[str], positions: list[int], texts: list[str],
@@ -182,16 +192,16 @@ def analyze_generation_batch(setup: GenerationSetup, ids: list[str], positions: 
     }
 
     # -- heads: readout-row entropy per (layer, example, head) ----------------------------------------
-    ent = _head_entropy(g)  # (L, B, H)
+    ent_layers, ent = _head_entropy(g)  # (L, B, H)
     L, _, H = ent.shape
     li, bi, hi = np.meshgrid(np.arange(L), np.arange(B), np.arange(H), indexing="ij")
     h_tab = {"example_id": np.asarray(ids, dtype=object)[bi.ravel()],
-             "layer": np.asarray(g.layers(), dtype=np.int32)[li.ravel()], "head": hi.ravel().astype(np.int32),
+             "layer": np.asarray(ent_layers, dtype=np.int32)[li.ravel()], "head": hi.ravel().astype(np.int32),
              "metric": ["entropy"] * ent.size, "value": ent.ravel().astype(np.float32)}
 
     # -- stored arrays ------------------------------------------------------------------------------
     attention: dict[str, dict[str, np.ndarray]] = {}
-    stored_local = [i for i in range(B) if i in store]
+    stored_local = [i for i in range(B) if i in store] if not g.is_encoder_decoder else []
     for i, arrays in example_arrays(g, g.attention_mask, stored_local).items():
         attention[str(ids[i])] = {"tokens": np.asarray(first.tokens[i], dtype=str), **arrays,
                                   "n_prompt": np.asarray(n_prompt[i], dtype=np.int32),
