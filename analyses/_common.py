@@ -314,7 +314,10 @@ def explanations_with_faithfulness(lm: Any, texts: Sequence[str], methods: Seque
     variants = dict(variants or {})
     scores: dict[str, list] = {m: [] for m in [*methods, *variants]}
     targets: list[int] = []
-    for s in range(0, len(texts), batch_size):
+    from tqdm.auto import tqdm
+
+    for s in tqdm(range(0, len(texts), batch_size), desc="explanations", unit="batch", file=sys.stderr,
+                  dynamic_ncols=True, disable=None):  # disable=None: no bar when stderr is not a terminal
         enc = lm.tokenize(list(texts[s : s + batch_size]))
         sc, tgt, _ = explain_batch(lm, enc, list(methods))
         for label, method in variants.items():
@@ -326,6 +329,8 @@ def explanations_with_faithfulness(lm: Any, texts: Sequence[str], methods: Seque
     specials = special_token_ids(lm.tokenizer)
     lengths = [len(content_positions([t for t, k in zip(row, mk) if k], specials))
                for row, mk in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())]
+    print(f"[{time.strftime('%H:%M:%S')}] ERASER faithfulness of {len(scores) + 1} rankings x {len(texts)} texts",
+          file=sys.stderr, flush=True)
     res = faithfulness(lm, batch, scores, rankings={"random": random_rankings(lengths, seed)}, target=targets,
                        mode="delete")
     return scores, res
