@@ -141,6 +141,15 @@ def test_explain_prints_prediction_tokens_and_note(tiny):
     for m in ("raw_attention", "effective_attention", "norm", "rollout", "random"):
         assert m in out
     assert "Effective vs raw attention" in out and "d_h = 8" in out
+    # a signed method's list is ranked by its signed score, as the header says
+    import re
+
+    out = _ok(runner.invoke(app, ["explain", "a very good film indeed", "--model", "tiny", "--top", "8",
+                                  "--methods", "gradient_x_input"])).stdout
+    assert "signed scores ranked as signed" in out
+    row = next(ln for ln in out.splitlines() if ln.startswith("gradient_x_input"))
+    values = [float(v) for v in re.findall(r"\(([-+0-9.e]+)\)", row)]
+    assert len(values) == 8 and values == sorted(values, reverse=True)
 
 
 def test_user_errors_are_clear(tiny, data, tmp_path):

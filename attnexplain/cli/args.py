@@ -275,7 +275,8 @@ class ExplainArgs:
             lines.append(f"explaining class: {labels[target]}")
         lines.append("")
         width = max(len(n) for n in names)
-        lines.append(f"{'method':<{width}}  top {self.top} tokens (score)"
+        lines.append(f"{'method':<{width}}  top {self.top} tokens (score; signed scores ranked as signed: the most "
+                     "support for the explained class first)"
                      + ("" if self.include_special_tokens else "; special tokens left out (--include-special-tokens shows them)"))
         for n in names:
             sc = np.asarray(scores[n][0], dtype=np.float64)
