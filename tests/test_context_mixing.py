@@ -140,6 +140,70 @@ def test_layer_norm_parts_sum_to_the_layernorm_output(bert64, batch):
             torch.testing.assert_close(parts, layer_norm_parts(u, z[b][idx], w, eps), atol=1e-12, rtol=0)
 
 
+def test_globenc_contributions_equal_the_parts_route(bert64, batch):
+    """The Gram-matrix route (no (n, n, d) parts) equals globenc_layer on the explicit parts, per
+    example on its real tokens and for the whole padded batch at once (real rows)."""
+    from attnexplain.capturing.mixing import capture_mixing
+    from attnexplain.functional.context_mixing import (
+        attention_layer_norm_parts, globenc_contributions, globenc_layer, mixed_part_norms)
+
+    mc = capture_mixing(bert64.model, batch, norms=True)
+    for rec in mc.blocks:
+        z1, _, w1, _, eps1 = rec.norms["attention"]
+        z2, _, w2, _, eps2 = rec.norms["output"]
+        T = rec.value_transforms()
+        mask = batch["attention_mask"].bool()
+        whole = globenc_contributions(rec.attention * mask[:, None, None, :], T, rec.hidden_in, z1, w1, eps1, z2, w2, eps2)
+        for b in range(2):
+            idx = mask[b].nonzero().flatten()
+            A = rec.attention[b][:, idx][:, :, idx]
+            args = (A, T[b][:, idx], rec.hidden_in[b][idx], z1[b][idx], w1, eps1)
+            want = globenc_layer(attention_layer_norm_parts(*args), z2[b][idx], w2, eps2)
+            torch.testing.assert_close(globenc_contributions(*args, z2[b][idx], w2, eps2), want, atol=1e-12, rtol=0)
+            torch.testing.assert_close(whole[b][idx][:, idx], want, atol=1e-12, rtol=0)
+    # float32 input: as close to float64 as the explicit float32 vectors are (heads that nearly cancel)
+    g = torch.Generator().manual_seed(0)
+    A = torch.softmax(torch.randn(4, 6, 6, generator=g, dtype=torch.float64), -1)
+    Q = torch.randn(4, 6, 32, generator=g, dtype=torch.float64)
+    Q[1, 0] = -Q[0, 0] * A[0, 0, 0] / A[1, 0, 0] * (1 + 1e-4)  # heads 0 and 1 cancel at (0, 0)
+    Q[2:, 0] = 0
+    exact = torch.linalg.vector_norm(torch.einsum("hij,hjd->ijd", A, Q), dim=-1)
+    torch.testing.assert_close(mixed_part_norms(A, Q), exact, atol=1e-12, rtol=0)
+    explicit32 = torch.linalg.vector_norm(torch.einsum("hij,hjd->ijd", A.float(), Q.float()), dim=-1).double()
+    gram32 = mixed_part_norms(A.float(), Q.float())
+    # (a float32 Gram matrix would be off by ~1e-6 at (0, 0): sqrt of a cancelled float32 sum)
+    assert (gram32 - exact).abs().max() <= 2 * (explicit32 - exact).abs().max() + 1e-8
+
+
+def test_post_ln_check_refuses_a_block_whose_layernorm_output_differs(bert64, batch):
+    from attnexplain.capturing import UnsupportedArchitectureError
+    from attnexplain.capturing.mixing import capture_mixing
+    from attnexplain.methods.norm_residual_ln import check_post_ln, real_position_mask
+
+    mc = capture_mixing(bert64.model, batch, norms=True)
+    mask = batch["attention_mask"].bool()
+    real = real_position_mask([m.nonzero().flatten() for m in mask], mask.shape[1])
+    rec = mc.blocks[1]
+    A = rec.attention * mask[:, None, None, :]
+    check_post_ln(rec, A, real)  # the real block passes
+    z, y, *rest = rec.norms["attention"]
+    y_pad = y.clone()
+    y_pad[~real] += 1.0  # padded positions are not checked
+    rec.norms["attention"] = (z, y_pad, *rest)
+    check_post_ln(rec, A, real)
+    for b, i in ((0, 0), (1, 3)):  # first / last real position of each example
+        y_bad = y.clone()
+        y_bad[b, i, 3] += 1e-3
+        rec.norms["attention"] = (z, y_bad, *rest)
+        with pytest.raises(UnsupportedArchitectureError, match="not a post-LN block"):
+            check_post_ln(rec, A, real)
+    # a block whose LayerNorm input is not x + Attn(x) (here: the residual left out) is refused
+    rec.norms["attention"] = (z, y, *rest)
+    rec.hidden_in = torch.zeros_like(rec.hidden_in)
+    with pytest.raises(UnsupportedArchitectureError, match="not a post-LN block"):
+        check_post_ln(rec, A, real)
+
+
 def test_globenc_and_alti_match_explicit_loop(bert64, batch):
     ref = _reference_parts(_eager(bert64), batch)
     got_g, _ = _scores(bert64, batch, "globenc", readout="cls")

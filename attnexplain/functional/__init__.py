@@ -18,7 +18,8 @@ heads) and works on CPU and GPU. Formulas and papers are in each docstring and i
 * context mixing (Kobayashi et al. 2021, GlobEnc, ALTI, value zeroing):
   :func:`attention_residual_vectors`, :func:`layer_norm_parts`, :func:`norm_residual_ln`,
   :func:`globenc_layer`, :func:`alti_layer`, :func:`contribution_rollout`,
-  :func:`value_zeroing_scores`, :func:`normalize_rows`
+  :func:`value_zeroing_scores`, :func:`normalize_rows`; without the ``(n, n, d)`` parts:
+  :func:`globenc_contributions`, :func:`mixed_part_norms`, :func:`layer_norm_maps`
 * gradient-weighted attention relevance (Chefer et al., ICCV 2021):
   :func:`gradient_weighted_attention`, :func:`self_attention_relevance`,
   :func:`normalize_self_relevance`, :func:`encoder_decoder_relevance`
@@ -28,8 +29,11 @@ from .context_mixing import (
     alti_layer,
     attention_residual_vectors,
     contribution_rollout,
+    globenc_contributions,
     globenc_layer,
+    layer_norm_maps,
     layer_norm_parts,
+    mixed_part_norms,
     norm_residual_ln,
     normalize_rows,
     value_zeroing_scores,
@@ -80,6 +84,9 @@ __all__ = [
     "norm_residual_ln",
     "alti_layer",
     "globenc_layer",
+    "globenc_contributions",
+    "mixed_part_norms",
+    "layer_norm_maps",
     "normalize_rows",
     "contribution_rollout",
     "value_zeroing_scores",

@@ -42,6 +42,9 @@ __all__ = [
     "norm_residual_ln",
     "alti_layer",
     "globenc_layer",
+    "layer_norm_maps",
+    "mixed_part_norms",
+    "globenc_contributions",
     "normalize_rows",
     "contribution_rollout",
     "value_zeroing_scores",
@@ -207,6 +210,108 @@ def globenc_layer(parts: torch.Tensor, norm2_input: torch.Tensor, weight2: torch
     """
     p2 = layer_norm_parts(parts, norm2_input, weight2, eps2)
     return normalize_rows(torch.linalg.vector_norm(p2, dim=-1))
+
+
+def layer_norm_maps(v: torch.Tensor, *weights: torch.Tensor | None) -> torch.Tensor:
+    """The linear part of one or more LayerNorms in a row, without their scale: for each weight
+    in order, ``v <- gamma * (v - mean_d(v))`` (``None``: no gamma). Applied to the last dim.
+
+    ``layer_norm_maps(v, g1) / s1`` is ``g_i(v)`` of :func:`layer_norm_parts`;
+    ``layer_norm_maps(v, g1, g2) / (s1 s2)`` is a part carried through both LayerNorms of a block
+    (GlobEnc). Linear in ``v``, so it can be applied to ``W_O``'s rows instead of to every
+    ``(i, j)`` vector.
+    """
+    for w in weights:
+        v = v - v.mean(-1, keepdim=True)
+        if w is not None:
+            v = v * w.to(v.dtype)
+    return v
+
+
+def mixed_part_norms(A: torch.Tensor, Q: torch.Tensor, r: torch.Tensor | None = None,
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Norms of the head-mixed parts ``|| sum_h A^h_ij Q^h_j + [i = j] r_i ||_2 / scale_i``
+    without building the ``(n, m, d)`` vectors.
+
+    Through each key's Gram matrix of heads ``G_j[h, g] = <Q^h_j, Q^g_j>`` (``H x H``)::
+
+        ||.||^2 = sum_{h,g} A^h_ij A^g_ij G_j[h, g] + [i = j] (2 sum_h A^h_ii <Q^h_i, r_i> + ||r_i||^2)
+
+    ``O(m H^2 d + n m H^2)`` instead of ``O(n m H d)``. The Gram matrices and the quadratic form
+    are evaluated in float64 whatever the input dtype, so the result is as accurate as the norm of
+    the explicitly summed vector in the input dtype (a squared norm in float32 would lose digits
+    where heads cancel).
+
+    Args:
+        A: ``(..., H, n, m)`` attention probabilities.
+        Q: ``(..., H, m, d)`` each head's vector per key (e.g. ``V_h W_O^h`` with any linear map
+            applied to ``W_O``'s rows, see :func:`layer_norm_maps`).
+        r: ``(..., n, d)`` the extra vector on the diagonal (the mapped residual; self-attention,
+            ``n == m``), or None.
+        scale: ``(..., n)`` positive divisor per query position, or None.
+
+    Returns:
+        ``(..., n, m)`` float64, non-negative.
+    """
+    _check(A, "A", 3, "(..., H, n, m)")
+    _check(Q, "Q", 3, "(..., H, m, d)")
+    if A.shape[-1] != Q.shape[-2] or A.shape[-3] != Q.shape[-3]:
+        raise ValueError(f"A {tuple(A.shape)} and Q {tuple(Q.shape)} disagree on heads or keys")
+    f64 = torch.float64
+    lead, H, m, d = Q.shape[:-3], Q.shape[-3], Q.shape[-2], Q.shape[-1]
+    if r is not None and (A.shape[-1] != A.shape[-2] or r.shape[-2:] != (A.shape[-2], d)):
+        raise ValueError(f"r must be (..., n, d) with n == m, got r {tuple(r.shape)} for A {tuple(A.shape)}")
+    # one pass: float64 and the key-major layout the batched product wants (contiguous, so matmul
+    # does not copy again); r rides along as an extra row, so one Gram matrix also gives
+    # <Q^h_i, r_i> and ||r_i||^2
+    Qk = torch.empty((*lead, m, H + (r is not None), d), dtype=f64, device=Q.device)
+    Qk[..., :H, :].copy_(Q.transpose(-3, -2))
+    if r is not None:
+        Qk[..., H, :].copy_(r)
+    G = Qk @ Qk.transpose(-1, -2)  # (..., m, H(+1), H(+1))
+    P = torch.empty((*A.shape[:-3], A.shape[-1], A.shape[-2], H), dtype=f64, device=A.device)
+    P.copy_(A.permute(*range(A.dim() - 3), -1, -2, -3))  # (..., m, n, H): P[j, i, h] = A^h_ij
+    sq = (P @ G[..., :H, :H]).mul_(P).sum(-1).transpose(-1, -2)  # (..., n, m)
+    if r is not None:
+        Ad = P.diagonal(dim1=-3, dim2=-2)  # (..., H, n): A^h_ii
+        extra = 2 * (Ad * G[..., :H, H].transpose(-1, -2)).sum(-2) + G[..., H, H]
+        sq = sq.clone()
+        sq.diagonal(dim1=-2, dim2=-1).add_(extra)
+    N = sq.clamp_min_(0).sqrt_()
+    if scale is not None:
+        N = N / scale.to(f64).unsqueeze(-1)
+    return N
+
+
+def globenc_contributions(
+    A: torch.Tensor, T: torch.Tensor, x: torch.Tensor, norm_input: torch.Tensor, weight: torch.Tensor | None, eps: float,
+    norm2_input: torch.Tensor, weight2: torch.Tensor | None, eps2: float, *, prepared: bool = False,
+) -> torch.Tensor:
+    """``globenc_layer(attention_layer_norm_parts(A, T, x, norm_input, weight, eps), norm2_input,
+    weight2, eps2)`` without the ``(..., n, n, d)`` parts (same formula, see :func:`globenc_layer`).
+
+    Both LayerNorms are linear in the parts, so ``N2_ij = || M(u_ij) || / (s1_i s2_i)`` with
+    ``M = layer_norm_maps(., gamma1, gamma2)`` applied once to ``T`` (or, ``prepared=True``, already
+    applied: e.g. ``V @ M(W_O)``) and to the residual ``x``; the norms come from
+    :func:`mixed_part_norms`.
+
+    Args:
+        A ``(..., H, n, n)``, T ``(..., H, n, d)``, x ``(..., n, d)``: as in
+        :func:`attention_residual_vectors`; norm_input / weight / eps and norm2_input / weight2 /
+        eps2: the first and second LayerNorm's actual input ``(..., n, d)`` and parameters.
+
+    Returns:
+        ``(..., n, n)`` float64, non-negative, rows summing to 1.
+    """
+    _check(A, "A", 3, "(..., H, n, n)")
+    if A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"the residual term needs self-attention (n == m), got A of shape {tuple(A.shape)}")
+    dt = A.dtype
+    Q = T.to(dt) if prepared else layer_norm_maps(T.to(dt), weight, weight2)
+    r = layer_norm_maps(x.to(dt), weight, weight2)
+    s1 = torch.sqrt(norm_input.to(dt).var(-1, unbiased=False) + float(eps))
+    s2 = torch.sqrt(norm2_input.to(dt).var(-1, unbiased=False) + float(eps2))
+    return normalize_rows(mixed_part_norms(A, Q, r, s1 * s2))
 
 
 def normalize_rows(C: torch.Tensor) -> torch.Tensor:

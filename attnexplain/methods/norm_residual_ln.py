@@ -10,7 +10,7 @@ import torch
 from ._token_matrix import TokenMatrixMethod, check_layers_option, select_layer_positions
 from .base import register_method
 
-__all__ = ["NormResidualLN", "post_ln_parts"]
+__all__ = ["NormResidualLN", "post_ln_parts", "check_post_ln", "real_position_mask"]
 
 
 def post_ln_parts(mc, p: int, b: int, idx: torch.Tensor):
@@ -50,6 +50,59 @@ def post_ln_parts(mc, p: int, b: int, idx: torch.Tensor):
             f"the first LayerNorm of {rec.site.module_name} does not receive attention output + residual "
             f"(its output differs from the decomposition by {diff:.3g}): not a post-LN block this decomposition covers")
     return parts, rec
+
+
+def real_position_mask(idxs: list[torch.Tensor], n: int, device=None) -> torch.Tensor:
+    """``(B, n)`` bool: True at each example's real positions ``idxs[b]``."""
+    real = torch.zeros(len(idxs), n, dtype=torch.bool, device=device)
+    for b, idx in enumerate(idxs):
+        real[b, idx.to(real.device)] = True
+    return real
+
+
+def check_post_ln(rec, A: torch.Tensor, real: torch.Tensor) -> None:
+    """Refuse a block whose first LayerNorm does not receive ``x + Attn(x)``: the decomposition's
+    total ``sum_h A^h V^h W_O^h + b_O + x_i`` put through the recorded LayerNorm's centring, gamma,
+    scale and beta must equal the recorded output, checked at each example's first and last real
+    position (``real`` ``(B, n)``; a block laid out otherwise fails at every position).
+
+    Without the ``(n, n, d)`` parts: ``sum_j g_i(u_ij) = g_i(sum_j u_ij)`` and
+    ``sum_j A^h_ij T^h_j = (A^h V^h)_i W_O^h``. ``A`` ``(B, H, n, n)`` is the recorded attention with
+    the padded keys zeroed. Same tolerance as :func:`post_ln_parts`.
+
+    Raises:
+        UnsupportedArchitectureError: the recorded output differs (not a post-LN block).
+    """
+    from ..capturing.adapters import UnsupportedArchitectureError
+    from ..functional.context_mixing import layer_norm_maps
+
+    z, y, w, beta, eps = rec.norms["attention"]
+    dt = A.dtype
+    n = A.shape[-1]
+    has = real.any(1)
+    if not bool(has.any()):
+        return
+    rows = torch.arange(A.shape[0], device=A.device)
+    first = real.to(torch.uint8).argmax(1)
+    last = n - 1 - real.flip(1).to(torch.uint8).argmax(1)
+    Ar = torch.stack([A[rows, :, first], A[rows, :, last]], 2)  # (B, H, 2, n)
+    ctx = (Ar @ rec.values.to(dt)).permute(0, 2, 1, 3)[has].reshape(-1, A.shape[1] * rec.values.shape[-1])  # (R, H d_h)
+    bi, pos = rows[has].repeat_interleave(2), torch.stack([first, last], 1)[has].reshape(-1)
+    Wc = rec.centered_out_proj(w)
+    total = ctx @ Wc.reshape(-1, Wc.shape[-1]).to(dt) + layer_norm_maps(rec.hidden_in[bi, pos].to(dt), w)
+    bias = rec.out_proj_bias
+    if bias is not None:
+        total = total + layer_norm_maps(bias.to(dt), w)
+    total = total / torch.sqrt(z[bi, pos].to(dt).var(-1, unbiased=False, keepdim=True) + float(eps))
+    if beta is not None:
+        total = total + beta.to(dt)
+    want = y[bi, pos].to(dt)
+    tol = 1e-4 if dt == torch.float32 else 1e-8
+    diff = float((total - want).abs().max())
+    if not diff <= tol * max(1.0, float(want.abs().max())):
+        raise UnsupportedArchitectureError(
+            f"the first LayerNorm of {rec.site.module_name} does not receive attention output + residual "
+            f"(its output differs from the decomposition by {diff:.3g}): not a post-LN block this decomposition covers")
 
 
 @register_method
