@@ -219,6 +219,12 @@ class AttentionBackend:
         """Return (output (B, H, n, d_v), implied attention matrix (B, H, n, m))."""
         raise NotImplementedError
 
+    def attention_into(self, call: AttentionCall, out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`attention`, with the implied matrix written into ``out`` (B, H, n, m) where the
+        backend can (dense does: capture hands it reusable memory); the returned matrix is then
+        ``out``. By default ``out`` is ignored and the matrix is a new tensor."""
+        return self.attention(call)
+
     def forward(self, call: AttentionCall) -> torch.Tensor:
         """Return the output (B, H, n, d_v); by default via :meth:`attention`."""
         return self.attention(call)[0]

@@ -16,9 +16,12 @@ from .base import AttentionBackend, AttentionCall, register_backend
 from .base import cpu_has_native_bfloat16 as _cpu_has_native_bfloat16  # a module name: tests patch it
 
 
-def _scores(call: AttentionCall) -> torch.Tensor:
+def _scores(call: AttentionCall, out: torch.Tensor | None = None) -> torch.Tensor:
     """``call.scores()`` with the scaling applied to the queries (B, H, n, d) instead of the
-    scores (B, H, n, m): one small multiplication instead of a pass over the n x m scores."""
+    scores (B, H, n, m): one small multiplication instead of a pass over the n x m scores.
+
+    ``out``: a contiguous (B, H, n, m) tensor of the compute dtype to write the scores into (no
+    autograd), or None for a new tensor."""
     q = call.query
     if call.extras.get("softcap") is not None or q.shape[-1] > call.key.shape[-2]:
         return call.scores()
@@ -26,7 +29,16 @@ def _scores(call: AttentionCall) -> torch.Tensor:
     # scaled into a contiguous buffer: the GEMM then needs no copy of the (transposed-view) queries
     qs = torch.mul(q.to(dtype), call.scaling, out=torch.empty(q.shape, dtype=dtype, device=q.device)) \
         if not q.requires_grad else q.to(dtype) * call.scaling
-    s = torch.matmul(qs, call.key.to(dtype).transpose(-1, -2))
+    key = call.key.to(dtype)
+    if (out is not None and qs.dim() == 4 and key.shape[:2] == qs.shape[:2] and out.dtype == dtype
+            and out.shape == (*qs.shape[:3], key.shape[-2]) and out.is_contiguous()):
+        # the same batched GEMM torch.matmul runs (keys copied to contiguous heads), into ``out``
+        B, H, n, d = qs.shape
+        m = key.shape[-2]
+        s = torch.bmm(qs.view(B * H, n, d), key.reshape(B * H, m, d).transpose(1, 2),
+                      out=out.view(B * H, n, m)).view(B, H, n, m)
+    else:
+        s = torch.matmul(qs, key.transpose(-1, -2))
     if call.mask is not None:
         mask = call.mask.to(dtype)
         return s.add_(mask) if s.shape == torch.broadcast_shapes(s.shape, mask.shape) else s + mask
@@ -37,11 +49,14 @@ def _scores(call: AttentionCall) -> torch.Tensor:
     return s
 
 
-def dense_attention_probs(call: AttentionCall) -> torch.Tensor:
+def dense_attention_probs(call: AttentionCall, out: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(Q K^T * scaling + mask) in float32 (B, H, n, m); fully masked rows become 0.
 
-    Without autograd the softmax overwrites the fresh score tensor (no second n x m buffer)."""
-    scores = _scores(call)
+    Without autograd the softmax overwrites the fresh score tensor (no second n x m buffer).
+    ``out``: where to write the matrix (see :func:`_scores`; used only without autograd)."""
+    if out is not None and torch.is_grad_enabled() and (call.query.requires_grad or call.key.requires_grad):
+        out = None
+    scores = _scores(call, out)
     probs = torch.softmax(scores, dim=-1) if scores.requires_grad else torch.softmax(scores, dim=-1, out=scores)
     # transformers' masks use the dtype's minimum (finite), so rows never become NaN; a mask with
     # -inf can fully mask a row (NaN after softmax): make those rows exact zeros.
@@ -59,8 +74,13 @@ class DenseAttention(AttentionBackend):
     supported_extras = frozenset({"softcap", "sliding_window", "position_bias"})
 
     def attention(self, call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.attention_into(call, None)
+
+    def attention_into(self, call: AttentionCall, out: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`attention` with the matrix written into ``out`` where it fits (contiguous
+        (B, H, n, m) of the compute dtype, no autograd); otherwise into a new tensor."""
         self.check_extras(call)
-        probs = dense_attention_probs(call)
+        probs = dense_attention_probs(call, out)
         weights = probs
         if call.training and call.dropout > 0:
             weights = F.dropout(probs, p=call.dropout, training=True)

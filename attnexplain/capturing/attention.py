@@ -25,6 +25,7 @@ from transformers.integrations.sdpa_attention import repeat_kv
 
 from ..backends import AttentionBackend, AttentionCall, get_backend
 from .adapters import AttentionSite, find_attention_sites
+from .buffers import take_buffer
 
 __all__ = [
     "CaptureSpec",
@@ -349,7 +350,7 @@ def run_attention(backend: AttentionBackend, module: nn.Module, call: AttentionC
         rows = backend.attention_rows(sel, _query_positions(spec, B, n, call.query.device))
         km = call.key_padding_mask
         rec = Record(site=site, probs=rows.new_zeros((0, rows.shape[1], n, m), dtype=spec.dtype),
-                     values=call.value.detach().to(spec.dtype) if spec.store_values else None, heads=heads,
+                     values=_stored_values(call.value, spec.dtype) if spec.store_values else None, heads=heads,
                      num_heads=num_heads, key_mask=None if km is None else km.detach(), key_mask_known=True,
                      examples=[], batch_size=B)
         rec.rows = rows.detach().to(spec.dtype)
@@ -363,7 +364,9 @@ def run_attention(backend: AttentionBackend, module: nn.Module, call: AttentionC
         out = backend.forward(call)
         probs = backend.attention(_select_heads(call, heads))[1]
     else:
-        out, probs = backend.attention(call)
+        buf = _matrix_buffer(backend, call)
+        out, probs = backend.attention(call) if buf is None else backend.attention_into(call, buf)
+        del buf
         if intervention is not None:
             probs = intervention(_densify(probs), call, site)
             if probs.shape != (*call.query.shape[:3], call.key.shape[-2]):
@@ -374,12 +377,34 @@ def run_attention(backend: AttentionBackend, module: nn.Module, call: AttentionC
     if record:
         stored = probs if (spec.keep_sparse and probs.is_sparse) else _densify(probs)
         stored = stored.detach().to(spec.dtype)
-        values = call.value.detach().to(spec.dtype) if spec.store_values else None
+        values = _stored_values(call.value, spec.dtype) if spec.store_values else None
         km = call.key_padding_mask
         rec = Record(site=site, probs=stored, values=values, heads=heads, num_heads=num_heads,
                      key_mask=None if km is None else km.detach(), key_mask_known=True)
         state.records.append(reduce_record(spec, rec) if spec.reduced else rec)
     return out, probs
+
+
+def _matrix_buffer(backend: AttentionBackend, call: AttentionCall) -> torch.Tensor | None:
+    """Reusable memory for the (B, H, n, m) matrix of ``call`` (:mod:`.buffers`), for backends that
+    write into it (dense) and calls without autograd; None otherwise."""
+    if type(backend).attention_into is AttentionBackend.attention_into:
+        return None
+    q, k = call.query, call.key
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        return None
+    return take_buffer((*q.shape[:3], k.shape[-2]), torch.promote_types(q.dtype, torch.float32), q.device)
+
+
+def _stored_values(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The value vectors (B, H, m, d_v) as a record keeps them. A strided view into the model's
+    value projection output (how most models pass them) is copied into reusable memory
+    (:mod:`.buffers`), so the record does not pin the projection output (fresh memory on every
+    forward); a contiguous tensor (e.g. a decoding step's key/value cache) is kept as is, in
+    ``dtype`` (a view when it already is)."""
+    value = value.detach()
+    buf = None if value.is_contiguous() else take_buffer(tuple(value.shape), dtype, value.device)
+    return value.to(dtype) if buf is None else buf.copy_(value)
 
 
 def routed_backend(module: nn.Module, default: AttentionBackend) -> AttentionBackend:
