@@ -17,27 +17,33 @@ from .base import cpu_has_native_bfloat16 as _cpu_has_native_bfloat16  # a modul
 
 
 def _scores(call: AttentionCall, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``call.scores()`` with the scaling applied to the queries (B, H, n, d) instead of the
-    scores (B, H, n, m): one small multiplication instead of a pass over the n x m scores.
+    """``call.scores()`` without a separate pass over the n x m scores for the scaling: without
+    autograd the GEMM applies it (alpha), with autograd it is applied to the queries (B, H, n, d).
 
     ``out``: a contiguous (B, H, n, m) tensor of the compute dtype to write the scores into (no
     autograd), or None for a new tensor."""
     q = call.query
-    if call.extras.get("softcap") is not None or q.shape[-1] > call.key.shape[-2]:
+    if call.extras.get("softcap") is not None:
         return call.scores()
     dtype = torch.promote_types(q.dtype, torch.float32)
-    # scaled into a contiguous buffer: the GEMM then needs no copy of the (transposed-view) queries
-    qs = torch.mul(q.to(dtype), call.scaling, out=torch.empty(q.shape, dtype=dtype, device=q.device)) \
-        if not q.requires_grad else q.to(dtype) * call.scaling
     key = call.key.to(dtype)
-    if (out is not None and qs.dim() == 4 and key.shape[:2] == qs.shape[:2] and out.dtype == dtype
-            and out.shape == (*qs.shape[:3], key.shape[-2]) and out.is_contiguous()):
-        # the same batched GEMM torch.matmul runs (keys copied to contiguous heads), into ``out``
-        B, H, n, d = qs.shape
+    grad = torch.is_grad_enabled() and (q.requires_grad or key.requires_grad)
+    if not grad and q.dim() == 4 and key.shape[:2] == q.shape[:2]:
+        # one batched GEMM with the scaling as its alpha (eager's order: (q k^T) * s), into ``out``
+        # where it fits; queries and keys copied to contiguous heads, as torch.matmul does
+        B, H, n, d = q.shape
         m = key.shape[-2]
-        s = torch.bmm(qs.view(B * H, n, d), key.reshape(B * H, m, d).transpose(1, 2),
-                      out=out.view(B * H, n, m)).view(B, H, n, m)
+        if out is None or out.dtype != dtype or out.shape != (B, H, n, m) or not out.is_contiguous():
+            out = torch.empty((B, H, n, m), dtype=dtype, device=q.device)
+        out3 = out.view(B * H, n, m)
+        s = torch.baddbmm(out3, q.to(dtype).reshape(B * H, n, d), key.reshape(B * H, m, d).transpose(1, 2),
+                          beta=0, alpha=call.scaling, out=out3).view(B, H, n, m)
+    elif q.shape[-1] > key.shape[-2]:
+        return call.scores()
     else:
+        # scaled into a contiguous buffer: the GEMM then needs no copy of the (transposed-view) queries
+        qs = torch.mul(q.to(dtype), call.scaling, out=torch.empty(q.shape, dtype=dtype, device=q.device)) \
+            if not q.requires_grad else q.to(dtype) * call.scaling
         s = torch.matmul(qs, key.transpose(-1, -2))
     if call.mask is not None:
         mask = call.mask.to(dtype)
