@@ -523,3 +523,25 @@ def test_gradients_flow_through_every_backend(name, opts):
         eps = 1e-6
         fd = (f(q, k, v + eps * dv) - f(q, k, v - eps * dv)) / (2 * eps)
     assert torch.allclose(fd, (v.grad * dv).sum(), rtol=1e-4, atol=1e-6)
+
+
+def test_broadcasts_into_agrees_with_torch_broadcast_shapes():
+    """The in-place-add check equals torch.broadcast_shapes(target, shape) == target, on every
+    shape pair of small rank and sizes 1..3 (including shapes that do not broadcast at all)."""
+    import itertools
+
+    from attnexplain.backends.base import broadcasts_into
+
+    sizes = (1, 2, 3)
+    targets = [t for r in range(1, 4) for t in itertools.product(sizes, repeat=r)]
+    shapes = [s for r in range(0, 5) for s in itertools.product(sizes, repeat=r)]
+    checked = 0
+    for target in targets:
+        for shape in shapes:
+            try:
+                want = tuple(torch.broadcast_shapes(target, shape)) == target
+            except RuntimeError:
+                want = False
+            assert broadcasts_into(shape, target) == want, (shape, target)
+            checked += 1
+    assert checked > 1000

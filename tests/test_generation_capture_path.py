@@ -75,6 +75,16 @@ def test_a_deferred_last_step_completes_to_the_teacher_forced_forward_and_explan
     for m in ("raw_attention", "rollout"):
         for a, b in zip(ex[m].scores, ref[m].scores):
             np.testing.assert_allclose(a, b, atol=1e-6)
+    # raw attention scores every step at once from readout_rows_view: equal to the method on each step's view
+    from attnexplain.methods import get_method
+
+    g = ex.generation
+    raw = get_method("raw_attention")
+    for t in range(4):
+        per_step = raw.attribute(lm, g.step_batch(t), target=g.generated_ids[:, t], capture=g.step_view(t, values=False))
+        for i in range(2):
+            np.testing.assert_allclose(ex["raw_attention"].step_scores(i, t), per_step[i], atol=1e-6)
+    assert g.pending_last_step is not None
     # a method that reads values completes it first
     eff = attnexplain.explain_generation(lm, PROMPTS, ["effective_attention"], max_new_tokens=4, min_new_tokens=4)
     assert eff.generation.pending_last_step is None

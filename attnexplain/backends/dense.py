@@ -12,7 +12,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from .base import AttentionBackend, AttentionCall, register_backend
+from .base import AttentionBackend, AttentionCall, broadcasts_into, register_backend
 from .base import cpu_has_native_bfloat16 as _cpu_has_native_bfloat16  # a module name: tests patch it
 
 
@@ -47,7 +47,7 @@ def _scores(call: AttentionCall, out: torch.Tensor | None = None) -> torch.Tenso
         s = torch.matmul(qs, key.transpose(-1, -2))
     if call.mask is not None:
         mask = call.mask.to(dtype)
-        return s.add_(mask) if s.shape == torch.broadcast_shapes(s.shape, mask.shape) else s + mask
+        return s.add_(mask) if broadcasts_into(mask.shape, s.shape) else s + mask
     if call.causal:  # no mask given: causal structure must still hold (query i sees keys <= i + m - n)
         n, m = s.shape[-2], s.shape[-1]
         allowed = torch.ones(n, m, dtype=torch.bool, device=s.device).tril_(diagonal=m - n)

@@ -201,6 +201,18 @@ def _views_need_values(methods: Sequence[Any]) -> bool:
     return any(m.uses_capture and not (isinstance(m, AttentionMethod) and not m._needs_values) for m in methods)
 
 
+def _reads_readout_rows_only(method: Any, lm: LoadedModel) -> bool:
+    """Whether ``method`` scores each example from its ``"last"`` readout row alone, without value
+    vectors (raw attention): it can score every step at once from
+    :meth:`GenerationResult.readout_rows_view`."""
+    from ..methods.attention_methods import AttentionMethod, resolve_readout
+
+    if not isinstance(method, AttentionMethod) or method._needs_values:
+        return False
+    readout = resolve_readout(method.readout, lm)
+    return readout == "last" and method._batched(readout) and "full" not in method.capture_needs(lm)
+
+
 def _contrast_ids(lm: LoadedModel, gen: GenerationResult, contrast: str | Sequence[str]) -> torch.Tensor:
     """(B, N) contrast token per step (-1 where none): the contrast continuation's tokens."""
     items = _as_list(contrast, len(gen.prompts), "contrast")
@@ -402,13 +414,24 @@ def explain_generation(
                 out = m.attribute_positions(lm, gen.step_batch(todo[-1]), positions=[gen.readout_position(t) for t in todo],
                                             targets=gen.generated_ids[:, todo])
                 whole_path[m.name] = dict(zip(todo, out))
+    # methods that read one readout row per example and no values (raw attention): every step at once
+    all_rows: dict[str, dict[int, list[np.ndarray]]] = {}
+    row_methods = [m for m in built if foil is None and _reads_readout_rows_only(m, lm)]
+    if row_methods and list(wanted):
+        todo = sorted(set(wanted))
+        rows_view = gen.readout_rows_view(todo)
+        for m in row_methods:
+            out = m.attribute(lm, {"attention_mask": rows_view.attention_mask}, target=None, capture=rows_view)
+            all_rows[m.name] = {t: [out[i * len(todo) + s] for i in range(B)] for s, t in enumerate(todo)}
     for t in wanted:
         valid = gen.generated_mask[:, t].clone()
         if foil is not None:
             valid &= foil[:, t] >= 0
         if not bool(valid.any()):
             continue
-        view = gen.step_view(t, values=_views_need_values(built)) if any(m.uses_capture for m in built) else None
+        per_step = [m for m in built if m.name not in all_rows]
+        view = (gen.step_view(t, values=_views_need_values(per_step)) if any(m.uses_capture for m in per_step)
+                else None)
         batch = gen.step_batch(t)
         tgt = gen.generated_ids[:, t]
         for m in built:
@@ -416,6 +439,8 @@ def explain_generation(
                 continue
             if m.name in whole_path:
                 scores = whole_path[m.name][t]
+            elif m.name in all_rows:
+                scores = all_rows[m.name][t]
             elif foil is None:
                 try:
                     scores = m.attribute(lm, batch, target=tgt, capture=view)

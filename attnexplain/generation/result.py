@@ -126,6 +126,36 @@ class GenerationResult(CaptureResult):
             labels=None, records=records, sites=self.sites, out_proj=self.out_proj, backend=self.backend,
         )
 
+    def readout_rows_view(self, steps: list[int]) -> CaptureResult:
+        """Decoder-only: the readout rows of several steps as one capture of ``B * len(steps)``
+        examples, example ``b * len(steps) + s`` = what step ``steps[s]`` of example ``b`` sees:
+        its attention mask is that of :meth:`step_view` (keys from ``readout_position + 1`` on are
+        padding) and its records hold only the readout row (``Record.rows``, as a capture with
+        ``query_rows``), so a method that reads one row per example (readout ``"last"``, no value
+        vectors: raw attention) scores every step in one call, equal to calling it on each
+        :meth:`step_view`. Reads the rows without running a deferred last step."""
+        if self.is_encoder_decoder:
+            raise ValueError("readout_rows_view is for decoder-only generations")
+        B, S = self.generated_ids.shape[0], len(steps)
+        pos = torch.as_tensor([self.readout_position(t) for t in steps], dtype=torch.long)
+        n = self.input_ids.shape[1]
+        mask = self.attention_mask[:, None, :].repeat(1, S, 1)  # (B, S, n)
+        mask[torch.arange(n)[None, None, :].expand(B, S, n) > pos[None, :, None]] = 0
+        mask = mask.reshape(B * S, n)
+        row_pos = pos.repeat(B)
+        records = {}
+        for key, recs in self.__dict__["_records"].items():
+            rec = recs[0]
+            A = rec.probs.to_dense() if rec.probs.is_sparse else rec.probs  # (B, H, n, n)
+            rows = A[:, :, pos.to(A.device), :].transpose(1, 2).reshape(B * S, A.shape[1], 1, A.shape[-1])
+            records[key] = [dataclasses.replace(
+                rec, probs=A.new_zeros((0, A.shape[1], A.shape[-2], A.shape[-1])), values=None,
+                key_mask=mask.bool().to(A.device), key_mask_known=True, examples=[], batch_size=B * S,
+                rows=rows, row_positions=row_pos.to(A.device), head_mean=None, basis=None, derived=None)]
+        return CaptureResult(input_ids=self.input_ids.repeat_interleave(S, dim=0), attention_mask=mask, tokens=[],
+                             logits=None, labels=None, records=records, sites=self.sites, out_proj=self.out_proj,
+                             backend=self.backend)
+
     def step_batch(self, step: int) -> dict[str, torch.Tensor]:
         """Model inputs whose last position predicts token ``step`` (decoder-only: prompt + the
         tokens generated before it, with ``position_ids``; encoder-decoder: the encoder input and

@@ -162,6 +162,11 @@ def _reduce_heads(x: torch.Tensor, how: str) -> torch.Tensor:
     return x.mean(0) if how == "mean" else x.amax(0)
 
 
+def _reduce_heads_batched(x: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, H, m) -> (B, m): :func:`_reduce_heads` of every example at once."""
+    return x.mean(1) if how == "mean" else x.amax(1)
+
+
 def _need_capture(method: ExplanationMethod, capture: Any) -> None:
     if capture is None:
         raise ValueError(
@@ -241,6 +246,10 @@ class AttentionMethod(ExplanationMethod):
         # one readout row per example: the whole batch is scored at once (_rows_scores), from the
         # readout rows alone (all a capture with query_rows keeps)
         batched = self._batched(readout)
+        # every column's score is its own (per key), so the reduction over the readout row and the
+        # heads runs on the whole padded batch at once; the real keys of each example are taken at the end
+        whole_batch = batched and type(self)._finish_layer is AttentionMethod._finish_layer
+        total: torch.Tensor | None = None
         sums: list[torch.Tensor | None] = []
         for li, layer in enumerate(layer_ids):
             A = None if batched else capture.attention(layer)
@@ -254,6 +263,10 @@ class AttentionMethod(ExplanationMethod):
             if batched:
                 rows = capture.readout_rows(layer, pos).float()  # (B, H, 1, n)
                 S = self._rows_scores(rows, self._rows_data(capture, layer))  # (B, H, 1, n) or (B, 1, n)
+                if whole_batch:  # _finish_layer on every example at once: (B, n) over the padded keys
+                    F = _reduce_heads_batched(S.mean(2), self.head_reduction) if S.dim() == 4 else S.mean(1)
+                    total = F if total is None else total + F
+                    continue
                 scores = (S[i].index_select(-1, idx.to(S.device)) for i, idx in enumerate(idxs))
             else:
                 T = self._layer_data(capture, layer)
@@ -265,6 +278,8 @@ class AttentionMethod(ExplanationMethod):
             for i, s in enumerate(scores):
                 s = self._finish_layer(s)
                 sums[i] = s if sums[i] is None else sums[i] + s
+        if whole_batch:
+            sums = [total[i].index_select(-1, idx.to(total.device)) for i, idx in enumerate(idxs)]
         return [(s / len(layer_ids)).detach().double().cpu().numpy() for s in sums]
 
 
