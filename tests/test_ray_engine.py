@@ -258,20 +258,22 @@ def test_worker_checks_the_run_folder(tmp_path):
     from attnexplain.runs.ray_engine import ShardWorker
 
     folder = tmp_path / "run"
-    w = ShardWorker(str(folder), "2026-01-01T00:00:00", METHODS, {}, "dense", {}, 1)
+    w = ShardWorker(1)
+    job = {"folder": str(folder), "created": "2026-01-01T00:00:00", "methods": METHODS, "setup": {},
+           "backend": "dense", "backend_options": {}}
     with pytest.raises(AnalyzeError, match="cannot read the run folder.*every Ray node mounts"):
-        w._check_folder()
+        w._check_folder(job)
     folder.mkdir()
     (folder / "manifest.json").write_text(json.dumps({"created": "1999-01-01T00:00:00"}))
     with pytest.raises(AnalyzeError, match="sees another run folder"):
-        w._check_folder()
+        w._check_folder(job)
     (folder / "manifest.json").write_text(json.dumps({"created": "2026-01-01T00:00:00"}))
     (folder / "shards").write_text("a file where the shards folder should be")  # unwritable, even for root
     with pytest.raises(AnalyzeError, match="cannot write the run folder"):
-        w._check_folder()
+        w._check_folder(job)
     (folder / "shards").unlink()
     (folder / "shards").mkdir()
-    w._check_folder()
+    w._check_folder(job)
     assert list((folder / "shards").iterdir()) == []  # the probe is gone
 
 
@@ -325,18 +327,63 @@ def test_no_ray_process_is_left(cluster):
 def test_private_instance_workers_run_at_normal_priority():
     """Ray starts its workers at niceness 15 by default: on a busy machine any other process (even
     Ray's own daemons) then takes their cores first. A private instance sets WORKER_NICENESS (0,
-    as the local engine runs; relative to the driver's own niceness); checked in a fresh process (this module's own Ray instance is
-    started by the test, not by RaySession)."""
+    as the local engine runs; relative to the driver's own niceness); checked in a fresh process (this
+    module's own Ray instance is started by the test, not by RaySession). The same fresh instance
+    starts none of the head processes analyze never uses (autoscaler monitor, log monitor, dashboard:
+    each a Python process that takes the workers' cores while they start), and a run's workers still
+    start and answer."""
     from attnexplain.runs.ray_engine import WORKER_NICENESS
 
     code = (
         "import os\n"
-        "from attnexplain.runs.ray_engine import RaySession\n"
+        "from pathlib import Path\n"
+        "from attnexplain.runs.ray_engine import RaySession, _descendants\n"
         "with RaySession(num_workers=1, worker_threads=1, log=lambda m: None) as s:\n"
         "    f = s.ray.remote(num_cpus=1)(lambda: os.nice(0))\n"
         "    print('NICENESS', s.ray.get(f.remote()) - os.nice(0))\n"
+        "    for pid, _ in _descendants(os.getpid()):\n"
+        "        try:\n"
+        "            print('PROCESS', Path(f'/proc/{pid}/cmdline').read_bytes().replace(bytes(1), b' ').decode()[:300])\n"
+        "        except OSError:\n"
+        "            pass\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"NICENESS {WORKER_NICENESS}" in out.stdout, out.stdout[-500:]
+    processes = [line for line in out.stdout.splitlines() if line.startswith("PROCESS")]
+    assert any("gcs_server" in p for p in processes) and any("raylet" in p for p in processes), processes
+    for unused in ("autoscaler/_private/monitor.py", "_private/log_monitor.py", "dashboard/dashboard.py"):
+        assert not any(unused in p for p in processes), f"{unused} runs: {processes}"
+
+
+def test_session_start_loads_the_model_in_the_workers_while_the_driver_works(cluster, model_dir):
+    """RaySession.start (what analyze calls before loading its own copy of the model) connects in the
+    background and has each worker load the model at once: by the time the run hands the workers
+    over, their model is loaded (a second load is free); a different model is not handed over (the
+    workers are stopped) and the session leaves no worker behind."""
+    from attnexplain.runs.ray_engine import RaySession
+
+    session = RaySession(num_workers=2, worker_threads=1, log=lambda m: None)
+    session.start(model=str(model_dir))
+    with session:
+        assert session.info["num_workers"] == 2
+        workers = session.take_workers(str(model_dir), "dense", {})
+        assert len(workers) == 2
+        assert ray.get([w.load.remote(str(model_dir), "dense", {}) for w in workers], timeout=120) == [0.0, 0.0]
+        assert session.take_workers(str(model_dir), "dense", {}) == []  # handed over once
+        session.workers = workers  # closing the session stops them
+    _assert_no_worker_left()
+    other = RaySession(num_workers=1, worker_threads=1, log=lambda m: None)
+    other.start(model=str(model_dir))
+    with other:
+        assert other.take_workers("another-model", "dense", {}) == []
+    _assert_no_worker_left()
+
+
+def _assert_no_worker_left(seconds: float = 20.0) -> None:
+    """ray.kill is asynchronous: the actor table says DEAD shortly after."""
+    deadline = time.time() + seconds
+    while _alive_worker_pids() and time.time() < deadline:
+        time.sleep(0.2)
+    assert _alive_worker_pids() == []

@@ -328,173 +328,182 @@ def analyze(
     elif address is not None or num_workers is not None or worker_threads is not None:
         raise AnalyzeError("--address, --num-workers and --worker-threads are options of --engine ray")
     backend_options = dict(backend_options or {})
-
-    # -- data ---------------------------------------------------------------------------------
-    if isinstance(dataset, TextDataset):
-        ds = dataset if limit is None else dataset.head(limit)
-        ds_name = ds.name
-    else:
-        ds = load_dataset(dataset, split=split, text_column=text_column, label_column=label_column,
-                          text_pair_column=text_pair_column, limit=limit)
-        ds_name = str(dataset)
-    if len(ds) == 0:
-        raise AnalyzeError(f"{ds_name} ({split}) has no examples")
-    n_total = len(ds)
-    if shard_t is not None:
-        i, n = shard_t
-        base, extra = divmod(n_total, n)
-        start = i * base + min(i, extra)
-        positions = list(range(start, start + base + (1 if i < extra else 0)))
-    else:
-        positions = list(range(n_total))
-
-    # -- model --------------------------------------------------------------------------------
-    if model is None:
-        model = DEFAULT_MODEL
-    if isinstance(model, LoadedModel):
-        lm = model
-        if backend != "dense" or backend_options:
-            lm.use_backend(backend, **backend_options)
-        model_name = lm.name
-    else:
-        try:
-            lm = load_model_for_run(str(model), backend=backend, backend_options=backend_options)
-        except (KeyError, TypeError) as exc:  # unknown backend / bad backend option
-            raise AnalyzeError(str(exc.args[0] if exc.args else exc)) from None
-        model_name = str(model)
-    from .schema import GENERATION_TASK
-
-    if task is None:
-        task = GENERATION_TASK if lm.task in ("causal-lm", "seq2seq") else "classification"
-    if task not in ("classification", GENERATION_TASK):
-        raise AnalyzeError(f"--task must be classification or generation, got {task!r}")
-    generation = task == GENERATION_TASK
-    if generation:
-        if lm.task not in ("causal-lm", "seq2seq"):
-            raise AnalyzeError(f"--task generation explains what a causal language model (or an encoder-decoder) "
-                               f"generates, but {model_name} is a {lm.task} model; use a causal LM (e.g. --model "
-                               "smollm2) or leave out --task")
-        if head_ablation:
-            raise AnalyzeError("--head-ablation is an option of classifier runs; leave it out with --task generation")
-        if engine != "local":
-            raise AnalyzeError("--task generation runs with --engine local (split a large data set with --shard i/n "
-                               "in several processes and merge them)")
-        if max_new_tokens is None:
-            from .generation_batch import DEFAULT_MAX_NEW_TOKENS
-
-            max_new_tokens = DEFAULT_MAX_NEW_TOKENS
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens < lm.max_length:
-            raise AnalyzeError(f"--max-new-tokens must be an integer in 1..{lm.max_length - 1} (the model's context "
-                               f"is {lm.max_length} tokens), got {max_new_tokens!r}")
-    elif lm.task != "classification":
-        raise AnalyzeError(f"{model_name} is a {lm.task} model; analyze explains sequence classifiers"
-                           + (" (for a language model: --task generation)" if lm.task in ("causal-lm", "seq2seq") else ""))
-    elif max_new_tokens is not None:
-        raise AnalyzeError("--max-new-tokens is an option of --task generation")
-    # classifier runs: methods that do not apply to the model are left out of 'all' (named ones refused)
-    method_names, methods_left_out = (applicable_methods(lm, method_names, methods, log=log) if not generation
-                                      else (method_names, {}))
-    precision = resolve_precision(faithfulness_precision, lm.device) if not generation else "float32"
-    model_max = lm.max_length - (int(max_new_tokens) if generation else 0)
-    max_len = min(int(max_length), model_max) if max_length is not None else model_max
-    ds_labels = ds.label_names if not generation else None
-    mapping = None if generation else resolve_label_map(
-        ds_labels, lm.labels, label_map, dataset_name=ds_name, model_name=model_name,
-        max_label=max(ds.labels) if ds.labels else None)
-
-    _refuse_rows_without_content(lm, ds, positions, max_len)
-
-    # the model object itself travels to the Ray workers when it was given as an object (tests,
-    # notebooks); a name is loaded by each worker (it must be loadable on every node)
-    ray_model = lm if isinstance(model, LoadedModel) else model_name
-    manifest = {
-        "format_version": 1, "attnexplain_version": __version__, "command": list(command or sys.argv),
-        "model": model_name, "model_source": getattr(lm, "source", "") or "object",
-        "task": GENERATION_TASK if generation else lm.task,
-        "labels": [] if generation else list(lm.labels or []), "dataset": ds_name, "split": ds.split if not isinstance(dataset, TextDataset) else split,
-        "dataset_labels": list(ds_labels) if ds_labels else None, "limit": limit,
-        "shard": f"{shard_t[0]}/{shard_t[1]}" if shard_t else None,
-        "backend": backend, "backend_options": backend_options, "methods": method_names,
-        "methods_left_out": methods_left_out,
-        "faithfulness": {"bins": list(bins), "removal": removal, "precision": precision}, "head_ablation": bool(head_ablation),
-        "label_map": dict(label_map) if label_map else None, "seed": int(seed), "max_length": int(max_len),
-        "store_attention": int(store_attention), "batch_size": int(batch_size),
-        "text_column": text_column, "label_column": label_column, "text_pair_column": text_pair_column,
-        "special_tokens": _special_tokens_entry(lm, include_special_tokens),
-        "versions": package_versions(), "n_examples": len(positions), "dataset_size": n_total,
-        "head_dim": _head_dim(lm),
-        "engine": ray_session.info if ray_session is not None else {"name": "local", "threads": torch.get_num_threads()},
-    }
-    if generation:
-        manifest["model_task"] = lm.task
-        manifest["generation"] = {"max_new_tokens": int(max_new_tokens), "decoding": "greedy",
-                                  "prompt_max_tokens": int(max_len)}
-    writer = RunWriter(out, manifest, force=force, log=log)
-    # the Ray session connects first (an unreachable cluster fails before the run folder is touched;
-    # it fills manifest["engine"]) and is closed last
-    with ray_session or contextlib.nullcontext(), writer:
-        if writer.is_complete:
-            log(f"[analyze] {out} is already complete ({len(writer.done_ids)} examples); nothing to do")
-            return writer.finalize()
-        if ds.describe_columns():
-            log(f"[analyze] {ds.describe_columns()}")
-        todo = [p for p in positions if p not in writer.done_positions]
-        if writer.resumed:
-            log(f"[analyze] resuming {out}: {len(positions) - len(todo)} of {len(positions)} examples done"
-                + (f"; redoing {len(writer.redone)} corrupt batch(es)" if writer.redone else ""))
-        store_set = set(positions[:store_attention])
-
-        if generation:
-            from .generation_batch import build_generation_setup
-
-            setup = build_generation_setup(lm, method_names, seed=seed, bins=bins, removal=removal,
-                                           max_new_tokens=int(max_new_tokens), max_length=max_len)
+    try:
+        # -- data ---------------------------------------------------------------------------------
+        if isinstance(dataset, TextDataset):
+            ds = dataset if limit is None else dataset.head(limit)
+            ds_name = ds.name
         else:
-            setup = build_setup(lm, method_names, seed=seed, bins=bins, removal=removal, head_ablation=head_ablation,
-                                max_length=max_len, label_mapping=mapping, label_names=ds_labels, precision=precision)
-        torch.manual_seed(seed)
-        lengths = None
-        if todo and lm.tokenizer is not None:
-            from ..models import untruncated_ids
+            ds = load_dataset(dataset, split=split, text_column=text_column, label_column=label_column,
+                              text_pair_column=text_pair_column, limit=limit)
+            ds_name = str(dataset)
+        if len(ds) == 0:
+            raise AnalyzeError(f"{ds_name} ({split}) has no examples")
+        n_total = len(ds)
+        if shard_t is not None:
+            i, n = shard_t
+            base, extra = divmod(n_total, n)
+            start = i * base + min(i, extra)
+            positions = list(range(start, start + base + (1 if i < extra else 0)))
+        else:
+            positions = list(range(n_total))
 
-            kw = {"text_pair": [ds.text_pairs[p] for p in todo]} if ds.text_pairs is not None else {}
-            ids_all = untruncated_ids(lm.tokenizer, [ds.texts[p] for p in todo], **kw)
-            lengths = {p: min(len(x), max_len) + (int(max_new_tokens) if generation else 0) for p, x in zip(todo, ids_all)}
-        batches = _contiguous_batches(todo, batch_size, lengths, MAX_BATCH_TOKENS)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        # -- model --------------------------------------------------------------------------------
+        if ray_session is not None:
+            # Ray starts in the background now (the workers start loading a model given by name at once)
+            # while this process loads its own copy of the model and opens the run folder
+            ray_session.start(model=None if isinstance(model, LoadedModel) else str(model or DEFAULT_MODEL),
+                              backend=backend, backend_options=backend_options)
+        if model is None:
+            model = DEFAULT_MODEL
+        if isinstance(model, LoadedModel):
+            lm = model
+            if backend != "dense" or backend_options:
+                lm.use_backend(backend, **backend_options)
+            model_name = lm.name
+        else:
+            try:
+                lm = load_model_for_run(str(model), backend=backend, backend_options=backend_options)
+            except (KeyError, TypeError) as exc:  # unknown backend / bad backend option
+                raise AnalyzeError(str(exc.args[0] if exc.args else exc)) from None
+            model_name = str(model)
+        from .schema import GENERATION_TASK
 
-            bar = tqdm(total=len(positions), initial=len(positions) - len(todo), unit="ex", desc=f"analyze ({engine})",
-                       file=sys.stderr, dynamic_ncols=True)
-        t0 = time.perf_counter()
-        try:
-            if engine == "ray":
-                from .ray_engine import run_batches_on_ray
+        if task is None:
+            task = GENERATION_TASK if lm.task in ("causal-lm", "seq2seq") else "classification"
+        if task not in ("classification", GENERATION_TASK):
+            raise AnalyzeError(f"--task must be classification or generation, got {task!r}")
+        generation = task == GENERATION_TASK
+        if generation:
+            if lm.task not in ("causal-lm", "seq2seq"):
+                raise AnalyzeError(f"--task generation explains what a causal language model (or an encoder-decoder) "
+                                   f"generates, but {model_name} is a {lm.task} model; use a causal LM (e.g. --model "
+                                   "smollm2) or leave out --task")
+            if head_ablation:
+                raise AnalyzeError("--head-ablation is an option of classifier runs; leave it out with --task generation")
+            if engine != "local":
+                raise AnalyzeError("--task generation runs with --engine local (split a large data set with --shard i/n "
+                                   "in several processes and merge them)")
+            if max_new_tokens is None:
+                from .generation_batch import DEFAULT_MAX_NEW_TOKENS
 
-                worker_setup = dict(method_names=method_names, seed=int(seed), bins=bins, removal=removal,
-                                    head_ablation=bool(head_ablation), max_length=max_len, label_mapping=mapping,
-                                    label_names=ds_labels, precision=precision)
-                n_trunc = run_batches_on_ray(writer, ds, batches, ray_session, model=ray_model,
-                                             worker_setup=worker_setup, store_set=store_set, bar=bar, log=log,
-                                             on_batch=on_batch)
+                max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+            if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens < lm.max_length:
+                raise AnalyzeError(f"--max-new-tokens must be an integer in 1..{lm.max_length - 1} (the model's context "
+                                   f"is {lm.max_length} tokens), got {max_new_tokens!r}")
+        elif lm.task != "classification":
+            raise AnalyzeError(f"{model_name} is a {lm.task} model; analyze explains sequence classifiers"
+                               + (" (for a language model: --task generation)" if lm.task in ("causal-lm", "seq2seq") else ""))
+        elif max_new_tokens is not None:
+            raise AnalyzeError("--max-new-tokens is an option of --task generation")
+        # classifier runs: methods that do not apply to the model are left out of 'all' (named ones refused)
+        method_names, methods_left_out = (applicable_methods(lm, method_names, methods, log=log) if not generation
+                                          else (method_names, {}))
+        precision = resolve_precision(faithfulness_precision, lm.device) if not generation else "float32"
+        model_max = lm.max_length - (int(max_new_tokens) if generation else 0)
+        max_len = min(int(max_length), model_max) if max_length is not None else model_max
+        ds_labels = ds.label_names if not generation else None
+        mapping = None if generation else resolve_label_map(
+            ds_labels, lm.labels, label_map, dataset_name=ds_name, model_name=model_name,
+            max_label=max(ds.labels) if ds.labels else None)
+
+        _refuse_rows_without_content(lm, ds, positions, max_len)
+
+        # the model object itself travels to the Ray workers when it was given as an object (tests,
+        # notebooks); a name is loaded by each worker (it must be loadable on every node)
+        ray_model = lm if isinstance(model, LoadedModel) else model_name
+        manifest = {
+            "format_version": 1, "attnexplain_version": __version__, "command": list(command or sys.argv),
+            "model": model_name, "model_source": getattr(lm, "source", "") or "object",
+            "task": GENERATION_TASK if generation else lm.task,
+            "labels": [] if generation else list(lm.labels or []), "dataset": ds_name, "split": ds.split if not isinstance(dataset, TextDataset) else split,
+            "dataset_labels": list(ds_labels) if ds_labels else None, "limit": limit,
+            "shard": f"{shard_t[0]}/{shard_t[1]}" if shard_t else None,
+            "backend": backend, "backend_options": backend_options, "methods": method_names,
+            "methods_left_out": methods_left_out,
+            "faithfulness": {"bins": list(bins), "removal": removal, "precision": precision}, "head_ablation": bool(head_ablation),
+            "label_map": dict(label_map) if label_map else None, "seed": int(seed), "max_length": int(max_len),
+            "store_attention": int(store_attention), "batch_size": int(batch_size),
+            "text_column": text_column, "label_column": label_column, "text_pair_column": text_pair_column,
+            "special_tokens": _special_tokens_entry(lm, include_special_tokens),
+            "versions": package_versions(), "n_examples": len(positions), "dataset_size": n_total,
+            "head_dim": _head_dim(lm),
+            "engine": ray_session.info if ray_session is not None else {"name": "local", "threads": torch.get_num_threads()},
+        }
+        if generation:
+            manifest["model_task"] = lm.task
+            manifest["generation"] = {"max_new_tokens": int(max_new_tokens), "decoding": "greedy",
+                                      "prompt_max_tokens": int(max_len)}
+        writer = RunWriter(out, manifest, force=force, log=log)
+        # the Ray session connects first (an unreachable cluster fails before the run folder is touched;
+        # it fills manifest["engine"]) and is closed last
+        with ray_session or contextlib.nullcontext(), writer:
+            if writer.is_complete:
+                log(f"[analyze] {out} is already complete ({len(writer.done_ids)} examples); nothing to do")
+                return writer.finalize()
+            if ds.describe_columns():
+                log(f"[analyze] {ds.describe_columns()}")
+            todo = [p for p in positions if p not in writer.done_positions]
+            if writer.resumed:
+                log(f"[analyze] resuming {out}: {len(positions) - len(todo)} of {len(positions)} examples done"
+                    + (f"; redoing {len(writer.redone)} corrupt batch(es)" if writer.redone else ""))
+            store_set = set(positions[:store_attention])
+
+            if generation:
+                from .generation_batch import build_generation_setup
+
+                setup = build_generation_setup(lm, method_names, seed=seed, bins=bins, removal=removal,
+                                               max_new_tokens=int(max_new_tokens), max_length=max_len)
             else:
-                n_trunc = _run_batches_locally(writer, ds, batches, setup, seed=int(seed), store_set=store_set,
-                                               bar=bar, on_batch=on_batch)
-        finally:
-            if bar is not None:
-                bar.close()
-        seconds = time.perf_counter() - t0
-        if n_trunc:
-            log(f"[analyze] {n_trunc} text(s) were longer than {max_len} tokens and were truncated (column 'truncated')"
-                + (" to make the prompts" if generation else ""))
-        run = writer.finalize(extra={"seconds_last_session": round(seconds, 2)})
-    if todo:
-        log(f"[analyze] wrote {out}: {len(positions)} examples ({len(todo)} this session, "
-            f"{len(todo) / max(seconds, 1e-9):.1f} examples/s)")
-        if (run.report_dir / "summary.md").exists():  # a report of the unfinished run would now be stale
-            from .report import report
+                setup = build_setup(lm, method_names, seed=seed, bins=bins, removal=removal, head_ablation=head_ablation,
+                                    max_length=max_len, label_mapping=mapping, label_names=ds_labels, precision=precision)
+            torch.manual_seed(seed)
+            lengths = None
+            if todo and lm.tokenizer is not None:
+                from ..models import untruncated_ids
 
-            report(run)
-            log(f"[analyze] refreshed {run.report_dir / 'summary.md'} (written on the unfinished run)")
-    return run
+                kw = {"text_pair": [ds.text_pairs[p] for p in todo]} if ds.text_pairs is not None else {}
+                ids_all = untruncated_ids(lm.tokenizer, [ds.texts[p] for p in todo], **kw)
+                lengths = {p: min(len(x), max_len) + (int(max_new_tokens) if generation else 0) for p, x in zip(todo, ids_all)}
+            batches = _contiguous_batches(todo, batch_size, lengths, MAX_BATCH_TOKENS)
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(positions), initial=len(positions) - len(todo), unit="ex", desc=f"analyze ({engine})",
+                           file=sys.stderr, dynamic_ncols=True)
+            t0 = time.perf_counter()
+            try:
+                if engine == "ray":
+                    from .ray_engine import run_batches_on_ray
+
+                    worker_setup = dict(method_names=method_names, seed=int(seed), bins=bins, removal=removal,
+                                        head_ablation=bool(head_ablation), max_length=max_len, label_mapping=mapping,
+                                        label_names=ds_labels, precision=precision)
+                    n_trunc = run_batches_on_ray(writer, ds, batches, ray_session, model=ray_model,
+                                                 worker_setup=worker_setup, store_set=store_set, bar=bar, log=log,
+                                                 on_batch=on_batch)
+                else:
+                    n_trunc = _run_batches_locally(writer, ds, batches, setup, seed=int(seed), store_set=store_set,
+                                                   bar=bar, on_batch=on_batch)
+            finally:
+                if bar is not None:
+                    bar.close()
+            seconds = time.perf_counter() - t0
+            if n_trunc:
+                log(f"[analyze] {n_trunc} text(s) were longer than {max_len} tokens and were truncated (column 'truncated')"
+                    + (" to make the prompts" if generation else ""))
+            run = writer.finalize(extra={"seconds_last_session": round(seconds, 2)})
+        if todo:
+            log(f"[analyze] wrote {out}: {len(positions)} examples ({len(todo)} this session, "
+                f"{len(todo) / max(seconds, 1e-9):.1f} examples/s)")
+            if (run.report_dir / "summary.md").exists():  # a report of the unfinished run would now be stale
+                from .report import report
+
+                report(run)
+                log(f"[analyze] refreshed {run.report_dir / 'summary.md'} (written on the unfinished run)")
+        return run
+    except BaseException:
+        if ray_session is not None:  # stopped on any error (a started Ray instance, workers)
+            ray_session.close()
+        raise

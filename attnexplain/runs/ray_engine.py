@@ -8,13 +8,16 @@ as the local engine, computed by a pool of Ray actors.
 How a run goes (the actor-pool pattern of Ray's batch inference: the model is loaded once per
 worker, not once per batch):
 
-1. the driver (the ``analyze`` process) does everything the local engine does before the first
-   batch: checks the request, loads the data set and the model (labels, maximum length, the
-   faithfulness precision), opens the run folder (lock, manifest, resume scan);
-2. it starts ``num_workers`` actors (:class:`ShardWorker`, ``worker_threads`` Ray CPUs and torch
-   threads each); each loads the model (by name on its node, or the driver's model object through
-   the object store) and checks that it sees the run folder (the manifest the driver just wrote,
-   same ``created`` stamp) and can write into it;
+1. the driver (the ``analyze`` process) checks the request and reads the data set; then it starts
+   connecting to Ray in the background (:meth:`RaySession.start`: a private instance is started
+   without the head processes a run never uses, see :func:`_lean_head`) and, for a model given by
+   name, creates ``num_workers`` actors (:class:`ShardWorker`, ``worker_threads`` Ray CPUs and torch
+   threads each) that start importing torch and loading the model at once; meanwhile the driver does
+   everything the local engine does before the first batch: loads the model (labels, maximum length,
+   the faithfulness precision), opens the run folder (lock, manifest, resume scan);
+2. each worker (created now, for a model object: the driver's object through the object store)
+   checks that it sees the run folder (the manifest the driver just wrote, same ``created`` stamp)
+   and can write into it;
 3. the driver sends each worker the inputs of the next batch (ids, texts, labels: a few KB) as soon
    as it has fewer than two in flight; the worker runs :func:`attnexplain.runs.analyze.run_batch`
    (the same code, the same per-batch seed as the local engine) and writes the batch's shard
@@ -33,6 +36,7 @@ that every node sees (one machine; or NFS / a shared mount at the same path on e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -164,6 +168,11 @@ class RaySession:
             _check_reachable(self.address)
         self.started = False
         self._watchdog = None
+        self._thread = None
+        self._error: BaseException | None = None
+        self._connected = False
+        self.workers: list[Any] = []
+        self._workers_model: Any = None
         self.info: dict[str, Any] = {"name": "ray", "address": self.address or "local",
                                      "num_workers": self.num_workers, "worker_threads": self.worker_threads}
 
@@ -174,7 +183,69 @@ class RaySession:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def start(self, model: Any = None, backend: str = "dense", backend_options: Mapping[str, Any] | None = None) -> None:
+        """Connect in the background (a thread) and, when ``model`` is a name, start the workers and
+        their model loading at once: Ray's start-up and the workers' imports and model load then run
+        while the driver reads the data, loads its own copy of the model and opens the run folder.
+        :meth:`connect` (or entering the session) waits for it and raises what it raised.
+
+        The thread lives until :meth:`close`: Ray ties the processes it starts to the thread that
+        started them (``PR_SET_PDEATHSIG``), so they would die with a thread that ended."""
+        import threading
+
+        if self._thread is not None or self._connected:
+            return
+        self._ready = threading.Event()
+        self._release = threading.Event()
+
+        def go() -> None:
+            try:
+                self._connect()
+                if isinstance(model, str):
+                    self._start_workers(model, backend, backend_options)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread by connect()
+                self._error = exc
+            finally:
+                self._ready.set()
+            self._release.wait()
+
+        self._thread = threading.Thread(target=go, name="attnexplain-ray-start", daemon=True)
+        self._thread.start()
+
+    def _start_workers(self, model: str, backend: str, backend_options: Mapping[str, Any] | None) -> None:
+        """Create the actor pool and send each worker its model to load (not waited for here)."""
+        T = self.worker_threads
+        remote = self.ray.remote(num_cpus=T, max_restarts=MAX_RESTARTS, max_task_retries=-1)(ShardWorker)
+        self.workers = [remote.remote(T) for _ in range(self.num_workers)]
+        for w in self.workers:
+            w.preload.remote(model, backend, dict(backend_options or {}))
+        self._workers_model = (model, backend, json.dumps(dict(backend_options or {}), sort_keys=True))
+
+    def take_workers(self, model: Any, backend: str, backend_options: Mapping[str, Any] | None) -> list[Any]:
+        """The workers :meth:`start` created for ``model`` (handed over once), or []."""
+        key = (model, backend, json.dumps(dict(backend_options or {}), sort_keys=True))
+        workers, self.workers = self.workers, []
+        if workers and isinstance(model, str) and key == self._workers_model:
+            return workers
+        for w in workers:
+            self.ray.kill(w, no_restart=True)
+        return []
+
     def connect(self) -> None:
+        if self._thread is not None:
+            self._ready.wait()
+            if self._error is not None:
+                error, self._error = self._error, None
+                self.close()
+                raise error
+        if not self._connected:
+            try:
+                self._connect()
+            except BaseException:
+                self.close()
+                raise
+
+    def _connect(self) -> None:
         ray = self.ray
         T = self.worker_threads
         if not ray.is_initialized():
@@ -184,8 +255,9 @@ class RaySession:
                 self.log(f"[analyze] starting a private Ray instance ({cpus} CPUs) on this machine")
                 # workers at normal priority (Ray's default niceness 15 lets any other process, even
                 # Ray's own daemons, take their cores first; the local engine runs at 0 as well)
-                ray.init(address="local", num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES,
-                         _system_config={"worker_niceness": WORKER_NICENESS}, **common)
+                with _lean_head():
+                    ray.init(address="local", num_cpus=cpus, object_store_memory=OBJECT_STORE_BYTES,
+                             _system_config={"worker_niceness": WORKER_NICENESS}, **common)
                 self.started = True
                 self._watchdog = _start_watchdog()
             else:
@@ -196,18 +268,28 @@ class RaySession:
                                        f"machine must be a node of the cluster (`ray start --address=HOST:PORT`); "
                                        f"from elsewhere use ray://HOST:10001 (Ray Client)") from None
                 self.started = True  # close() disconnects this driver; the cluster keeps running
+        self._connected = True
         cpus = int(ray.cluster_resources().get("CPU", 0))
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         if self.num_workers is None:
             self.num_workers = max(1, cpus // T)
         if self.num_workers * T > cpus:
-            self.close()
             raise AnalyzeError(f"the Ray cluster has {cpus} CPU(s); {self.num_workers} worker(s) x {T} thread(s) need "
                                f"{self.num_workers * T}. Lower --num-workers or --worker-threads, or add nodes")
         self.info.update(num_workers=self.num_workers, worker_threads=T, cluster_cpus=cpus, nodes=len(nodes),
                          ray_version=getattr(ray, "__version__", "?"))
 
     def close(self) -> None:
+        if self._thread is not None:  # a start still under way (the driver failed first): let it finish, then stop
+            self._ready.wait()
+            self._error = None
+        for w in self.workers:
+            try:
+                self.ray.kill(w, no_restart=True)
+            except Exception:  # noqa: BLE001 - the instance may be gone already
+                pass
+        self.workers = []
+        self._connected = False
         if self.started:
             self.started = False
             self.ray.shutdown()
@@ -215,6 +297,46 @@ class RaySession:
             self._watchdog.kill()
             self._watchdog.wait()
             self._watchdog = None
+        if self._thread is not None:  # Ray's processes are gone: the thread that started them may end
+            self._release.set()
+            self._thread.join()
+            self._thread = None
+
+
+@contextlib.contextmanager
+def _lean_head():
+    """While a private Ray instance starts: leave out the head processes an ``analyze`` call never uses,
+    each a Python process that imports Ray while the workers start (on a small machine they take the
+    workers' cores): the autoscaler monitor (a private instance has a fixed size), the log monitor
+    (``log_to_driver=False``: worker logs stay in Ray's session folder) and the dashboard / API server
+    (``include_dashboard=False`` still starts it for usage statistics; jobs and the state API are not
+    used). These are Ray-internal switches (``ray start --no-monitor --include-log-monitor=False``); with a
+    Ray version that lacks them the instance starts as Ray's default does."""
+    try:
+        from ray._private import node as ray_node
+        from ray._private import parameter as ray_parameter
+
+        params_init = ray_parameter.RayParams.__init__
+        start_api_server = ray_node.Node.start_api_server
+    except (ImportError, AttributeError):  # pragma: no cover - another Ray version
+        yield
+        return
+
+    def lean_params(self, *args: Any, **kwargs: Any) -> None:
+        params_init(self, *args, **kwargs)
+        self.no_monitor = True
+        self.include_log_monitor = False
+
+    def no_api_server(self, **kwargs: Any) -> None:
+        return None
+
+    ray_parameter.RayParams.__init__ = lean_params
+    ray_node.Node.start_api_server = no_api_server
+    try:
+        yield
+    finally:
+        ray_parameter.RayParams.__init__ = params_init
+        ray_node.Node.start_api_server = start_api_server
 
 
 # A private Ray instance dies with its driver only in part: when the driver is killed (kill -9),
@@ -273,79 +395,101 @@ def _start_watchdog():
 class ShardWorker:
     """One Ray actor: loads the model once, then analyses batches and writes their shards.
 
-    The model (an argument of every call) is a model name/path (loaded with
-    :func:`load_model_for_run` on the worker's node) or ``[ObjectRef]`` of a
-    :class:`~attnexplain.models.LoadedModel` the driver put in the object store. ``setup`` holds the keyword
-    arguments of :func:`~attnexplain.runs.analyze.build_setup` (the resolved request).
+    ``threads`` torch threads (pinned first, before any model code runs). The model (an argument of
+    :meth:`load` and of every call) is a model name/path (loaded with :func:`load_model_for_run` on the
+    worker's node) or ``[ObjectRef]`` of a :class:`~attnexplain.models.LoadedModel` the driver put in
+    the object store. ``job`` (an argument of every call, a few hundred bytes) says where and what:
+    ``folder``, ``created`` (the manifest's stamp), ``methods``, ``setup`` (the keyword arguments of
+    :func:`~attnexplain.runs.analyze.build_setup`, the resolved request), ``backend`` and
+    ``backend_options``. Every call carries both, so a worker Ray restarts mid-run rebuilds its state
+    from the retried call alone.
     """
 
-    def __init__(self, run_folder: str, created: str, methods: list[str], setup: Mapping[str, Any],
-                 backend: str, backend_options: Mapping[str, Any], threads: int):
+    def __init__(self, threads: int):
         import torch
 
         torch.set_num_threads(int(threads))
-        self.folder = Path(run_folder)
-        self.created = created
-        self.methods = list(methods)
-        self.setup_kw = dict(setup)
-        self.backend, self.backend_options = backend, dict(backend_options)
+        self.lm = None
+        self.model_key: Any = None
         self.setup = None
+        self.job_key: Any = None
         self.seconds_loading = 0.0
 
     def _receipt(self, **extra: Any) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname(), **extra}
 
-    def _load(self, model: Any) -> None:
-        if self.setup is not None:
-            return
+    def load(self, model: Any, backend: str = "dense", backend_options: Mapping[str, Any] | None = None) -> float:
+        """Load the model (once: a second call with the same model is free); returns the seconds it took.
+        The driver calls it as soon as the worker exists, while it prepares the run itself."""
+        key = (model if isinstance(model, str) else "object", backend, json.dumps(backend_options or {}, sort_keys=True))
+        if self.lm is not None and self.model_key == key:
+            return 0.0
         t0 = time.perf_counter()
         if isinstance(model, str):
-            lm = load_model_for_run(model, backend=self.backend, backend_options=self.backend_options)
+            self.lm = load_model_for_run(model, backend=backend, backend_options=dict(backend_options or {}))
         else:
             # a model object comes as [ObjectRef] with every call (not in the constructor: a restarted
             # worker gets it from the retried call) and is fetched once
             import ray
 
-            lm = ray.get(model[0])
-        kw = dict(self.setup_kw)
-        self.setup = build_setup(lm, kw.pop("method_names"), **kw)
-        self.seconds_loading = time.perf_counter() - t0
+            self.lm = ray.get(model[0])
+        self.model_key, self.setup, self.job_key = key, None, None
+        self.seconds_loading += time.perf_counter() - t0
+        return time.perf_counter() - t0
 
-    def _check_folder(self) -> None:
+    def preload(self, model: str, backend: str, backend_options: Mapping[str, Any]) -> str | None:
+        """:meth:`load`, called by the driver as soon as the worker exists (while it prepares the run
+        itself); never raises (the error, if any, is raised again by :meth:`prepare`'s own load)."""
+        try:
+            self.load(model, backend, backend_options)
+        except Exception as exc:  # noqa: BLE001
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _configure(self, job: Mapping[str, Any], model: Any) -> None:
+        self.load(model, job["backend"], job["backend_options"])
+        if self.setup is None or self.job_key != (job["folder"], job["created"]):
+            kw = dict(job["setup"])
+            self.setup = build_setup(self.lm, kw.pop("method_names"), **kw)
+            self.job_key = (job["folder"], job["created"])
+
+    def _check_folder(self, job: Mapping[str, Any]) -> None:
+        folder = Path(job["folder"])
         host = socket.gethostname()
         shared = ("the run folder must be on a file system that every Ray node mounts at the same path "
                   "(one machine, NFS or another shared mount)")
         try:
-            manifest = json.loads((self.folder / "manifest.json").read_text())
+            manifest = json.loads((folder / "manifest.json").read_text())
         except (OSError, ValueError) as exc:
-            raise AnalyzeError(f"a Ray worker on {host} cannot read the run folder {self.folder} "
+            raise AnalyzeError(f"a Ray worker on {host} cannot read the run folder {folder} "
                                f"({type(exc).__name__}: {exc}); {shared}") from None
-        if manifest.get("created") != self.created:
-            raise AnalyzeError(f"a Ray worker on {host} sees another run folder at {self.folder} (created "
-                               f"{manifest.get('created')}, not {self.created}); {shared}")
-        probe = self.folder / "shards" / f".write-check-{host}-{os.getpid()}"
+        if manifest.get("created") != job["created"]:
+            raise AnalyzeError(f"a Ray worker on {host} sees another run folder at {folder} (created "
+                               f"{manifest.get('created')}, not {job['created']}); {shared}")
+        probe = folder / "shards" / f".write-check-{host}-{os.getpid()}"
         try:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
             raise AnalyzeError(f"a Ray worker on {host} (pid {os.getpid()}) cannot write the run folder "
-                               f"{self.folder / 'shards'} ({type(exc).__name__}: {exc}); the workers write the shards "
+                               f"{folder / 'shards'} ({type(exc).__name__}: {exc}); the workers write the shards "
                                f"themselves, so {shared} and be writable by the user Ray runs as") from None
 
-    def prepare(self, model: Any) -> dict[str, Any]:
-        """Check the run folder, load the model; the receipt says where this worker runs."""
-        self._check_folder()
-        self._load(model)
+    def prepare(self, job: Mapping[str, Any], model: Any) -> dict[str, Any]:
+        """Check the run folder, load the model (if :meth:`load` has not yet); the receipt says where this worker runs."""
+        self._check_folder(job)
+        self._configure(job, model)
         return self._receipt(seconds_loading=round(self.seconds_loading, 3))
 
-    def run(self, model: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    def run(self, job: Mapping[str, Any], model: Any, inputs: Mapping[str, Any]) -> dict[str, Any]:
         """Analyse one batch and write its shard (atomically; a rerun of the batch rewrites the same files)."""
         import numpy as np
 
-        self._load(model)
+        self._configure(job, model)
         t0 = time.perf_counter()
-        tables, arrays = run_batch(self.setup, int(self.setup_kw["seed"]), inputs)
-        RunWriter(self.folder, {"methods": self.methods}).write_batch(int(inputs["positions"][0]), tables, arrays)
+        tables, arrays = run_batch(self.setup, int(job["setup"]["seed"]), inputs)
+        RunWriter(Path(job["folder"]), {"methods": list(job["methods"])}).write_batch(
+            int(inputs["positions"][0]), tables, arrays)
         return self._receipt(start=int(inputs["positions"][0]), ids=list(inputs["ids"]),
                              n_truncated=int(np.sum(tables["examples"]["truncated"])),
                              seconds=round(time.perf_counter() - t0, 3))
@@ -371,21 +515,28 @@ def run_batches_on_ray(writer: RunWriter, ds: Any, batches: list[list[int]], ses
     log = log or session.log
     if not batches:
         return 0
-    n = min(session.num_workers, len(batches))
     T = session.worker_threads
     setup = dict(worker_setup)
     backend = writer.manifest.get("backend", "dense")
     backend_options = writer.manifest.get("backend_options") or {}
     model_arg = model if isinstance(model, str) else [ray.put(model)]
-    remote = ray.remote(num_cpus=T, max_restarts=MAX_RESTARTS, max_task_retries=-1)(ShardWorker)
-    folder = str(Path(writer.path).resolve())
-    actors = [remote.remote(folder, writer.manifest["created"], list(writer.manifest["methods"]), setup,
-                            backend, backend_options, T) for _ in range(n)]
+    job = {"folder": str(Path(writer.path).resolve()), "created": writer.manifest["created"],
+           "methods": list(writer.manifest["methods"]), "setup": setup, "backend": backend,
+           "backend_options": dict(backend_options)}
+    # the workers session.start() created while the driver prepared the run (their model is loading)
+    actors = session.take_workers(model, backend, backend_options)
+    if not actors:
+        remote = ray.remote(num_cpus=T, max_restarts=MAX_RESTARTS, max_task_retries=-1)(ShardWorker)
+        actors = [remote.remote(T) for _ in range(session.num_workers)]
+    n = min(len(actors), len(batches))
+    for a in actors[n:]:  # fewer batches than workers
+        ray.kill(a, no_restart=True)
+    actors = actors[:n]
     mapping = setup.get("label_mapping")
     try:
         t0 = time.perf_counter()
         try:
-            ready = _get_all(ray, [a.prepare.remote(model_arg) for a in actors], log, "start and load the model")
+            ready = _get_all(ray, [a.prepare.remote(job, model_arg) for a in actors], log, "start and load the model")
         except ray.exceptions.RayTaskError as exc:
             raise _cause(exc) from None
         hosts = sorted({r["host"] for r in ready})
@@ -396,7 +547,7 @@ def run_batches_on_ray(writer: RunWriter, ds: Any, batches: list[list[int]], ses
 
         def submit(i: int) -> None:
             batch = queue.popleft()
-            pending[actors[i].run.remote(model_arg, batch_inputs(ds, batch, mapping, store_set))] = (i, batch)
+            pending[actors[i].run.remote(job, model_arg, batch_inputs(ds, batch, mapping, store_set))] = (i, batch)
 
         for _ in range(IN_FLIGHT):
             for i in range(n):
