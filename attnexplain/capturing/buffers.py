@@ -11,8 +11,12 @@ loop of captures writes into memory that is already mapped.
 
 A buffer is reused only while the pool holds the sole reference to its storage (no tensor, view,
 NumPy array or DLPack capsule made from it is alive), so a result the caller still holds is never
-overwritten. The pool holds at most :data:`LIMIT_BYTES`; beyond that, matrices get fresh memory
-as before. CPU only (CUDA's caching allocator already reuses memory).
+overwritten. Only tensors (and arrays made from them) count as references: a bare
+``untyped_storage()`` object kept alone does not. A reused buffer may be larger than the matrix it
+holds (the matrix is a view of its front), so ``torch.save`` of such a matrix writes the whole
+buffer; save a ``.clone()`` to store only the matrix. The pool holds at most :data:`LIMIT_BYTES`;
+beyond that, matrices get fresh memory as before. CPU only (CUDA's caching allocator already
+reuses memory).
 """
 
 from __future__ import annotations
