@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -545,3 +546,46 @@ def test_broadcasts_into_agrees_with_torch_broadcast_shapes():
             assert broadcasts_into(shape, target) == want, (shape, target)
             checked += 1
     assert checked > 1000
+
+
+@pytest.mark.parametrize("m, lengths", [(12, None), (12, [12, 7]), (5, [5, 1]), (15, [15, 15]), (20, [20, 9])])
+def test_short_row_softmax_equals_the_row_softmax(m, lengths):
+    """``AttentionCall.short_row_softmax``: rows of < 16 keys take the transposed (vectorised)
+    softmax, a few float32 ulp from torch.softmax over the rows; off (the default) the dense
+    matrix is exactly torch.softmax of the scores (what eager output_attentions gives)."""
+    from attnexplain.backends.dense import _scores
+
+    call = make_call(b=2, h=3, n=24, m=m, lengths=lengths, seed=4)
+    ref = torch.softmax(_scores(call), dim=-1)
+    off = dense_attention_probs(call)
+    assert torch.equal(off, ref)
+    on = dense_attention_probs(dataclasses.replace(call, short_row_softmax=True))
+    assert on.is_contiguous() and on.shape == ref.shape
+    torch.testing.assert_close(on, ref, atol=1e-6, rtol=0)
+    if m >= 16:
+        assert torch.equal(on, ref)  # long rows keep the row kernel
+    if lengths is not None:  # padded keys: exact zeros, real rows sum to 1
+        kpm = call.key_padding_mask
+        assert (on.masked_select(~kpm[:, None, None, :].expand_as(on)) == 0).all()
+    torch.testing.assert_close(on.sum(-1), torch.ones_like(on.sum(-1)), atol=1e-6, rtol=0)
+    # with autograd: same values, and gradients flow
+    q = call.query.clone().requires_grad_(True)
+    g = dense_attention_probs(dataclasses.replace(call, query=q, short_row_softmax=True))
+    torch.testing.assert_close(g.detach(), on, atol=1e-6, rtol=0)
+    (g * torch.randn(g.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    # into a capture buffer (attention_into): the same matrix, written into it
+    from attnexplain.backends.dense import DenseAttention
+
+    buf = torch.full(ref.shape, float("nan"))
+    o, p = DenseAttention().attention_into(dataclasses.replace(call, short_row_softmax=True), buf)
+    assert p.data_ptr() == buf.data_ptr() and torch.equal(p, on)
+    torch.testing.assert_close(o, on @ call.value, atol=1e-6, rtol=0)
+
+
+def test_short_row_softmax_fully_masked_rows_are_zero():
+    call = make_call(b=1, h=2, n=4, m=6, seed=2)
+    mask = torch.zeros(1, 1, 4, 6)
+    mask[..., 1, :] = float("-inf")
+    probs = dense_attention_probs(dataclasses.replace(call, mask=mask, short_row_softmax=True))
+    assert (probs[:, :, 1] == 0).all() and torch.isfinite(probs).all()

@@ -415,3 +415,28 @@ def test_captured_layers_take_their_output_from_the_captured_probabilities(arch,
     part = capture(lm, inputs, layers=[0])
     assert len(calls) == n_sites - len(part.records) > 0  # the others keep the fused kernel
     assert (part.logits - expected).abs().max().item() < 1e-5
+
+
+def test_site_table_refusal_is_remembered_until_a_rule_is_added():
+    """A model no adapter rule matches (only marked sites) is walked once, not at every capture;
+    registering a rule afterwards makes the next look-up walk again and find it."""
+    from attnexplain.capturing.adapters import ADAPTER_RULES, AdapterRule
+    from attnexplain.capturing.attention import _NO_SITES, _model_sites
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.zz_query = nn.Linear(4, 4)
+            self.zz_out = nn.Linear(4, 4)
+
+    model = nn.Sequential(Odd())
+    for _ in range(2):
+        with pytest.raises(UnsupportedArchitectureError, match="no attention module matches"):
+            _model_sites(model)
+    assert model in _NO_SITES
+    ADAPTER_RULES.register(AdapterRule("zz-test", ("zz_query", "zz_out"), "zz_out"))
+    try:
+        sites = _model_sites(model)
+        assert [s.module_name for s in sites.values()] == ["0"]
+    finally:
+        del ADAPTER_RULES["zz-test"]

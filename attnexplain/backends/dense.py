@@ -55,6 +55,11 @@ def _scores(call: AttentionCall, out: torch.Tensor | None = None) -> torch.Tenso
     return s
 
 
+#: rows shorter than this many keys take the transposed softmax when the call allows it
+#: (``AttentionCall.short_row_softmax``)
+SHORT_ROWS = 16
+
+
 def dense_attention_probs(call: AttentionCall, out: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(Q K^T * scaling + mask) in float32 (B, H, n, m); fully masked rows become 0.
 
@@ -63,7 +68,18 @@ def dense_attention_probs(call: AttentionCall, out: torch.Tensor | None = None) 
     if out is not None and torch.is_grad_enabled() and (call.query.requires_grad or call.key.requires_grad):
         out = None
     scores = _scores(call, out)
-    probs = torch.softmax(scores, dim=-1) if scores.requires_grad else torch.softmax(scores, dim=-1, out=scores)
+    if call.short_row_softmax and scores.shape[-1] < SHORT_ROWS and scores.device.type == "cpu" and scores.shape[-2] > 1:
+        # PyTorch's CPU softmax over the last dim runs a scalar loop for rows shorter than a
+        # vector register (16 floats with AVX-512): on the transposed layout the kernel runs
+        # vectorised across the rows, ~6x faster at 12 keys (same maths, sums in another order
+        # and a vectorised exp: a few float32 ulp from the row kernel)
+        t = scores.transpose(-1, -2).contiguous()
+        if scores.requires_grad:
+            probs = torch.softmax(t, dim=-2).transpose(-1, -2).contiguous()
+        else:
+            probs = scores.copy_(torch.softmax(t, dim=-2, out=t).transpose(-1, -2))  # back into the score buffer
+    else:
+        probs = torch.softmax(scores, dim=-1) if scores.requires_grad else torch.softmax(scores, dim=-1, out=scores)
     # transformers' masks use the dtype's minimum (finite), so rows never become NaN; a mask with
     # -inf can fully mask a row (NaN after softmax): make those rows exact zeros.
     if call.mask is not None and torch.isinf(call.mask).any():

@@ -183,10 +183,26 @@ def active_session() -> Session | None:
 _SITES: "weakref.WeakKeyDictionary[nn.Module, dict[int, AttentionSite]]" = weakref.WeakKeyDictionary()
 
 
+#: model -> (adapter rule names, the refusal) for models no adapter rule matches (those that run
+#: only marked sites, e.g. the set decoder): every capture asks, and the walk over the modules
+#: costs ~1 ms; a rule registered later is looked for again
+_NO_SITES: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[str, ...], ValueError]]" = weakref.WeakKeyDictionary()
+
+
 def _model_sites(model: nn.Module) -> dict[int, AttentionSite]:
     cached = _SITES.get(model)
     if cached is None:
-        cached = _SITES[model] = find_attention_sites(model)
+        from .adapters import ADAPTER_RULES
+
+        rules = tuple(ADAPTER_RULES)
+        failed = _NO_SITES.get(model)
+        if failed is not None and failed[0] == rules:
+            raise type(failed[1])(*failed[1].args)  # a fresh exception: no traceback piling up
+        try:
+            cached = _SITES[model] = find_attention_sites(model)
+        except ValueError as exc:
+            _NO_SITES[model] = (rules, exc)
+            raise
     return cached
 
 

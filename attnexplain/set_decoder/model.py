@@ -163,6 +163,7 @@ class SetAttention(nn.Module):
         pattern = "noncausal_cross" if self.cross else "noncausal_self"
         call = pattern_call(pattern, q, k, v, scaling=self.head_dim ** -0.5, key_padding_mask=key_padding_mask)
         call.training = self.training
+        call.short_row_softmax = True  # 12-individual scenes: rows of < 16 keys (see AttentionCall)
         out, _ = run_attention(self.backend, self, call)
         b, h, n, dh = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * dh))
