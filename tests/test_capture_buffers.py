@@ -19,10 +19,27 @@ def _eager_attentions(arch: str, inputs: dict) -> tuple:
 
 
 @pytest.fixture(autouse=True)
-def _empty_pool():
+def _empty_pool(monkeypatch):
+    monkeypatch.setattr(buffers, "MIN_BYTES", 0)  # the tiny models' matrices are small: pool them all here
     buffers.release_buffers()
     yield
     buffers.release_buffers()
+
+
+def test_small_matrices_are_not_pooled(monkeypatch):
+    monkeypatch.setattr(buffers, "MIN_BYTES", 128 * 2**10)
+    assert buffers.take_buffer((4, 9, 1, 40), torch.float32, torch.device("cpu")) is None  # a decoding step's row
+    assert buffers.held_bytes() == 0
+    big = buffers.take_buffer((1, 12, 128, 128), torch.float32, torch.device("cpu"))
+    assert big is not None and big.shape == (1, 12, 128, 128) and buffers.held_bytes() == big.nbytes
+    # a generation: the capture rides on the decoding steps; none of its one-row matrices enters the pool
+    from attnexplain.generation import generate
+    from attnexplain.testing import tiny_generator
+
+    del big
+    buffers.release_buffers()
+    generate(tiny_generator("llama"), ["the cat sat on"], max_new_tokens=3)
+    assert buffers.held_bytes() == 0
 
 
 def _storages(res) -> set[int]:
