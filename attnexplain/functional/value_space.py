@@ -176,7 +176,9 @@ def _full_rank_certified(S: torch.Tensor, real: torch.Tensor, tol: float) -> tor
     zero and get a unit diagonal instead."""
     tr = torch.diagonal(S, dim1=-2, dim2=-1).sum(-1)  # (...)
     shift = (2 * tol * tol) * tr[..., None] * real.to(S.dtype)
-    G = S - torch.diag_embed(shift) + torch.diag_embed((~real).to(S.dtype))
+    # S - diag(shift) + diag(~real), on the diagonal only (diag_embed builds two k x k batches)
+    G = S.clone()
+    G.diagonal(dim1=-2, dim2=-1).sub_(shift).add_((~real).to(S.dtype))
     _, info = torch.linalg.cholesky_ex(G)
     return (info == 0) & (tr > 0)
 
