@@ -338,6 +338,14 @@ def test_certified_basis_equals_exact_route_and_only_hard_cases_take_it(monkeypa
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=1e-6)
     # short examples of full row rank: effective attention is the attention itself
     torch.testing.assert_close(got[[0, 1]], (A * km[:, None, None, :])[[0, 1]], rtol=0, atol=1e-6)
+    # rows_masked (U zero at the masked keys, as here): the same result bit for bit, without the
+    # pass clearing A's masked columns unless A @ U is not finite (NaN there is still cleared)
+    assert torch.equal(effective_attention_from_basis(A, U, key_mask=km[:, None, :], rows_masked=True), got)
+    A_nan = A.clone()
+    A_nan[~km[:, None, None, :].expand_as(A_nan)] = float("nan")
+    assert torch.equal(effective_attention_from_basis(A_nan, U, key_mask=km[:, None, :], rows_masked=True), got)
+    A_pad = A + 5.0 * (~km[:, None, None, :])  # finite junk at masked keys adds exact zeros
+    assert torch.equal(effective_attention_from_basis(A_pad, U, key_mask=km[:, None, :], rows_masked=True), got)
 
 
 def test_value_space_basis_broadcasts_and_checks():

@@ -258,7 +258,9 @@ class CaptureResult:
             sel = torch.as_tensor(list(examples), dtype=torch.long)
             U = U.index_select(0, sel.to(U.device)) if U.shape[0] > 1 else U
             km = None if km is None else km.index_select(0, sel.to(km.device))
-        return effective_attention_from_basis(A.to(U.device), U, key_mask=None if km is None else km[:, None, :])
+        # U from effective_basis: zero rows at the same masked keys
+        return effective_attention_from_basis(A.to(U.device), U, key_mask=None if km is None else km[:, None, :],
+                                              rows_masked=True)
 
     @property
     def key_mask(self) -> torch.Tensor | None:

@@ -106,9 +106,10 @@ def _prepare_A(A, key_mask, check_stochastic):
     return A
 
 
-def _project(A: torch.Tensor, U: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+def _project(A: torch.Tensor, U: torch.Tensor, out_dtype: torch.dtype, on_nonfinite=None) -> torch.Tensor:
     """(A @ U) @ U^T in float32 (float64 if an input is float64); U's masked rows are zero, so
-    masked columns of the result are exactly 0."""
+    masked columns of the result are exactly 0. ``on_nonfinite``: called (and its result
+    returned) instead of raising when ``A @ U`` is not finite."""
     cdt = _compute_dtype(A.dtype, out_dtype)
     Uc = U.to(cdt)
     Ac = A.to(cdt)
@@ -119,6 +120,8 @@ def _project(A: torch.Tensor, U: torch.Tensor, out_dtype: torch.dtype) -> torch.
     AU = Ac @ Uc
     # NaN/inf in A propagate into A @ U (n x r, cheaper to scan than A itself)
     if not bool(torch.isfinite(AU.sum())):
+        if on_nonfinite is not None:
+            return on_nonfinite()
         _check_finite(Ac, "A")  # names and counts the bad entries of A
         _check_finite(AU, "A @ U_r", "It overflowed in the projection; pass A in float32/float64.")
     return (AU @ Uc.transpose(-1, -2)).to(out_dtype)
@@ -244,14 +247,18 @@ def effective_attention_from_values(
     return _project(A, U, _out_dtype(A.dtype, V.dtype, out_proj_blocks.dtype))
 
 
-def effective_attention_from_basis(A: torch.Tensor, U: torch.Tensor, *, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+def effective_attention_from_basis(A: torch.Tensor, U: torch.Tensor, *, key_mask: torch.Tensor | None = None,
+                                   rows_masked: bool = False) -> torch.Tensor:
     """``A_eff = (A @ U_r) @ U_r^T`` for a precomputed basis (Brunner et al., ICLR 2020).
 
     ``U_r`` from :func:`value_space_basis` or :func:`column_space_basis` (orthonormal columns,
     zero rows at masked keys); ``A``: ``(..., n, m)`` over the same ``m`` keys, leading dims
     broadcasting with ``U``'s. ``key_mask`` ``(..., m)`` (``A``'s leading dims without the query
     dim, e.g. ``(B, 1, m)`` for ``A`` of shape ``(B, H, n, m)``) zeroes ``A``'s masked columns
-    first, which also clears NaN there.
+    first, which also clears NaN there. ``rows_masked=True`` says ``U``'s rows at the masked keys
+    are already zero (as :func:`value_space_basis` / :func:`column_space_basis` return them for the
+    same ``key_mask``): ``A``'s masked columns then add exact zeros, so they are cleared only if
+    ``A @ U`` is not finite (same result, one pass over ``A`` fewer).
 
     Returns:
         ``(..., n, m)`` in ``promote_types(A.dtype, float32)`` (projected in float64 for a
@@ -262,8 +269,10 @@ def effective_attention_from_basis(A: torch.Tensor, U: torch.Tensor, *, key_mask
     if U.shape[-2] != A.shape[-1]:
         raise ValueError(f"A {tuple(A.shape)} has m = {A.shape[-1]} keys but the basis U {tuple(U.shape)} has {U.shape[-2]} rows")
     key_mask = _check_key_mask(key_mask, A.shape[-1])
-    A = _mask_cols(A, key_mask)
-    return _project(A, U, _out_dtype(A.dtype, torch.float32))
+    out_dtype = _out_dtype(A.dtype, torch.float32)
+    if rows_masked and key_mask is not None:
+        return _project(A, U, out_dtype, on_nonfinite=lambda: _project(_mask_cols(A, key_mask), U, out_dtype))
+    return _project(_mask_cols(A, key_mask), U, out_dtype)
 
 
 def null_attention(A: torch.Tensor, T: torch.Tensor, **kwargs) -> torch.Tensor:
