@@ -222,13 +222,14 @@ def session(
     except ValueError as exc:  # no module matches the adapter table: kept to explain an empty capture
         sites, adapter_error = {}, exc
     unknown = set(interventions or {}) - {s.key for s in sites.values()}
-    marked = {s.key for s in _marked_sites(model)}
-    unknown -= marked
-    if unknown:
-        raise KeyError(
-            f"unknown attention site(s) {sorted(unknown)}; this model has "
-            f"{sorted({s.key for s in sites.values()} | marked)}"
-        )
+    if unknown:  # marked sites are looked up (a walk over every module) only when needed
+        marked = {s.key for s in _marked_sites(model)}
+        unknown -= marked
+        if unknown:
+            raise KeyError(
+                f"unknown attention site(s) {sorted(unknown)}; this model has "
+                f"{sorted({s.key for s in sites.values()} | marked)}"
+            )
     state = Session(model=model, spec=spec, interventions=dict(interventions or {}), sites=sites,
                     adapter_error=adapter_error)
     token = _ACTIVE.set(state)
