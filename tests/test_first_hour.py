@@ -23,7 +23,8 @@ runner = CliRunner()
 
 #: options of other programs that appear in attnexplain's messages (pip, streamlit, `ray start --head`)
 FOREIGN_OPTIONS = {"--no-deps", "--disable-pip-version-check", "--server", "--browser", "--runs-dir", "--help",
-                   "--global", "--client", "--head"}
+                   "--global", "--client", "--head",
+                   "--no-monitor", "--include-log-monitor"}  # `ray start` options, named where the Ray engine mirrors them
 
 
 def _command_options() -> dict[str, set[str]]:
