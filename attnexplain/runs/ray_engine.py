@@ -141,7 +141,9 @@ class RaySession:
     ``address=None`` starts a private Ray instance sized ``num_workers x worker_threads`` CPUs
     (default: every CPU of this machine) and stops it on exit; any other address joins a running
     cluster, which is left running. An already initialised Ray (``ray.init`` by the caller) is used
-    as it is. ``info`` is the manifest's ``engine`` record, completed on connect.
+    as it is. ``info`` is the manifest's ``engine`` record, completed on connect. :meth:`start`
+    connects in the background and creates the workers early (``analyze`` calls it before loading
+    its own model); :meth:`connect` / entering the session waits for that.
 
     Raises :class:`AnalyzeError` (before anything starts) for ``num_workers < 1``,
     ``worker_threads < 1``, a malformed or unreachable address, Ray not installed; on connect,
