@@ -312,7 +312,7 @@ def _lean_head():
     workers' cores): the autoscaler monitor (a private instance has a fixed size), the log monitor
     (``log_to_driver=False``: worker logs stay in Ray's session folder) and the dashboard / API server
     (``include_dashboard=False`` still starts it for usage statistics; jobs and the state API are not
-    used). These are Ray-internal switches (``ray start --no-monitor --include-log-monitor=False``); with a
+    used). These are Ray-internal switches (the no-monitor and include-log-monitor switches of ``ray start``); with a
     Ray version that lacks them the instance starts as Ray's default does."""
     try:
         from ray._private import node as ray_node
