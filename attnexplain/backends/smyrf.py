@@ -137,7 +137,9 @@ def _block_softmax(scores: torch.Tensor, vblk: torch.Tensor, call: AttentionCall
     zs = torch.where(z > 0, z, torch.ones_like(z))
     pw = F.dropout(p, p=call.dropout, training=True) if (call.training and call.dropout > 0) else p
     o = (pw @ vblk).div_(zs) if inplace else (pw @ vblk) / zs
-    lse = (mx + torch.log(z)).squeeze(-1)
+    # log Z = -inf where no key is allowed, without log(0) in the graph: its backward (1/0 times a zero
+    # gradient) would make every gradient-based explanation through this backend NaN
+    lse = (mx + torch.log(zs)).masked_fill(z == 0, float("-inf")).squeeze(-1)
     if not keep_probs:
         return o, lse, None
     return o, lse, (p.div_(zs) if inplace else p / zs)
@@ -263,8 +265,11 @@ def clustered_attention(
         if acc_o is None:
             acc_o, acc_lse = o_full, lse_full
         else:
-            new = torch.logaddexp(acc_lse, lse_full)
-            new_safe = new.masked_fill(torch.isneginf(new), 0.0)
+            # rows with no allowed key in either term stay at -inf; logaddexp(-inf, -inf) would give a NaN
+            # gradient (exp(-inf - -inf)), so those entries are kept out of it
+            none = torch.isneginf(acc_lse) & torch.isneginf(lse_full)
+            new = torch.logaddexp(acc_lse.masked_fill(none, 0.0), lse_full.masked_fill(none, 0.0)).masked_fill(none, neg_inf)
+            new_safe = new.masked_fill(none, 0.0)
             w_old = torch.exp(acc_lse - new_safe).unsqueeze(-1)
             w_new = torch.exp(lse_full - new_safe).unsqueeze(-1)
             if _tracks_grad(acc_o, o_full):
