@@ -223,7 +223,14 @@ def test_resume_after_crash_is_exactly_once_and_identical(lm, data, tmp_path, re
     messages.clear()
     again = _run(lm, data, out, log=messages.append)
     assert any("already complete" in m for m in messages)
+    assert not any("leftover" in m for m in messages)  # nothing was left over: say nothing of it
     _assert_same(again, reference)
+    # a run killed after marking itself complete, before removing its shards: they are removed, and said so
+    (out / "shards").mkdir()
+    (out / "shards" / "tokens-00000.parquet").write_bytes(b"left")
+    messages.clear()
+    _run(lm, data, out, log=messages.append)
+    assert not (out / "shards").exists() and any("removed the leftover shards/" in m for m in messages)
 
 
 def test_a_report_written_on_an_unfinished_run_is_refreshed_when_the_run_completes(lm, data, tmp_path):

@@ -143,6 +143,7 @@ class RunWriter:
         self._acquire_lock()
         for p in remove_stale_temps(path):  # a killed writer's half-written temp files
             self.log(f"[analyze] removed {p.relative_to(path)} (left by an interrupted run)")
+        shards_left = (path / SHARDS).is_dir()  # before this writer makes its own
         (path / SHARDS).mkdir(exist_ok=True)
         (path / ATTENTION).mkdir(exist_ok=True)
         manifest = dict(self.manifest)
@@ -157,8 +158,10 @@ class RunWriter:
                 # itself complete left behind (its shards; any temp file)
                 self.manifest = previous
                 if (path / SHARDS).is_dir():
+                    leftover = shards_left and any((path / SHARDS).iterdir())
                     shutil.rmtree(path / SHARDS, ignore_errors=True)
-                    self.log(f"[analyze] removed the leftover {SHARDS}/ of the finished run in {path}")
+                    if leftover:  # not the empty folder this writer just made
+                        self.log(f"[analyze] removed the leftover {SHARDS}/ of the finished run in {path}")
                 _fsync_dir(path)
                 self._load_done_from_final()
                 return self
