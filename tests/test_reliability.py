@@ -162,6 +162,22 @@ def test_sweep_backend_options_out_of_range(tiny, data, tmp_path):
     assert n >= 8
 
 
+def test_sweep_backend_options_that_do_not_exist(tiny, data, tmp_path):
+    """An option a backend does not have, on every backend and both commands: exit 2, the message names
+    the bad option and lists the ones the backend takes (no Python "unexpected keyword argument")."""
+    from attnexplain.backends import BACKENDS
+
+    out = str(tmp_path / "run")
+    for name in sorted(BACKENDS):
+        takes = list(BACKENDS[name]().options())
+        expected = ["bogus", *(takes or ["takes no options"])]
+        for argv in (["analyze", "--dataset", str(data), "--split", "all", "--no-progress", "--out", out],
+                     ["explain", "good film"]):
+            res = runner.invoke(app, [*argv, "--backend", name, "--backend-option", "bogus=1"])
+            _user_error(res, *expected)
+            assert "unexpected keyword" not in res.output
+
+
 # --------------------------------------------------------------------------------------------
 # 1b. full disk, read-only mount
 # --------------------------------------------------------------------------------------------

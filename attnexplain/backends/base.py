@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ArgumentTypeError
+from ..errors import ArgumentTypeError, AttnExplainError
 from .._registry import Registry
 
 
@@ -295,14 +295,28 @@ def available_backends() -> list[str]:
     return BACKENDS.names()
 
 
+class BackendOptionError(AttnExplainError, TypeError):
+    """An option the backend does not have (the message lists the options it takes)."""
+
+
 def get_backend(name: str | AttentionBackend, **options: Any) -> AttentionBackend:
     """Build the backend registered as ``name`` with ``options``.
 
     Raises:
         KeyError: unknown name (the message lists the known ones).
+        BackendOptionError: an option the backend does not have (a ``TypeError``; the message lists
+            the options it takes).
     """
     if isinstance(name, AttentionBackend):
         if options:
             raise TypeError("options cannot be given together with a backend instance")
         return name
-    return BACKENDS.build(name, **options)
+    cls = BACKENDS[name]
+    known = [f.name for f in dataclasses.fields(cls) if f.init] if dataclasses.is_dataclass(cls) else None
+    unknown = sorted(set(options) - set(known)) if known is not None else []
+    if unknown:
+        raise BackendOptionError(
+            f"the {name!r} attention backend has no option {', '.join(repr(u) for u in unknown)}; "
+            + (f"it takes: {', '.join(known)}" if known else "it takes no options")
+            + " (`attnexplain backends` lists each backend's options)")
+    return cls(**options)
