@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     examples = prompts(candidates[best], args.n)[: args.n_explain or args.n]
 
     # 2. explanations on the best template ---------------------------------------------------------
-    C.log(f"[{NAME}] explaining {args.n} prompts of {label} {template!r} ({pairs} pairs) with {', '.join(method_names)}")
+    C.log(f"[{NAME}] explaining {len(examples)} prompts of {label} {template!r} ({pairs} pairs) with {', '.join(method_names)}")
     res = recall_evaluation(lm, examples, methods, batch_size=args.batch_size, seed=args.seed)
     table = res["table"]
     correct_ids = [i for i, ok in enumerate(res["correct"]) if ok]
