@@ -229,6 +229,10 @@ def test_bad_ray_options_fail_fast_with_clear_errors(lm, data, tmp_path):
     cases = [
         (["--engine", "ray", "--num-workers", "0"], "--num-workers must be >= 1"),
         (["--engine", "ray", "--worker-threads", "0"], "--worker-threads must be >= 1"),
+        # a private instance is this machine: more workers x threads than its cores is refused up front
+        (["--engine", "ray", "--num-workers", str(2 * (os.cpu_count() or 1))], "Lower --num-workers"),
+        (["--engine", "ray", "--num-workers", "1", "--worker-threads", str((os.cpu_count() or 1) + 1)],
+         "Lower --num-workers or --worker-threads"),
         (["--engine", "ray", "--address", f"127.0.0.1:{free}"], "cannot reach a Ray cluster"),
         (["--engine", "ray", "--address", "10.255.255.1:6379"], "cannot reach a Ray cluster"),  # no route: times out
         (["--engine", "ray", "--address", "nohost"], "--address must be auto, HOST:PORT"),

@@ -159,6 +159,13 @@ class RaySession:
         self.address = (address or "").strip() or None
         self.num_workers = int(num_workers) if num_workers is not None else None
         self.worker_threads = int(worker_threads) if worker_threads is not None else 1
+        local_cpus = os.cpu_count() or 1
+        if self.address is None and self.num_workers is not None and self.num_workers * self.worker_threads > local_cpus:
+            # a private instance is this machine: more workers than its cores would each load the model
+            # and then share the cores (the cluster check after connecting covers --address)
+            raise AnalyzeError(f"this machine has {local_cpus} CPU(s); {self.num_workers} worker(s) x "
+                               f"{self.worker_threads} thread(s) need {self.num_workers * self.worker_threads}. "
+                               "Lower --num-workers or --worker-threads, or join a larger cluster with --address")
         self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.ray = import_ray()
         if self.address is not None and self.address != "auto":
