@@ -156,7 +156,9 @@ def test_report_reads_the_generation_run(run, tmp_path):
     assert set(res.aopc["method"]) == set(METHODS) and res.aopc["comp"].notna().all()
     # agreement: per generated token; a method agrees with itself
     assert np.allclose(np.diag(res.agreement.to_numpy()), 1.0)
-    assert "accuracy: n/a" in res.text
+    assert "accuracy: n/a (a generation run" in res.text and "unlabelled" not in res.text
+    # the Heads heading names what the table holds (entropy of the rows predicting each token; no JSD column)
+    assert "rows that predict each generated token" in res.text and ("JSD" in res.text) == ("eff_raw_jsd" in set(run.heads()["metric"]))
     assert (tmp_path / "report" / "summary.md").is_file()
 
 
@@ -340,3 +342,4 @@ def test_an_encoder_decoder_generation_run_equals_each_example_alone_and_report_
     assert run.stored_examples() == []  # source and continuation run through different stacks
     res = report(run, out=tmp_path / "report", n_resamples=100)
     assert "## Generations (first 10)" in res.text and set(res.aopc["method"]) == set(methods)
+    assert "(the decoder's cross-attention over the source)" in res.text and "JSD" not in res.text

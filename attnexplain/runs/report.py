@@ -201,6 +201,8 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
         acc = float(corr.mean())
         lo, hi = proportion_ci(int(corr.sum()), len(corr))  # Wilson: not zero-width at 8/8
         lines.append(f"- accuracy: **{acc:.3f}** (95 % Wilson CI {_fmt(lo)}-{_fmt(hi)}, {len(corr)} labelled examples)")
+    elif man.get("task") == "generation":
+        lines.append("- accuracy: n/a (a generation run: no class is predicted)")
     else:
         lines.append("- accuracy: n/a (unlabelled data)")
     if n:
@@ -254,8 +256,12 @@ def report(run: str | os.PathLike | Run, *, out: str | os.PathLike | None = None
 
     per_layer, per_head = _head_summary(run.heads())
     if len(per_layer):
-        lines += ["## Heads", "", "Per layer, mean over heads and examples (entropy of the readout row in nats; "
-                  "JSD between raw and normalised |effective| attention rows):", "",
+        what = ["entropy of the readout row in nats" if man.get("task") != "generation" else
+                "entropy in nats of the rows that predict each generated token" + (
+                    " (the decoder's cross-attention over the source)" if man.get("model_task") == "seq2seq" else "")]
+        if "eff_raw_jsd" in per_layer:
+            what.append("JSD between raw and normalised |effective| attention rows")
+        lines += ["## Heads", "", f"Per layer, mean over heads and examples ({'; '.join(what)}):", "",
                   format_markdown_table(per_layer, digits=4, missing="n/a"), ""]
         if "eff_raw_jsd" in per_head:
             top = per_head.sort_values("eff_raw_jsd", ascending=False).head(5)
