@@ -34,8 +34,10 @@ from .args import (
 
 app = typer.Typer(
     name="attnexplain",
-    help="Does this attention explain the prediction? Explain transformer classifiers with raw, effective and "
-         "norm-based attention, rollout and gradients; measure faithfulness; analyse whole data sets into run folders.",
+    help="Does this attention explain the prediction? Explain transformer classifiers and each token a language "
+         "model or encoder-decoder generates, with raw, effective and norm-based attention, rollout, context mixing "
+         "and gradients; measure faithfulness; compare efficient attention backends; analyse whole data sets into "
+         "run folders.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -105,8 +107,8 @@ def prepare(
     seed: int = typer.Option(0, help="Random seed."),
     force: bool = typer.Option(False, "--force", help="Train again even if the model is already prepared."),
 ) -> None:
-    """Prepare a classifier to explain (cached under ~/.cache/attnexplain/models with its training options; skipped
-    if present; prints its validation accuracy)."""
+    """Prepare a model to explain: fine-tune a classifier or train a tiny one (cached under
+    ~/.cache/attnexplain/models with its training options; skipped if present; prints its validation accuracy)."""
     args = PrepareArgs(model=model, epochs=epochs, limit=limit, seed=seed, force=force)
     if not (model.startswith("tiny-") or model in ("minilm-rotten-tomatoes", "minilm-bbc-news")):
         raise UserError(f"cannot prepare {model!r}: choose minilm-rotten-tomatoes, minilm-bbc-news or tiny-<synthetic task>")

@@ -495,8 +495,9 @@ def analyze(
                     + (" to make the prompts" if generation else ""))
             run = writer.finalize(extra={"seconds_last_session": round(seconds, 2)})
         if todo:
+            rate = len(todo) / max(seconds, 1e-9)
             log(f"[analyze] wrote {out}: {len(positions)} examples ({len(todo)} this session, "
-                f"{len(todo) / max(seconds, 1e-9):.1f} examples/s)")
+                + (f"{rate:.1f} examples/s)" if rate >= 1 else f"{seconds / len(todo):.1f} s per example)"))
             if (run.report_dir / "summary.md").exists():  # a report of the unfinished run would now be stale
                 from .report import report
 
