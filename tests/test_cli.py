@@ -104,14 +104,15 @@ def test_listings():
         assert f"\n{name} " in listed or listed.startswith(f"{name} "), name
     out = _ok(runner.invoke(app, ["methods"])).output
     assert "* effective_attention" in out and "  integrated_gradients" in out
-    assert "smyrf" in _ok(runner.invoke(app, ["backends"])).output
+    listed = _ok(runner.invoke(app, ["backends"])).output
+    assert "smyrf" in listed and "``" not in listed
 
 
 def test_analyze_report_compare_merge_smoke(tiny, data, tmp_path):
     common = ["--dataset", str(data), "--split", "all", "--model", "tiny", "--batch-size", "2", "--no-progress",
               "--methods", "raw_attention,effective_attention", "--methods", "random", "--store-attention", "2"]
     res = _ok(runner.invoke(app, ["analyze", *common, "--out", str(tmp_path / "runs" / "a")]))
-    assert "complete, 6 examples" in res.stdout
+    assert "complete, 6 examples" in res.stdout and "Next: attnexplain report" in res.stdout
     from attnexplain.runs import open_run
 
     run = open_run(tmp_path / "runs" / "a")
@@ -121,6 +122,9 @@ def test_analyze_report_compare_merge_smoke(tiny, data, tmp_path):
 
     res = _ok(runner.invoke(app, ["report", str(tmp_path / "runs" / "a"), "--n-resamples", "100"]))
     assert "# Report: a" in res.stdout and (tmp_path / "runs" / "a" / "report" / "summary.md").is_file()
+    # the same command again: nothing to do, and the report is already there (no "Next: report" hint)
+    res = _ok(runner.invoke(app, ["analyze", *common, "--out", str(tmp_path / "runs" / "a")]))
+    assert "Report: " in res.stdout and "summary.md" in res.stdout and "Next:" not in res.stdout
 
     for i in range(2):
         _ok(runner.invoke(app, ["analyze", *common, "--shard", f"{i}/2", "--out", str(tmp_path / "runs" / f"s{i}")]))

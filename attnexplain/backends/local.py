@@ -32,7 +32,7 @@ __all__ = ["LocalAttention"]
 @register_backend
 @dataclass
 class LocalAttention(AttentionBackend):
-    """Sliding-window softmax attention with half-width ``window`` (causal from the call)."""
+    """Sliding-window softmax attention with half-width ``window`` (one-sided where the model's attention is causal)."""
 
     window: int = 64
 

@@ -250,7 +250,10 @@ def analyze(
         typer.echo(f"{run.path}: {run.status}, {run.n_done} examples (shard {args.shard}). Next: when every shard "
                    f"is complete, attnexplain merge <shard runs> --out <merged run>, then attnexplain report on it")
     else:
-        typer.echo(f"{run.path}: {run.status}, {run.n_done} examples. Next: attnexplain report {run.path}")
+        summary = run.report_dir / "summary.md"
+        fresh = summary.is_file() and summary.stat().st_mtime >= (run.path / "manifest.json").stat().st_mtime
+        typer.echo(f"{run.path}: {run.status}, {run.n_done} examples. "
+                   + (f"Report: {summary}" if fresh else f"Next: attnexplain report {run.path}"))
 
 
 @app.command()
@@ -474,7 +477,7 @@ def backends() -> None:
             opts = cls().options()
         except Exception:  # noqa: BLE001
             opts = {}
-        desc = doc[0] if doc else ""
+        desc = (doc[0] if doc else "").replace("``", "")  # reStructuredText literals read as plain text here
         if opts:
             desc += "  options: " + ", ".join(f"{k}={v}" for k, v in opts.items())
         rows[name] = desc

@@ -150,8 +150,9 @@ class TextDataset:
         label = self.columns.get("label")
         if label is None:
             found = [c for c in self.columns.get("found", []) if c != self.columns["text"]]
-            return (f"{self.name}: {text}; no label column (looked for {', '.join(LABEL_COLUMNS)}; columns: "
-                    f"{', '.join(found) or 'none'}), so accuracy cannot be measured: pass --label-column NAME")
+            return (f"{self.name}: {text}; no label column (looked for {', '.join(LABEL_COLUMNS)}; other columns: "
+                    f"{', '.join(found) or 'none'}): a classifier's accuracy is not measured (pass --label-column NAME "
+                    "if a column holds the labels)")
         classes = f" ({len(self.label_names)} classes: {', '.join(self.label_names)})" if self.label_names else ""
         return f"{self.name}: {text}, label column {label!r}{classes}"
 
