@@ -287,6 +287,15 @@ def test_explorer_ignores_a_stale_url_sent_back_after_a_run_switch(runs_dir, mon
     assert not at.warning, [w.value for w in at.warning]
     assert at.selectbox(key="run_select").value == "synthetic"
     assert at.selectbox(key="ex_pick:synthetic").value == new
+    # the same race within one run: the user picked another example; the old one comes back from the URL
+    at.session_state["ex_pick:synthetic"] = "ex-1" if new != "ex-1" else "ex-2"  # the user picks another
+    at.run()
+    picked = at.selectbox(key="ex_pick:synthetic").value
+    assert picked != new
+    at.query_params["example"] = new
+    at.run()
+    _no_exception(at)
+    assert at.selectbox(key="ex_pick:synthetic").value == picked
     # an id this session never wrote (typed or pasted by the user) is reported
     at.query_params["example"] = "no-such-example"
     at.run()

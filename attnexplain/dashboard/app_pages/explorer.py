@@ -96,9 +96,10 @@ if st.session_state.get("ex_run_seen") not in (None, ref.name):  # the run was s
     st.query_params.pop("example", None)
 st.session_state["ex_run_seen"] = ref.name
 requested = st.query_params.get("example")
-if run_access.stale_url_value("example", requested, st.session_state.get(pick_key)) and requested not in ids:
-    requested = None  # an id this page wrote for another run, sent back by a rerun that raced the URL change
-    st.query_params.pop("example", None)
+if run_access.stale_url_value("example", requested, st.session_state.get(pick_key)):
+    # an id this page wrote before (for another run, or before the user picked another example), sent
+    # back by a rerun that raced the URL change: not a request; the URL is rewritten to the pick below
+    requested = None
 if requested in ids and st.session_state.get("ex_url_ok") != requested:
     st.session_state[pick_key] = requested
     st.session_state["ex_url_ok"] = requested
