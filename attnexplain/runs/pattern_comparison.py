@@ -249,6 +249,35 @@ def _memory(backend: Any, pattern: str, n_src: int, n_dec: int) -> float:
 # --------------------------------------------------------------------------------------------
 
 
+def swapped_runs(model: Any, configs: Sequence[BackendConfig], built: Sequence[Any], patterns: Sequence[str],
+                 sites: dict[str, list[str]], run: Callable[[], Any], refused: dict[tuple[str, str], str],
+                 seconds: dict[tuple[str, str], float], short_reason: Callable[[str], str]):
+    """For one batch: each backend swapped into the sites of each pattern in turn (the rest unchanged),
+    ``run()`` under it; yields ``(config, backend, pattern, output)``.
+
+    A (backend, pattern) pair the backend refuses (:class:`~attnexplain.errors.UnsupportedPatternError`)
+    is recorded once in ``refused`` (``short_reason`` of the message) and skipped in later batches;
+    ``seconds`` accumulates each pair's run time. Shared by :func:`compare_patterns_seq2seq` and the set
+    decoder's comparison (:mod:`attnexplain.runs.set_decoder_backends`)."""
+    from ..capturing.attention import backend_at_sites
+    from ..errors import UnsupportedPatternError
+
+    for cfg, backend in zip(configs, built):
+        for pattern in patterns:
+            key = (cfg.display, pattern)
+            if key in refused:
+                continue
+            t0 = time.perf_counter()
+            try:
+                with backend_at_sites(model, backend, sites[pattern]):
+                    out = run()
+            except UnsupportedPatternError as exc:
+                refused[key] = short_reason(str(exc))
+                continue
+            seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - t0
+            yield cfg, backend, pattern, out
+
+
 def compare_patterns_seq2seq(
     lm: Any,
     sources: Sequence[str],
@@ -282,8 +311,7 @@ def compare_patterns_seq2seq(
     """
     import pandas as pd
 
-    from ..capturing.attention import backend_at_sites, running_backend
-    from ..errors import UnsupportedPatternError
+    from ..capturing.attention import running_backend
 
     if getattr(lm, "task", None) != "seq2seq":
         raise ArgumentError(f"compare_patterns_seq2seq needs an encoder-decoder (task 'seq2seq'), got "
@@ -334,25 +362,15 @@ def compare_patterns_seq2seq(
             for j, ex in enumerate(idx):
                 ref_rows.append({"example": ex, "token_accuracy": float((ref.pred[j] == gold_ids[ex]).mean()),
                                  "n_positions": int(n_tgt[j])})
-            for cfg, backend in zip(configs, built):
-                for pattern in patterns:
-                    key = (cfg.display, pattern)
-                    if key in refused:
-                        continue
-                    t0 = time.perf_counter()
-                    try:
-                        with backend_at_sites(lm, backend, have[pattern]):
-                            alt, _ = _teacher_forced(lm, src, tgt)
-                    except UnsupportedPatternError as exc:
-                        refused[key] = str(exc).split(";")[0].split(". ")[0]
-                        continue
-                    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - t0
-                    for j, ex in enumerate(idx):
-                        row = {"backend": cfg.display, "pattern": pattern, "example": ex,
-                               "n_source": int(n_src[j]), "n_positions": int(n_tgt[j])}
-                        row.update(_measures(ref, alt, j, gold_ids[ex], have[pattern]))
-                        row["memory"] = _memory(backend, pattern, int(n_src[j]), int(n_tgt[j]) + 1)
-                        rows.append(row)
+            for cfg, backend, pattern, (alt, _) in swapped_runs(
+                    lm, configs, built, patterns, have, lambda: _teacher_forced(lm, src, tgt), refused, seconds,
+                    lambda msg: msg.split(";")[0].split(". ")[0]):
+                for j, ex in enumerate(idx):
+                    row = {"backend": cfg.display, "pattern": pattern, "example": ex,
+                           "n_source": int(n_src[j]), "n_positions": int(n_tgt[j])}
+                    row.update(_measures(ref, alt, j, gold_ids[ex], have[pattern]))
+                    row["memory"] = _memory(backend, pattern, int(n_src[j]), int(n_tgt[j]) + 1)
+                    rows.append(row)
     per = pd.DataFrame(rows, columns=["backend", "pattern", "example", "n_source", "n_positions", "agree",
                                       "token_accuracy", "tvd", "jsd", "tau_cross_raw", "tau_cross_effective",
                                       "tau_self_raw", "memory"])

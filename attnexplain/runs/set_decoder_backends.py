@@ -43,7 +43,7 @@ import numpy as np
 
 from ..backends.spec import BackendConfig, BackendSpecError, parse_backend
 from ..errors import ArgumentError
-from .pattern_comparison import PatternComparison
+from .pattern_comparison import PatternComparison, swapped_runs
 
 __all__ = ["compare_set_decoder_backends", "SET_DECODER_KINDS", "SET_DECODER_DEFAULT_BACKENDS"]
 
@@ -152,10 +152,7 @@ def compare_set_decoder_backends(
         BackendSpecError / ArgumentError: before anything runs.
     """
     import pandas as pd
-    import torch
 
-    from ..capturing.attention import backend_at_sites
-    from ..errors import UnsupportedPatternError
     from ..set_decoder import SetDecoder, collate
 
     if not isinstance(model, SetDecoder):
@@ -202,27 +199,17 @@ def compare_set_decoder_backends(
             for b, scene in enumerate(part):
                 m = _scene_measures(ref, ref, b, scene, [], sites)
                 ref_rows.append({"scene": scene.id, "tp": m["tp"], "n_pred": m["n_pred"], "n_gold": m["n_gold"]})
-            for cfg, backend in zip(configs, built):
-                for kind in kinds:
-                    key = (cfg.display, kind)
-                    if key in refused:
-                        continue
-                    t0 = time.perf_counter()
-                    try:
-                        with backend_at_sites(model, backend, have[kind]):
-                            alt = _run(model, batch)
-                    except UnsupportedPatternError as exc:
-                        refused[key] = str(exc).split(";")[0]
-                        continue
-                    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - t0
-                    for b, scene in enumerate(part):
-                        row = {"backend": cfg.display, "kind": kind, "pattern": SET_DECODER_KINDS[kind][0],
-                               "scene": scene.id, "n_individuals": scene.n}
-                        row.update(_scene_measures(ref, alt, b, scene, have[kind], sites))
-                        n = scene.n
-                        shape = {"cross": (Q, n), "query_self": (Q, Q), "encoder": (n, n)}[kind]
-                        row["memory"] = float(backend.memory_fraction(*shape))
-                        rows.append(row)
+            for cfg, backend, kind, alt in swapped_runs(model, configs, built, kinds, have,
+                                                        lambda: _run(model, batch), refused, seconds,
+                                                        lambda msg: msg.split(";")[0]):
+                for b, scene in enumerate(part):
+                    row = {"backend": cfg.display, "kind": kind, "pattern": SET_DECODER_KINDS[kind][0],
+                           "scene": scene.id, "n_individuals": scene.n}
+                    row.update(_scene_measures(ref, alt, b, scene, have[kind], sites))
+                    n = scene.n
+                    shape = {"cross": (Q, n), "query_self": (Q, Q), "encoder": (n, n)}[kind]
+                    row["memory"] = float(backend.memory_fraction(*shape))
+                    rows.append(row)
     finally:
         for m, be in previous.items():
             m.backend = be
